@@ -1,0 +1,17 @@
+# Quick start: `make train` (set up + the default training run), `make test` (set up + the test suite).
+# Both build .venv from nothing when no virtual environment is active (scripts/setup.sh).
+VENV_PY := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin/python,.venv/bin/python)
+
+.PHONY: setup train test test-fast
+
+setup:
+	bash scripts/setup.sh
+
+train: setup
+	$(VENV_PY) train.py $(ARGS)
+
+test: setup
+	$(VENV_PY) -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(VENV_PY) -m pytest -q -m "not slow" $(ARGS)

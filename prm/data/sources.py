@@ -1,0 +1,79 @@
+"""Where the data of a run comes from: the object ``conf/data/*.yaml`` builds.
+
+A run has up to three splits: ``train`` (step-labelled chains, lower level), ``meta`` (whole-chain
+labels, upper level and validation) and ``test`` (best-of-N problems or ProcessBench chains).
+Each split is a file in any supported format (``format: auto`` detects it), or comes from a
+generator such as the demo benchmark, which writes its files on first use. Loading logs one line
+per file with the records read, kept and skipped (by reason), so nothing disappears silently.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prm.data.errors import SkipReport
+from prm.data.readers import read_records
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "meta", "test")
+
+
+@dataclass
+class DataSources:
+    """Split files, their formats, the image root and the loader settings of one run."""
+
+    name: str = "custom"
+    train: str | None = None
+    meta: str | None = None
+    test: str | None = None
+    format: str = "auto"
+    train_format: str | None = None
+    meta_format: str | None = None
+    test_format: str | None = None
+    image_root: str | None = None
+    missing_image: str = "error"
+    generator: Any = None  # an object with .build() -> DemoFiles-like (train, meta, test, image_root)
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    max_length: int | None = 1024
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self._built = False
+        self.reports: dict[str, SkipReport] = {}
+
+    def prepare(self) -> None:
+        """Run the generator (if any) and fill in the split paths it produced. Idempotent."""
+        if self._built or self.generator is None:
+            return
+        files = self.generator.build()
+        for split in SPLITS:
+            if getattr(self, split) is None:
+                setattr(self, split, str(Path(getattr(files, split)).resolve()))
+        if self.image_root is None:
+            self.image_root = str(Path(files.image_root).resolve())
+        self._built = True
+
+    def path(self, split: str) -> Path | None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        self.prepare()
+        value = getattr(self, split)
+        return Path(value) if value is not None else None
+
+    def load(self, split: str) -> list:
+        """Read ``split`` into native records; the skip report is kept in ``self.reports[split]``."""
+        path = self.path(split)
+        if path is None:
+            raise ValueError(f"data.{split} is not set (data={self.name}); give data.{split}=<file>")
+        if not path.is_file():
+            raise FileNotFoundError(f"data.{split}={path}: no such file")
+        report = SkipReport(str(path))
+        records = read_records(path, getattr(self, f"{split}_format") or self.format, data_root=self.image_root,
+                               missing_image=self.missing_image, report=report)
+        self.reports[split] = report
+        report.log()
+        return records

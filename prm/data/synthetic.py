@@ -1,0 +1,557 @@
+"""The demo benchmark: a small multimodal step-verification task that a tiny model learns on a CPU.
+
+**Task.** Each image is a 2x2 grid of large coloured tiles (red, green, blue, yellow), one colour patch
+per quadrant, so a vision encoder with 28-pixel cells sees one tile per cell at the default 56 px.
+A question asks either for the total worth of the tiles in a region (red 1, green 2, blue 3,
+yellow 4; the region is a row, a column or the whole grid) or for how many tiles have a colour,
+multiplied by 2 or 3. The question never says which colours the tiles have: only the image does.
+A solution reads the tiles it needs, one step per tile, computes, and ends with the final answer::
+
+    Q: Tiles are worth red 1, green 2, blue 3, yellow 4. What is the total worth of the tiles in the top row?
+    The top left tile is blue, worth 3.
+    The top right tile is red, worth 1.
+    3 + 1 = 4.
+    Final answer: 4
+
+**Errors.** A simulated policy makes at most one error per chain and computes on consistently from
+it, so a chain's final answer is wrong exactly when it has an error. Kinds: ``misread`` (a tile's
+colour stated wrongly: only the image shows it), ``value`` (a colour's worth stated wrongly),
+``arithmetic`` (a wrong sum or product), ``count`` (a wrong count of the colours just stated) and
+``answer`` (a final answer that differs from the last result); the last four show in the text alone.
+``first_error`` is the index of the wrong step, -1 for a correct chain; the chain is wrong from the
+first error on, so every later step is unsupported.
+
+**Step labels** (training chains, :class:`StepChain`) are simulated Monte Carlo values. Each chain
+has a true success probability q (the chance that the policy solves its problem), so a correct
+prefix with r steps left succeeds with probability q ** (r / steps); a step's label is the share of
+``rollouts`` (default 16) simulated continuations from its prefix that reach the right answer, and
+0 at and after the first error. ``meta["true_labels"]`` holds these noise-free labels.
+
+**Domains** (training; names are the kinds below, sizes per domain configurable):
+
+- ``clean``: every error kind; labels are the true labels.
+- ``noisy``: the same task; a share ``noise_rate`` (default 0.4) of chains get corrupted labels,
+  either flipped (1 - label) or shifted (the labels of a different first error, or of none).
+  ``meta["corrupted"]`` says which, so experiments can measure whether reweighting found them.
+- ``easy``: text-visible errors only (no misreads): a model can label it without the image.
+- ``visual``: misreads only: a model must read the image to label it.
+
+Every chain's ``meta`` has ``corrupted``, ``corruption`` (None, "flip" or "shift"), ``first_error``,
+``true_labels``, ``error_kind``, ``final_answer``, ``answer`` and ``tiles``.
+
+**Meta set** (:class:`LabelledChain`, domain ``demo``): chains with every error kind, half of them
+correct, label 1 exactly when ``first_error == -1``, with their final answer.
+
+**Test set** (:class:`BestOfNProblem`, domain ``demo``): N candidates per problem (default 8).
+Problem success probabilities are spread evenly over [0, 1], so some problems have no correct
+candidate and some only correct ones; wrong candidates share a problem's typical mistake at a
+problem-specific rate, so majority vote is a fair but beatable baseline. Meta and test layouts
+(tile colourings) are held out of training, and of each other.
+
+**Files.** :func:`build_demo` writes ``train.jsonl``, ``meta.jsonl``, ``test.jsonl`` (native format),
+``images/`` (record image paths are relative to it) and ``manifest.json`` (parameters and counts)
+into ``root/<hash of the parameters>/``, once: a later call with the same parameters reuses them.
+The same parameters always give the same bytes in every file.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from prm.data.native import atomic_write_text, write_native
+from prm.data.records import BestOfNProblem, Candidate, LabelledChain, StepChain
+
+GENERATOR_VERSION = 1
+
+COLOURS = ("red", "green", "blue", "yellow")
+WORTH = {"red": 1, "green": 2, "blue": 3, "yellow": 4}
+RGB = {"red": (215, 45, 40), "green": (40, 165, 70), "blue": (45, 80, 215), "yellow": (235, 205, 45)}
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+REGIONS = {
+    "top row": (0, 1),
+    "bottom row": (2, 3),
+    "left column": (0, 2),
+    "right column": (1, 3),
+    "whole grid": (0, 1, 2, 3),
+}
+FACTORS = (2, 3)
+QUESTIONS = [("sum", region, 1) for region in REGIONS] + [
+    ("count", colour, factor) for colour in COLOURS for factor in FACTORS
+]
+
+ERROR_KINDS = ("misread", "value", "arithmetic", "count", "answer")
+DOMAIN_ERRORS = {
+    "clean": ERROR_KINDS,
+    "noisy": ERROR_KINDS,
+    "easy": ("value", "arithmetic", "count", "answer"),
+    "visual": ("misread",),
+}
+DEFAULT_DOMAINS = ("clean", "noisy", "easy")
+HELD_OUT_LAYOUTS = 32  # tile colourings kept for the meta set, and as many again for the test set
+EVAL_DOMAIN = "demo"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A question about one tile layout: ``kind`` "sum" (``target`` a region) or "count" (a colour)."""
+
+    tiles: tuple[str, ...]
+    kind: str
+    target: str
+    factor: int
+
+    @property
+    def question(self) -> str:
+        if self.kind == "sum":
+            return (
+                "Tiles are worth red 1, green 2, blue 3, yellow 4. "
+                f"What is the total worth of the tiles in the {self.target}?"
+            )
+        return f"How many tiles are {self.target}? Multiply that number by {self.factor}."
+
+    @property
+    def answer(self) -> int:
+        return solve(self).answer
+
+
+@dataclass(frozen=True)
+class Slip:
+    """One error: which step, which kind, and ``pick`` to choose the wrong value, so it replays exactly."""
+
+    step: int
+    kind: str
+    pick: int
+
+
+@dataclass
+class Solution:
+    steps: list[str]
+    answer: int
+    slots: list[tuple[str, ...]]  # the error kinds each step can carry
+
+
+def solve(problem: Problem, slip: Slip | None = None) -> Solution:
+    """Write the chain for ``problem``, with ``slip`` applied and every later step computed from it.
+
+    Wrong alternatives are chosen so that every slip changes the final answer.
+    """
+    steps: list[str] = []
+    slots: list[tuple[str, ...]] = []
+
+    def state(kind: str, right, wrong: list):
+        if slip is not None and slip.step == len(steps) and slip.kind == kind:
+            return wrong[slip.pick % len(wrong)]
+        return right
+
+    def emit(text: str, kinds: tuple[str, ...]) -> None:
+        steps.append(text)
+        slots.append(kinds)
+
+    if problem.kind == "sum":
+        worths = []
+        for tile in REGIONS[problem.target]:
+            true = problem.tiles[tile]
+            colour = state("misread", true, [c for c in COLOURS if c != true])
+            worth = state("value", WORTH[colour], [w for w in WORTH.values() if w != WORTH[colour]])
+            emit(f"The {POSITIONS[tile]} tile is {colour}, worth {worth}.", ("misread", "value"))
+            worths.append(worth)
+        result = worths[0]
+        for worth in worths[1:]:
+            total = state("arithmetic", result + worth, _near(result + worth))
+            emit(f"{result} + {worth} = {total}.", ("arithmetic",))
+            result = total
+    else:
+        target, count = problem.target, 0
+        for tile, true in enumerate(problem.tiles):
+            # a misread must change the count: a target tile read as another colour, or the reverse
+            colour = state("misread", true, [c for c in COLOURS if c != true] if true == target else [target])
+            emit(f"The {POSITIONS[tile]} tile is {colour}.", ("misread",))
+            count += colour == target
+        count = state("count", count, [n for n in range(len(POSITIONS) + 1) if n != count])
+        emit(f"So {count} {'tile is' if count == 1 else 'tiles are'} {target}.", ("count",))
+        result = state("arithmetic", count * problem.factor, _near(count * problem.factor))
+        emit(f"{count} x {problem.factor} = {result}.", ("arithmetic",))
+    answer = state("answer", result, _near(result))
+    emit(f"Final answer: {answer}", ("answer",))
+    return Solution(steps, answer, slots)
+
+
+def _near(value: int) -> list[int]:
+    return [value + delta for delta in (-2, -1, 1, 2) if value + delta >= 0]
+
+
+def _problems(layouts: Iterable[tuple[str, ...]]) -> list[Problem]:
+    return [Problem(tuple(tiles), *question) for tiles in layouts for question in QUESTIONS]
+
+
+def _layout_pools(seed: int) -> dict[str, list[Problem]]:
+    """Problems per split; splits get disjoint tile layouts, so no test image repeats a training one."""
+    layouts = list(itertools.product(COLOURS, repeat=len(POSITIONS)))
+    random.Random(f"{seed}:layouts").shuffle(layouts)
+    return {
+        "meta": _problems(layouts[:HELD_OUT_LAYOUTS]),
+        "test": _problems(layouts[HELD_OUT_LAYOUTS : 2 * HELD_OUT_LAYOUTS]),
+        "train": _problems(layouts[2 * HELD_OUT_LAYOUTS :]),
+    }
+
+
+def _sample_slip(problem: Problem, kinds: Sequence[str], rng: random.Random) -> Slip:
+    """A step uniformly among those that can carry an allowed kind, then a kind among those."""
+    options = [(step, [k for k in slot if k in kinds]) for step, slot in enumerate(solve(problem).slots)]
+    step, allowed = rng.choice([(step, allowed) for step, allowed in options if allowed])
+    return Slip(step, rng.choice(allowed), rng.randrange(1 << 16))
+
+
+def _mc_values(n_steps: int, success: float, rollouts: int, rng: random.Random) -> list[float]:
+    """Each prefix's Monte Carlo value as if it were correct: share of rollouts that reach the answer."""
+    return [
+        sum(rng.random() < success ** ((n_steps - 1 - step) / n_steps) for _ in range(rollouts)) / rollouts
+        for step in range(n_steps)
+    ]
+
+
+def _mask(values: list[float], first_error: int) -> list[float]:
+    """Labels of a chain whose first error is ``first_error``: no continuation of a wrong prefix is right."""
+    if first_error < 0:
+        return list(values)
+    return values[:first_error] + [0.0] * (len(values) - first_error)
+
+
+def _corrupt(values: list[float], first_error: int, rng: random.Random) -> tuple[str, list[float]]:
+    """Flipped labels, or the labels of another first error (or of none) that differ from the true ones."""
+    true = _mask(values, first_error)
+    if rng.random() < 0.5:
+        return "flip", [1.0 - value for value in true]
+    shifted = [_mask(values, step) for step in range(-1, len(values))]
+    return "shift", rng.choice([labels for labels in shifted if labels != true])
+
+
+def _draw(tiles: Sequence[str], size: int, rng: random.Random) -> Image.Image:
+    """Flat colour patches, one per quadrant, jittered a little so no two images are identical."""
+    grey = 235 + rng.randint(-12, 12)
+    image = Image.new("RGB", (size, size), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    half, gap = size // 2, max(1, size // 28)
+    for index, colour in enumerate(tiles):
+        top, left = (index // 2) * half, (index % 2) * half
+        fill = tuple(min(255, max(0, channel + rng.randint(-20, 20))) for channel in RGB[colour])
+        draw.rectangle((left + gap, top + gap, left + half - 1 - gap, top + half - 1 - gap), fill=fill)
+    return image
+
+
+def _save_image(problem: Problem, relative: str, image_root: Path, size: int, rng: random.Random) -> str:
+    path = image_root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _draw(problem.tiles, size, rng).save(path, format="PNG")
+    return relative
+
+
+def _record_meta(problem: Problem, slip: Slip | None, solution: Solution) -> dict:
+    return {
+        "first_error": -1 if slip is None else slip.step,
+        "error_kind": None if slip is None else slip.kind,
+        "final_answer": str(solution.answer),
+        "answer": str(problem.answer),
+        "tiles": list(problem.tiles),
+    }
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    """Paths of one built demo benchmark; image paths in the records are relative to ``image_root``."""
+
+    train: Path
+    meta: Path
+    test: Path
+    image_root: Path
+    manifest: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> DemoFiles:
+        return cls(
+            train=directory / "train.jsonl",
+            meta=directory / "meta.jsonl",
+            test=directory / "test.jsonl",
+            image_root=directory / "images",
+            manifest=directory / "manifest.json",
+        )
+
+
+class DemoBenchmark:
+    """The demo benchmark for one set of parameters, built once into ``root/<hash of the parameters>/``.
+
+    Arguments are plain values so Hydra can build it from a ``_target_`` config. ``train_per_domain``
+    is one size for every domain or a mapping domain -> size. Building is atomic: files are written
+    into a temporary folder that is renamed into place, so an interrupted build leaves no half cache.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        seed: int = 0,
+        train_per_domain: int | Mapping[str, int] = 300,
+        meta_size: int = 120,
+        test_problems: int = 60,
+        n_candidates: int = 8,
+        image_size: int = 56,
+        domains: Sequence[str] = DEFAULT_DOMAINS,
+        noise_rate: float = 0.4,
+        rollouts: int = 16,
+    ) -> None:
+        domains = [str(domain) for domain in domains]
+        unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
+        if not domains or unknown or len(set(domains)) != len(domains):
+            raise ValueError(f"domains must be distinct names from {sorted(DOMAIN_ERRORS)}, got {domains}")
+        if isinstance(train_per_domain, Mapping):
+            sizes = {str(domain): int(size) for domain, size in train_per_domain.items()}
+            if set(sizes) != set(domains):
+                raise ValueError(f"train_per_domain names {sorted(sizes)} but domains are {domains}")
+            sizes = {domain: sizes[domain] for domain in domains}
+        else:
+            sizes = {domain: int(train_per_domain) for domain in domains}
+        capacity = HELD_OUT_LAYOUTS * len(QUESTIONS)
+        checks = {
+            "train_per_domain >= 0": min(sizes.values()) >= 0,
+            "meta_size >= 0": meta_size >= 0,
+            f"0 <= test_problems <= {capacity}": 0 <= test_problems <= capacity,
+            "n_candidates >= 1": n_candidates >= 1,
+            "image_size >= 8": image_size >= 8,
+            "0 <= noise_rate <= 1": 0.0 <= noise_rate <= 1.0,
+            "rollouts >= 1": rollouts >= 1,
+        }
+        failed = [rule for rule, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"demo benchmark parameters break: {', '.join(failed)}")
+        self.root = Path(root).expanduser()
+        self.params = {
+            "generator_version": GENERATOR_VERSION,
+            "seed": int(seed),
+            "domains": domains,
+            "train_per_domain": sizes,
+            "meta_size": int(meta_size),
+            "test_problems": int(test_problems),
+            "n_candidates": int(n_candidates),
+            "image_size": int(image_size),
+            "noise_rate": float(noise_rate),
+            "rollouts": int(rollouts),
+        }
+        self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
+        self.directory = self.root / self.key
+
+    @property
+    def files(self) -> DemoFiles:
+        """The built files (built on first use)."""
+        return self.build()
+
+    def build(self) -> DemoFiles:
+        """Return the cached files, generating them first if no valid cache exists."""
+        files = DemoFiles.in_dir(self.directory)
+        if self._cached():
+            return files
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.root))
+        try:
+            self._generate(DemoFiles.in_dir(tmp))
+            tmp.chmod(0o755)
+            if self.directory.exists() and not self._cached():
+                shutil.rmtree(self.directory)  # a stale folder without a valid manifest
+            try:
+                os.rename(tmp, self.directory)
+            except OSError:  # another process finished the same build first
+                if not self._cached():
+                    raise
+                shutil.rmtree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return files
+
+    def _cached(self) -> bool:
+        try:
+            manifest = json.loads(DemoFiles.in_dir(self.directory).manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return manifest.get("params") == self.params
+
+    def _generate(self, files: DemoFiles) -> None:
+        p = self.params
+        pools = _layout_pools(p["seed"])
+        train = [
+            chain
+            for domain, size in p["train_per_domain"].items()
+            for chain in self._train_domain(domain, size, pools["train"], files.image_root)
+        ]
+        meta = self._meta_chains(pools["meta"], files.image_root)
+        test = self._test_problems(pools["test"], files.image_root)
+        write_native(files.train, train)
+        write_native(files.meta, meta)
+        write_native(files.test, test)
+        per_domain = {domain: [c for c in train if c.domain == domain] for domain in p["domains"]}
+        correct = [sum(candidate.correct for candidate in problem.candidates) for problem in test]
+        manifest = {
+            "generator_version": GENERATOR_VERSION,
+            "key": self.key,
+            "params": p,
+            "files": {name: getattr(files, name).name for name in ("train", "meta", "test", "image_root")},
+            "counts": {
+                "train": {domain: len(chains) for domain, chains in per_domain.items()},
+                "meta": len(meta),
+                "test_problems": len(test),
+                "test_candidates": len(test) * p["n_candidates"],
+            },
+            "corrupted": {d: sum(c.meta["corrupted"] for c in cs) for d, cs in per_domain.items()},
+            "incorrect": {
+                "train": {d: sum(c.meta["first_error"] >= 0 for c in cs) for d, cs in per_domain.items()},
+                "meta": sum(chain.label == 0 for chain in meta),
+                "test_candidates": len(test) * p["n_candidates"] - sum(correct),
+            },
+            "test_problems_all_correct": correct.count(p["n_candidates"]),
+            "test_problems_none_correct": correct.count(0),
+        }
+        atomic_write_text(files.manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    def _train_domain(self, domain: str, size: int, pool: list[Problem], image_root: Path) -> list[StepChain]:
+        p = self.params
+        rng = random.Random(f"{p['seed']}:train:{domain}")
+        share = p["noise_rate"] if domain == "noisy" else 0.0
+        corrupted = set(rng.sample(range(size), round(share * size)))
+        chains = []
+        for index in range(size):
+            problem = rng.choice(pool)
+            success = rng.random()
+            slip = None if rng.random() < success else _sample_slip(problem, DOMAIN_ERRORS[domain], rng)
+            solution = solve(problem, slip)
+            record_meta = _record_meta(problem, slip, solution)
+            values = _mc_values(len(solution.steps), success, p["rollouts"], rng)
+            true_labels = _mask(values, record_meta["first_error"])
+            corruption, labels = None, true_labels
+            if index in corrupted:
+                corruption, labels = _corrupt(values, record_meta["first_error"], rng)
+            chain_id = f"{domain}-{index:05d}"
+            chains.append(
+                StepChain(
+                    id=chain_id,
+                    question=problem.question,
+                    steps=solution.steps,
+                    labels=labels,
+                    images=[_save_image(problem, f"train/{chain_id}.png", image_root, p["image_size"], rng)],
+                    domain=domain,
+                    meta={
+                        "corrupted": index in corrupted,
+                        "corruption": corruption,
+                        "true_labels": true_labels,
+                        **record_meta,
+                    },
+                )
+            )
+        return chains
+
+    def _meta_chains(self, pool: list[Problem], image_root: Path) -> list[LabelledChain]:
+        p = self.params
+        rng = random.Random(f"{p['seed']}:meta")
+        labels = [1 - index % 2 for index in range(p["meta_size"])]
+        rng.shuffle(labels)
+        chains = []
+        for index, label in enumerate(labels):
+            problem = rng.choice(pool)
+            slip = None if label else _sample_slip(problem, ERROR_KINDS, rng)
+            solution = solve(problem, slip)
+            record_meta = _record_meta(problem, slip, solution)
+            chain_id = f"meta-{index:05d}"
+            chains.append(
+                LabelledChain(
+                    id=chain_id,
+                    question=problem.question,
+                    steps=solution.steps,
+                    label=label,
+                    images=[_save_image(problem, f"meta/{chain_id}.png", image_root, p["image_size"], rng)],
+                    domain=EVAL_DOMAIN,
+                    final_answer=record_meta["final_answer"],
+                    first_error=record_meta["first_error"],
+                    meta=record_meta,
+                )
+            )
+        return chains
+
+    def _test_problems(self, pool: list[Problem], image_root: Path) -> list[BestOfNProblem]:
+        p = self.params
+        rng = random.Random(f"{p['seed']}:test")
+        count = p["test_problems"]
+        problems = rng.sample(pool, count)
+        # evenly spread success rates: some problems get no correct candidate, some only correct ones
+        successes = [index / (count - 1) for index in range(count)] if count > 1 else [0.5] * count
+        rng.shuffle(successes)
+        records = []
+        for index, (problem, success) in enumerate(zip(problems, successes)):
+            typical = _sample_slip(problem, ERROR_KINDS, rng)  # the mistake wrong candidates tend to share
+            shared = rng.random()
+            candidates = []
+            for _ in range(p["n_candidates"]):
+                slip = None
+                if rng.random() >= success:
+                    slip = typical if rng.random() < shared else _sample_slip(problem, ERROR_KINDS, rng)
+                solution = solve(problem, slip)
+                candidates.append(
+                    Candidate(
+                        steps=solution.steps,
+                        final_answer=str(solution.answer),
+                        correct=solution.answer == problem.answer,
+                        first_error=-1 if slip is None else slip.step,
+                    )
+                )
+            problem_id = f"test-{index:05d}"
+            records.append(
+                BestOfNProblem(
+                    id=problem_id,
+                    question=problem.question,
+                    candidates=candidates,
+                    images=[_save_image(problem, f"test/{problem_id}.png", image_root, p["image_size"], rng)],
+                    domain=EVAL_DOMAIN,
+                    answer=str(problem.answer),
+                    meta={"tiles": list(problem.tiles), "success_rate": success, "shared_slip_rate": shared},
+                )
+            )
+        return records
+
+
+def build_demo(
+    root: str | Path,
+    seed: int = 0,
+    train_per_domain: int | Mapping[str, int] = 300,
+    meta_size: int = 120,
+    test_problems: int = 60,
+    n_candidates: int = 8,
+    image_size: int = 56,
+    domains: Sequence[str] = DEFAULT_DOMAINS,
+    noise_rate: float = 0.4,
+    rollouts: int = 16,
+) -> DemoFiles:
+    """Build (or reuse) the demo benchmark under ``root``; see :class:`DemoBenchmark`."""
+    benchmark = DemoBenchmark(
+        root, seed, train_per_domain, meta_size, test_problems, n_candidates, image_size, domains, noise_rate,
+        rollouts,
+    )
+    return benchmark.build()
+
+
+def corpus_text(seed: int = 0, chains: int = 2000) -> str:
+    """Questions and steps of ``chains`` sampled chains (every error kind), one per line, for training a
+    tokenizer offline on exactly the benchmark's vocabulary."""
+    rng = random.Random(f"{seed}:corpus")
+    pool = _problems(itertools.product(COLOURS, repeat=len(POSITIONS)))
+    lines: list[str] = []
+    for _ in range(chains):
+        problem = rng.choice(pool)
+        slip = None if rng.random() < 0.5 else _sample_slip(problem, ERROR_KINDS, rng)
+        lines += [problem.question, *solve(problem, slip).steps]
+    return "\n".join(lines) + "\n"

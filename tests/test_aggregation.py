@@ -1,0 +1,71 @@
+"""Aggregations against hand-computed values, at saturated probabilities and on empty chains."""
+import math
+
+import pytest
+import torch
+
+from prm.aggregation import AGGREGATIONS, EPS, Aggregation
+
+SCORES = torch.tensor([[0.5, 0.8, 0.2, 0.0], [0.9, 0.6, 0.0, 0.0]], dtype=torch.float64)
+MASK = torch.tensor([[True, True, True, False], [True, True, False, False]])
+
+
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+EXPECTED = {
+    "min": [0.2, 0.6],
+    "max": [0.8, 0.9],
+    "last": [0.2, 0.6],
+    "mean": [0.5, 0.75],
+    "prod": [0.08, 0.54],
+    "log_mean": [1 / (1 + math.exp(-(logit(0.5) + logit(0.8) + logit(0.2)) / 3)),
+                 1 / (1 + math.exp(-(logit(0.9) + logit(0.6)) / 2))],
+    "sum_logprob": [math.log(0.5) + math.log(0.8) + math.log(0.2), math.log(0.9) + math.log(0.6)],
+    "sum_logit": [logit(0.5) + logit(0.8) + logit(0.2), logit(0.9) + logit(0.6)],
+    "mean_odd": [(1 + 4 + 0.25) / 3, (9 + 1.5) / 2],
+}
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_hand_computed_values(name):
+    result = Aggregation(name)(SCORES, MASK)
+    assert result.tolist() == pytest.approx(EXPECTED[name], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_saturated_probabilities_give_finite_values_and_gradients(name):
+    scores = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    result = Aggregation(name)(scores, mask)
+    assert torch.isfinite(result).all()
+    result.sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+def test_clamping_bounds_saturated_logits():
+    result = Aggregation("sum_logit")(torch.tensor([[1.0]]), torch.tensor([[True]]))
+    assert result.item() == pytest.approx(logit(1 - EPS), rel=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_empty_chain_never_beats_a_real_one(name):
+    scores = torch.tensor([[0.01, 0.02], [0.9, 0.9]])
+    mask = torch.tensor([[True, True], [False, False]])
+    result = Aggregation(name)(scores, mask)
+    assert result[1] <= result[0]
+    assert not torch.isnan(result).any()
+
+
+def test_padding_values_do_not_leak():
+    mask = torch.tensor([[True, False]])
+    for name in AGGREGATIONS:
+        a = Aggregation(name)(torch.tensor([[0.7, 0.0]]), mask)
+        b = Aggregation(name)(torch.tensor([[0.7, 1.0]]), mask)
+        assert torch.equal(a, b), name
+
+
+def test_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
+        Aggregation("median")
