@@ -1,0 +1,78 @@
+"""The lower problem: the PRM trained on (weighted) per-example losses, as a Betty ImplicitProblem.
+
+Betty owns the step: loss, backward, gradient accumulation (``Config.gradient_accumulation``),
+clipping (``Config.gradient_clipping``) and the optimiser step. Two things are ours:
+
+- precision: Betty's bf16 switch wraps the forward in CUDA-only autocast (a no-op on CPU), so the
+  problem keeps Betty at fp32 and wraps its own forward in ``torch.autocast`` on the real device;
+- the learning-rate schedule steps once per optimiser step (in ``param_callback``), not once per
+  micro-batch as Betty's built-in scheduler hook would under gradient accumulation;
+- the optimiser is kept as built: Betty's ``patch_optimizer`` rebuilds it as
+  ``cls(params, **defaults)``, which torch 2.13's AdamW refuses (``decoupled_weight_decay``), and
+  which would drop any loaded state. Only the default single-process strategy needs no patching.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+from betty.problems import ImplicitProblem
+
+
+def to_device(batch: Any, device) -> Any:
+    """Move the tensors of a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def autocast(device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
+class PRMLower(ImplicitProblem):
+    """Lower level: ``module`` is a ProcessRewardModel; ``weigh`` maps (batch, scores, losses) to weights.
+
+    Without an upper level every weight is 1 and the loss is the plain mean over chains that carry
+    at least one step label.
+    """
+
+    def __init__(self, name: str, config, module, optimizer, train_data_loader, precision: str = "fp32",
+                 lr_scheduler=None, weigh: Callable | None = None):
+        super().__init__(name=name, config=config, module=module, optimizer=optimizer,
+                         train_data_loader=train_data_loader)
+        self.precision_mode = precision
+        self.lr_scheduler = lr_scheduler
+        self.weigh = weigh
+        self.last_metrics: dict[str, float] = {}
+
+    def patch_optimizer(self):
+        if self._strategy not in (None, "default"):
+            raise NotImplementedError(f"Betty strategy {self._strategy!r}: use the distributed config group")
+
+    def training_step(self, batch):
+        batch = to_device(batch, self.device)
+        with autocast(self.device, self.precision_mode):
+            scores = self.module(batch)
+        losses, has_label = self.module.losses(scores, batch["step_labels"])
+        weights = self.weigh(batch, scores, losses) if self.weigh is not None else torch.ones_like(losses)
+        weights = weights * has_label
+        denominator = has_label.sum().clamp(min=1)
+        loss = (weights * losses).sum() / denominator
+        raw = (losses * has_label).sum().detach() / denominator
+        self.last_metrics = {"loss": float(loss.detach()), "raw_loss": float(raw),
+                             "tokens": int(batch["inputs"]["attention_mask"].sum()), "chains": len(losses)}
+        return loss
+
+    def param_callback(self):
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()

@@ -1,0 +1,102 @@
+"""Checkpoints: save_pretrained directories plus training state, written atomically.
+
+Layout of a run directory::
+
+    checkpoints/step-0000100/   model.safetensors, config.json, tokenizer + processor files
+                                (save_pretrained: loadable with backbone.path=<this folder>),
+                                head.safetensors (value head, if any), training_state.pt
+                                (optimiser, scheduler, step, sampler position, RNG), config.yaml
+    checkpoints/latest          name of the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary folder and renamed into place, and ``latest`` is
+replaced atomically afterwards, so a crash while saving never corrupts the previous checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from prm.data.native import atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "training_state.pt"
+HEAD_FILE = "head.safetensors"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[str, Any], config_yaml: str,
+                    keep_last: int = 2) -> Path:
+    """Write checkpoint ``step`` of ``prm`` (a ProcessRewardModel) atomically; returns its folder."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    try:
+        prm.backbone.save_pretrained(tmp)
+        head = prm.head_state_dict()
+        if head:
+            save_file({k: v.contiguous() for k, v in head.items()}, tmp / HEAD_FILE)
+        torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / LATEST, final.name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    return folder if folder.is_dir() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a run directory or its checkpoints/ folder."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for run_dir in (path, path.parent):
+        found = latest_checkpoint(run_dir)
+        if found is not None:
+            return found
+    raise FileNotFoundError(f"{path}: neither a checkpoint (no config.json) nor a run directory with checkpoints")
+
+
+def load_training_state(checkpoint: str | Path) -> dict[str, Any]:
+    return torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+
+
+def load_head(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    file = Path(checkpoint) / HEAD_FILE
+    return load_file(file) if file.is_file() else {}

@@ -1,0 +1,51 @@
+"""Running a PRM over chains: step scores for every chain, each chain scored once.
+
+Batches are sorted by length so padding stays small; the scores come back in the input order as one
+list of 1-D tensors (a chain's step probabilities), ready for any aggregation.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from prm.bilevel.lower import autocast, to_device
+from prm.data.dataset import ChainDataset, PRMCollator
+
+
+@torch.no_grad()
+def score_chains(prm, chains: Sequence, batch_size: int = 16, max_length: int | None = None, device="cpu",
+                 precision: str = "fp32", progress: bool = False) -> list[torch.Tensor]:
+    """Step probabilities of every chain, in the order given."""
+    was_training = prm.training
+    prm.eval()
+    order = sorted(range(len(chains)), key=lambda i: sum(len(step) for step in chains[i].steps))
+    dataset = ChainDataset([chains[i] for i in order])
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=PRMCollator(prm.backbone, max_length))
+    sorted_scores: list[torch.Tensor] = []
+    for batch in tqdm(loader, desc="score", disable=not progress, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            scores = prm(batch)
+        probs = scores.probs.float().cpu()
+        lengths = scores.mask.sum(-1).cpu()
+        sorted_scores.extend(probs[row, : int(lengths[row])] for row in range(len(lengths)))
+    prm.train(was_training)
+    result: list[torch.Tensor] = [torch.empty(0)] * len(chains)
+    for position, index in enumerate(order):
+        result[index] = sorted_scores[position]
+    return result
+
+
+def pad_scores(scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged step scores into ``[chains, max_steps]`` values and a mask."""
+    width = max((len(s) for s in scores), default=0) or 1
+    values = torch.zeros(len(scores), width)
+    mask = torch.zeros(len(scores), width, dtype=torch.bool)
+    for row, s in enumerate(scores):
+        values[row, : len(s)] = s
+        mask[row, : len(s)] = True
+    return values, mask

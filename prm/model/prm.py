@@ -1,0 +1,95 @@
+"""The process reward model: a backbone plus a step head, scoring every step in one forward pass.
+
+The backbone's base model (no language-model head) runs once per chain; the hidden states at the
+step markers are then scored:
+
+- ``token`` head: the hidden state is projected onto the language-model head rows of the two label
+  tokens only, and the step score is P(+) renormalised over (+, -), i.e. sigmoid(l+ - l-). Full
+  vocabulary logits are never materialised (with a 151k vocabulary they dominate time and memory).
+  Loss: cross-entropy against the soft target [p, 1 - p], i.e. binary cross-entropy on l+ - l-.
+- ``value`` head: a linear layer on the hidden state, sigmoid, MSE to the Monte Carlo value
+  (DreamPRM's objective, without its one-forward-pass-per-prefix cost).
+
+Losses are returned per example (the mean over the chain's labelled steps), so the upper level of a
+bi-level run can weight each instance; a chain with no labelled step has loss 0 and ``has_label``
+False. Padding never changes a chain's result: sequences are right-padded and the markers are
+gathered by position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prm.model.backbones import Backbone
+
+HEADS = ("token", "value")
+
+
+@dataclass
+class StepScores:
+    """Per-step outputs of one batch: ``[chains, max_steps]`` each."""
+
+    logits: torch.Tensor  # log-odds of a correct step
+    mask: torch.Tensor  # True where the chain has that step
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+
+class ProcessRewardModel(nn.Module):
+    """Backbone + step head. ``forward(batch)`` gives :class:`StepScores`; ``losses`` per example."""
+
+    def __init__(self, backbone: Backbone, head: str = "token"):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown PRM head {head!r}; expected one of {HEADS}")
+        self.backbone = backbone
+        self.model = backbone.model
+        self.head = head
+        self.value_head = nn.Linear(self.hidden_size, 1) if head == "value" else None
+        self.register_buffer("label_ids", torch.tensor(backbone.label_token_ids), persistent=False)
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        return getattr(config, "text_config", config).hidden_size
+
+    def hidden_at_markers(self, batch: dict) -> torch.Tensor:
+        """Hidden states of the last layer at each step marker: ``[chains, max_steps, hidden]``."""
+        outputs = self.model.model(**batch["inputs"], use_cache=False)
+        hidden = outputs.last_hidden_state
+        index = batch["marker_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index)
+
+    def forward(self, batch: dict) -> StepScores:
+        hidden = self.hidden_at_markers(batch)
+        if self.head == "token":
+            rows = self.model.get_output_embeddings().weight[self.label_ids]  # [2, hidden]
+            pair = hidden @ rows.T.to(hidden.dtype)
+            logits = pair[..., 0] - pair[..., 1]
+        else:
+            logits = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return StepScores(logits=logits.float(), mask=batch["step_mask"])
+
+    def losses(self, scores: StepScores, step_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example loss ``[chains]`` (mean over labelled steps) and whether each chain had a label."""
+        labelled = scores.mask & ~torch.isnan(step_labels)
+        targets = torch.nan_to_num(step_labels, nan=0.0)
+        if self.head == "token":
+            per_step = F.binary_cross_entropy_with_logits(scores.logits, targets, reduction="none")
+        else:
+            per_step = (torch.sigmoid(scores.logits) - targets) ** 2
+        per_step = torch.where(labelled, per_step, torch.zeros_like(per_step))
+        counts = labelled.sum(-1)
+        return per_step.sum(-1) / counts.clamp(min=1), counts > 0
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.value_head is None else {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+
+    def load_head_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.value_head is not None:
+            self.value_head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
