@@ -31,6 +31,7 @@ from prm.aggregation import AGGREGATIONS, PROBABILITY_VALUED, Aggregation
 from prm.data.records import BestOfNProblem
 
 ScoreLike = torch.Tensor | Sequence[float]
+StepScores = Sequence[Sequence[ScoreLike]]  # [problem][candidate] -> step scores
 
 TIE_RTOL = 1e-12
 TIE_RULE = (
@@ -169,7 +170,7 @@ def normalise_answer(answer: str | None) -> str | None:
     return format(number.normalize(), "f") if number != 0 else "0"
 
 
-def _prepare(problems: Sequence[BestOfNProblem], step_scores: Sequence[Sequence[ScoreLike]]) -> list[_Scored]:
+def _prepare(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> list[_Scored]:
     if len(problems) != len(step_scores):
         raise ValueError(f"{len(problems)} problems but step scores for {len(step_scores)}")
     if not problems:
@@ -242,7 +243,7 @@ def _evaluate(scored: list[_Scored], n: int) -> tuple[dict[str, MethodResult], d
     return aggregations, baselines
 
 
-def best_of_n(problems: Sequence[BestOfNProblem], step_scores: Sequence[Sequence[ScoreLike]]) -> BestOfNResult:
+def best_of_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> BestOfNResult:
     """Best-of-N accuracy of every aggregation and baseline.
 
     ``step_scores[p][c]`` holds the step scores in [0, 1] of candidate ``c`` of problem ``p``
@@ -252,11 +253,12 @@ def best_of_n(problems: Sequence[BestOfNProblem], step_scores: Sequence[Sequence
     max_candidates = max(len(problem.candidates) for problem in problems)
     aggregations, baselines = _evaluate(scored, max_candidates)
     top = max(result.accuracy for result in aggregations.values())
-    best = [name for name, result in aggregations.items() if math.isclose(result.accuracy, top, rel_tol=1e-12)]
+    best = [name for name, result in aggregations.items()
+            if math.isclose(result.accuracy, top, rel_tol=1e-12)]
     return BestOfNResult(len(problems), max_candidates, aggregations, baselines, best)
 
 
-def accuracy_vs_n(problems: Sequence[BestOfNProblem], step_scores: Sequence[Sequence[ScoreLike]]) -> AccuracyCurve:
+def accuracy_vs_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> AccuracyCurve:
     """Accuracy of every method when only the first n candidates are offered, n = 1..N.
 
     The first candidates stand for a smaller sample from the same policy; at n = N the values equal
@@ -276,20 +278,25 @@ def accuracy_vs_n(problems: Sequence[BestOfNProblem], step_scores: Sequence[Sequ
 
 
 def _labels(labels: Sequence[int], count: int) -> np.ndarray:
-    array = np.asarray(labels, dtype=np.int64).reshape(-1)
+    array = np.asarray(labels, dtype=np.float64).reshape(-1)
     if len(array) != count:
         raise ValueError(f"{count} chain scores but {len(array)} labels")
     if not np.isin(array, (0, 1)).all():
         raise ValueError(f"labels must be 0 or 1, got {sorted(set(array.tolist()))}")
-    return array
+    return array.astype(np.int64)
+
+
+def _chain_scores(scores: ScoreLike) -> np.ndarray:
+    values = torch.as_tensor(scores, dtype=torch.float64).detach().cpu().reshape(-1).numpy()
+    if np.isnan(values).any():
+        raise ValueError("chain scores contain NaN")
+    return values
 
 
 def auroc(scores: ScoreLike, labels: Sequence[int]) -> float:
     """Exact area under the ROC curve (Mann-Whitney U with average ranks, so a tied positive and
     negative count one half); NaN when only one class is present."""
-    values = torch.as_tensor(scores, dtype=torch.float64).reshape(-1).numpy()
-    if np.isnan(values).any():
-        raise ValueError("chain scores contain NaN")
+    values = _chain_scores(scores)
     truth = _labels(labels, len(values))
     positives, negatives = int(truth.sum()), int(len(truth) - truth.sum())
     if positives == 0 or negatives == 0:
@@ -302,7 +309,7 @@ def auroc(scores: ScoreLike, labels: Sequence[int]) -> float:
 
 def chain_metrics(scores: ScoreLike, labels: Sequence[int], probability: bool = True) -> ChainMetrics:
     """AUROC of chain scores against 0/1 labels, plus accuracy at 0.5 and MSE when they are probabilities."""
-    values = torch.as_tensor(scores, dtype=torch.float64).reshape(-1).numpy()
+    values = _chain_scores(scores)
     truth = _labels(labels, len(values))
     area = auroc(values, truth)
     accuracy = float(((values >= 0.5) == truth).mean()) if probability and len(values) else None

@@ -44,7 +44,8 @@ def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-def _checked(step_scores: Sequence[ScoreLike], first_errors: Sequence[int | None]) -> list[tuple[torch.Tensor, int]]:
+def _checked(step_scores: Sequence[ScoreLike],
+             first_errors: Sequence[int | None]) -> list[tuple[torch.Tensor, int]]:
     if len(step_scores) != len(first_errors):
         raise ValueError(f"{len(step_scores)} chains but {len(first_errors)} first errors")
     chains = []
@@ -69,7 +70,8 @@ def processbench(step_scores: Sequence[ScoreLike], first_errors: Sequence[int | 
     error_accuracy = float(np.mean(hits[True])) if hits[True] else math.nan
     correct_accuracy = float(np.mean(hits[False])) if hits[False] else math.nan
     return ProcessBenchResult(threshold, error_accuracy, correct_accuracy,
-                              harmonic_mean(error_accuracy, correct_accuracy), len(hits[True]), len(hits[False]))
+                              harmonic_mean(error_accuracy, correct_accuracy),
+                              erroneous=len(hits[True]), correct=len(hits[False]))
 
 
 def choose_threshold(step_scores: Sequence[ScoreLike], first_errors: Sequence[int | None],

@@ -82,13 +82,13 @@ def processbench_markdown(results: Mapping[str, ProcessBenchResult]) -> str:
     if len(results) > 1:
         mean = {field: sum(getattr(r, field) for r in results.values()) / len(results)
                 for field in ("error_accuracy", "correct_accuracy", "f1")}
-        lines.append(f"| mean | | {_percent(mean['error_accuracy'])} | {_percent(mean['correct_accuracy'])} | "
-                     f"{_percent(mean['f1'])} | | |")
+        lines.append(f"| mean | | {_percent(mean['error_accuracy'])} | "
+                     f"{_percent(mean['correct_accuracy'])} | {_percent(mean['f1'])} | | |")
     return "\n".join(lines) + "\n"
 
 
 def write_best_of_n(result: BestOfNResult, directory: str | Path, curve: AccuracyCurve | None = None) -> str:
-    """Write ``best_of_n.json`` (with ``accuracy_vs_n`` when given) and ``best_of_n.md``; return the Markdown."""
+    """Write ``best_of_n.json`` (with ``accuracy_vs_n`` if given) and ``best_of_n.md``; return the latter."""
     directory = Path(directory)
     data = result.to_dict()
     if curve is not None:
