@@ -69,10 +69,10 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     return make(optimizer, total_steps=total_steps) if "name" in cfg.schedule else make(optimizer)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one training job; returns the final validation metrics (so sweepers can use them)."""
+def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
+    """Run one training job in ``run_dir`` (default: Hydra's); returns the final validation metrics."""
     seed_everything(cfg.seed)
-    run_dir = run_directory()
+    run_dir = Path(run_dir) if run_dir is not None else run_directory()
     resume_from = find_resume_checkpoint(cfg, run_dir)
     device = pick_device(cfg.train.device)
     tracker = instantiate(cfg.logger)

@@ -8,27 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from prm.data.native import atomic_write_text
 from prm.evaluation.best_of_n import AccuracyCurve, BestOfNResult, MethodResult
 from prm.evaluation.processbench import ProcessBenchResult
-
-
-def atomic_write(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _finite(value: Any) -> Any:
@@ -42,7 +27,7 @@ def _finite(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    atomic_write(path, json.dumps(_finite(dict(data)), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_finite(dict(data)), indent=2, allow_nan=False) + "\n")
 
 
 def _percent(value: float) -> str:
@@ -95,7 +80,7 @@ def write_best_of_n(result: BestOfNResult, directory: str | Path, curve: Accurac
         data["accuracy_vs_n"] = curve.to_dict()
     write_json(directory / "best_of_n.json", data)
     markdown = best_of_n_markdown(result)
-    atomic_write(directory / "best_of_n.md", markdown)
+    atomic_write_text(directory / "best_of_n.md", markdown)
     return markdown
 
 
@@ -104,5 +89,5 @@ def write_processbench(results: Mapping[str, ProcessBenchResult], directory: str
     directory = Path(directory)
     write_json(directory / "processbench.json", {subset: r.to_dict() for subset, r in results.items()})
     markdown = processbench_markdown(results)
-    atomic_write(directory / "processbench.md", markdown)
+    atomic_write_text(directory / "processbench.md", markdown)
     return markdown

@@ -1,0 +1,103 @@
+"""The PRM: scores equal the two-token renormalised softmax, per-example losses by hand, batch invariance."""
+import math
+
+import pytest
+import torch
+
+from prm.data.dataset import ChainDataset, PRMCollator
+from prm.data.records import StepChain
+from prm.model.backbones import build_backbone
+from prm.model.prm import ProcessRewardModel
+
+CHAINS = [
+    StepChain(id="a", question="What is 2 + 3?", steps=["2 + 3 = 5.", "Final answer: 5"], labels=[1.0, 0.75]),
+    StepChain(id="b", question="What is 4 x 2?", steps=["4 x 2 = 9.", "So it is 9.", "Final answer: 9"],
+              labels=[0.0, None, 0.0]),
+    StepChain(id="c", question="Count the tiles.", steps=["There are 4 tiles."], labels=[None]),
+]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return build_backbone("qwen2")
+
+
+def batch_of(backbone, chains):
+    return PRMCollator(backbone)([ChainDataset(chains)[i] for i in range(len(chains))])
+
+
+def test_token_scores_are_two_token_softmax_of_full_logits(backbone):
+    prm = ProcessRewardModel(backbone, "token").eval()
+    batch = batch_of(backbone, CHAINS)
+    with torch.no_grad():
+        scores = prm(batch)
+        full = backbone.model(**batch["inputs"]).logits  # full vocabulary, for reference only
+    plus, minus = backbone.label_token_ids
+    for row, chain in enumerate(CHAINS):
+        for step in range(len(chain.steps)):
+            logits = full[row, batch["marker_positions"][row, step]]
+            expected = torch.softmax(logits[[plus, minus]], -1)[0]
+            assert scores.probs[row, step].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_token_head_never_computes_full_vocabulary_logits(backbone):
+    prm = ProcessRewardModel(backbone, "token")
+    calls = []
+    handle = backbone.model.get_output_embeddings().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        prm(batch_of(backbone, CHAINS))
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def _bce(logit, target):
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+@pytest.mark.parametrize("head", ["token", "value"])
+def test_per_example_losses_by_hand(backbone, head):
+    prm = ProcessRewardModel(backbone, head).eval()
+    batch = batch_of(backbone, CHAINS)
+    with torch.no_grad():
+        scores = prm(batch)
+        losses, has_label = prm.losses(scores, batch["step_labels"])
+    z = scores.logits.tolist()
+    if head == "token":
+        expected_a = (_bce(z[0][0], 1.0) + _bce(z[0][1], 0.75)) / 2
+        expected_b = (_bce(z[1][0], 0.0) + _bce(z[1][2], 0.0)) / 2
+    else:
+        sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+        expected_a = ((sig(z[0][0]) - 1.0) ** 2 + (sig(z[0][1]) - 0.75) ** 2) / 2
+        expected_b = ((sig(z[1][0]) - 0.0) ** 2 + (sig(z[1][2]) - 0.0) ** 2) / 2
+    assert losses.tolist() == pytest.approx([expected_a, expected_b, 0.0], rel=1e-5)
+    assert has_label.tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "internvl"])
+@pytest.mark.parametrize("head", ["token", "value"])
+def test_batch_invariance(family, head, tmp_path):
+    from prm.data.synthetic import DemoBenchmark
+    from prm.data.sources import DataSources
+
+    sources = DataSources(generator=DemoBenchmark(tmp_path, train_per_domain=3, meta_size=2, test_problems=1,
+                                                  n_candidates=2))
+    chains = sources.load("train")
+    backbone = build_backbone(family, processor_kwargs={"crop_to_patches": False} if family == "internvl" else None)
+    prm = ProcessRewardModel(backbone, head).eval()
+    with torch.no_grad():
+        together = prm.losses(prm(batch_of(backbone, chains)), batch_of(backbone, chains)["step_labels"])[0]
+        alone = torch.cat([prm.losses(prm(batch_of(backbone, [c])), batch_of(backbone, [c])["step_labels"])[0]
+                           for c in chains])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_gradients_reach_backbone_and_value_head(backbone):
+    prm = ProcessRewardModel(backbone, "value")
+    batch = batch_of(backbone, CHAINS)
+    losses, _ = prm.losses(prm(batch), batch["step_labels"])
+    losses.sum().backward()
+    assert prm.value_head.weight.grad.abs().sum() > 0
+    assert backbone.model.get_input_embeddings().weight.grad.abs().sum() > 0
+    prm.zero_grad()

@@ -1,0 +1,117 @@
+"""Training through Betty: checkpoints, resume equals an uninterrupted run, CLI train-then-evaluate."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from prm.checkpoint import LATEST, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", *overrides])
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def weights(checkpoint):
+    return load_file(checkpoint / "model.safetensors")
+
+
+@pytest.mark.parametrize("head", ["token", "value"])
+def test_resume_matches_uninterrupted_run(cache, head):
+    from train import train
+
+    overrides = ["train.steps=6", "train.save_every=3", "train.validate_every=3", f"prm.head={head}",
+                 "train.gradient_accumulation=2"]
+    full = cache / "full"
+    train(config(*overrides), run_dir=full)
+    assert latest_checkpoint(full).name == "step-0000012"  # 6 optimiser steps x 2 micro-batches
+
+    # An interrupted copy: only the checkpoint at step 3 survived.
+    interrupted = cache / "interrupted"
+    shutil.copytree(full / "checkpoints" / "step-0000006", interrupted / "checkpoints" / "step-0000006")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000006\n")
+    train(config(*overrides, "resume=true"), run_dir=interrupted)
+
+    final_full, final_resumed = latest_checkpoint(full), latest_checkpoint(interrupted)
+    assert final_resumed.name == final_full.name
+    a, b = weights(final_full), weights(final_resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    if head == "value":
+        assert torch.equal(load_file(final_full / "head.safetensors")["value_head.weight"],
+                           load_file(final_resumed / "head.safetensors")["value_head.weight"])
+
+
+def test_checkpoint_is_a_loadable_backbone_path(cache):
+    from train import train
+
+    first = cache / "first"
+    train(config("train.steps=2"), run_dir=first)
+    checkpoint = latest_checkpoint(first)
+    assert (checkpoint / "config.yaml").is_file() and (checkpoint / "training_state.pt").is_file()
+    second = cache / "second"
+    metrics = train(config("train.steps=1", f"backbone.path={checkpoint}"), run_dir=second)
+    assert "auroc" in metrics
+    lines = (second / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 1
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
+    from prm import checkpoint as ckpt
+    from train import train
+
+    run = cache / "run"
+    train(config("train.steps=2", "train.save_every=1"), run_dir=run)
+    before = latest_checkpoint(run)
+    snapshot = weights(before)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save_checkpoint(run, 99, _prm_from(before), {}, "")
+    assert latest_checkpoint(run) == before
+    assert not (run / "checkpoints" / "step-0000099").exists()
+    assert all(torch.equal(snapshot[k], v) for k, v in weights(before).items())
+
+
+def _prm_from(checkpoint):
+    from evaluate import load_prm
+
+    return load_prm(checkpoint)
+
+
+@pytest.mark.slow
+def test_cli_train_then_evaluate(cache):
+    env = {"PRM_CACHE_DIR": str(cache / "cache"), "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    run = cache / "cli"
+    subprocess.run([sys.executable, "train.py", "experiment=smoke", f"hydra.run.dir={run}"], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    assert latest_checkpoint(run) is not None
+    result = subprocess.run([sys.executable, "evaluate.py", "data=demo",
+                             f"checkpoint={run}", "data.generator.train_per_domain=16",
+                             "data.generator.meta_size=16", "data.generator.test_problems=4",
+                             "data.generator.n_candidates=4", f"hydra.run.dir={run}/eval"],
+                            cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert any("mean" in row and "aggregation" in row for row in rows)
+    assert any("random" in row and "baseline" in row for row in rows)
+    report = json.loads((run / "eval" / "best_of_n.json").read_text())
+    assert set(report["aggregations"]) >= {"mean", "min", "max", "log_mean"}
+    assert 0.0 <= report["aggregations"]["mean"]["accuracy"] <= report["baselines"]["pass_at_n"]["accuracy"]
