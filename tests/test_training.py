@@ -115,3 +115,28 @@ def test_cli_train_then_evaluate(cache):
     report = json.loads((run / "eval" / "best_of_n.json").read_text())
     assert set(report["aggregations"]) >= {"mean", "min", "max", "log_mean"}
     assert 0.0 <= report["aggregations"]["mean"]["accuracy"] <= report["baselines"]["pass_at_n"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_evaluate_reads_published_test_formats(cache):
+    """A text-only PRM evaluated on the DreamPRM-1.5 best-of-N sample and a ProcessBench sample."""
+    env = {"PRM_CACHE_DIR": str(cache / "cache"), "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
+    run = cache / "text"
+    subprocess.run([sys.executable, "train.py", "experiment=smoke", "backbone=tiny_qwen2", f"hydra.run.dir={run}"],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    fixtures = ROOT / "tests" / "fixtures"
+    bestofn = subprocess.run(
+        [sys.executable, "evaluate.py", f"checkpoint={run}", "data=dreamprm15", "data.missing_image=blank",
+         f"data.test={fixtures / 'formats' / 'bestofn_test.json'}", f"hydra.run.dir={run}/eval_bon"],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    assert "pass_at_n" in bestofn.stdout
+    report = json.loads((run / "eval_bon" / "best_of_n.json").read_text())
+    assert report["problems"] > 0
+    bench = subprocess.run(
+        [sys.executable, "evaluate.py", f"checkpoint={run}", "data=processbench",
+         f"data.test={fixtures / 'published' / 'processbench_gsm8k_sample.json'}", f"hydra.run.dir={run}/eval_pb"],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    result = json.loads((run / "eval_pb" / "processbench.json").read_text())["processbench"]
+    assert (result["erroneous"], result["correct"]) == (10, 10)
+    assert 0.0 <= result["f1"] <= 1.0
+    assert "F1" in bench.stdout or "f1" in bench.stdout
