@@ -47,7 +47,7 @@ class TinySize:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 128
+    intermediate_size: int = 256
     vision_hidden_size: int = 32
     vision_layers: int = 1
     vision_heads: int = 2
