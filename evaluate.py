@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +23,7 @@ from prm.checkpoint import load_head, resolve_checkpoint
 from prm.data.dataset import flatten_candidates
 from prm.data.readers import read_records
 from prm.data.records import BestOfNProblem, LabelledChain
+from prm.device import pick_device
 from prm.evaluation import (accuracy_vs_n, best_of_n, choose_threshold, processbench, write_best_of_n,
                             write_processbench)
 from prm.evaluation.scoring import score_chains
@@ -52,7 +52,7 @@ def detect_mode(records: list) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else checkpoint / "eval"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = pick_device(cfg.device)
     prm = load_prm(checkpoint).to(device)
     data = instantiate(cfg.data)
     records = data.load("test")

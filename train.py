@@ -24,13 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from prm.bilevel.engine import PRMEngine
+from prm.aggregation import pad_ragged
 from prm.bilevel.lower import PRMLower
 from prm.checkpoint import (latest_checkpoint, load_head, load_training_state, resolve_checkpoint,
                             save_checkpoint, set_rng_state)
 from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.sampling import ResumableSampler
+from prm.device import pick_device
 from prm.evaluation.best_of_n import chain_metrics
-from prm.evaluation.scoring import pad_scores, score_chains
+from prm.evaluation.scoring import score_chains
 from prm.model.prm import ProcessRewardModel
 
 log = logging.getLogger("train")
@@ -40,12 +42,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def run_directory() -> Path:
@@ -86,8 +82,9 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     backbone_overrides = {"path": str(resume_from)} if resume_from is not None else {}
     backbone = instantiate(cfg.backbone, **backbone_overrides)
     prm = ProcessRewardModel(backbone, head=cfg.prm.head)
-    if backbone_overrides or cfg.backbone.get("path"):
-        prm.load_head_state_dict(load_head(backbone_overrides.get("path", cfg.backbone.get("path"))))
+    start_from = resume_from or cfg.backbone.get("path")
+    if start_from:
+        prm.load_head_state_dict(load_head(start_from))
     log.info("PRM: %s backbone, %s head, %d parameters; %d training chains, %d meta chains",
              backbone.family, cfg.prm.head, sum(p.numel() for p in prm.parameters()), len(train_chains),
              len(meta_chains))
@@ -109,13 +106,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     )
 
     aggregation = instantiate(cfg.aggregation)
-    meta_set = meta_chains
+    meta_labels = [chain.label for chain in meta_chains]
 
     def validate() -> dict[str, float]:
-        scores = score_chains(prm, meta_set, data.eval_batch_size, data.max_length, device, cfg.train.precision)
-        values, mask = pad_scores(scores)
-        labels = torch.tensor([chain.label for chain in meta_set], dtype=torch.float)
-        result = chain_metrics(aggregation(values, mask), labels.tolist(), probability=aggregation.is_probability)
+        scores = score_chains(prm, meta_chains, data.eval_batch_size, data.max_length, device, cfg.train.precision)
+        result = chain_metrics(aggregation(*pad_ragged(scores)), meta_labels, probability=aggregation.is_probability)
         metrics = {"auroc": result.auroc, f"auroc_{aggregation.name}": result.auroc}
         if result.mse is not None:
             metrics.update(loss=result.mse, accuracy=result.accuracy)

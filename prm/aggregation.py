@@ -88,6 +88,17 @@ EMPTY_SCORE = {"min": 0.0, "max": 0.0, "last": 0.0, "mean": 0.0, "prod": 0.0, "l
 PROBABILITY_VALUED = {"min", "max", "last", "mean", "prod", "log_mean"}
 
 
+def pad_ragged(chains, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack chains of different lengths into ``[chains, max_steps]`` scores and a mask."""
+    width = max([len(chain) for chain in chains] + [1])
+    scores = torch.zeros(len(chains), width, dtype=dtype)
+    mask = torch.zeros(len(chains), width, dtype=torch.bool)
+    for row, chain in enumerate(chains):
+        scores[row, : len(chain)] = torch.as_tensor(chain, dtype=dtype)
+        mask[row, : len(chain)] = True
+    return scores, mask
+
+
 class Aggregation:
     """A named aggregation, built from ``conf/aggregation/<name>.yaml``."""
 

@@ -13,30 +13,12 @@ clipping (``Config.gradient_clipping``) and the optimiser step. Two things are o
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from betty.problems import ImplicitProblem
 
-
-def to_device(batch: Any, device) -> Any:
-    """Move the tensors of a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device) for value in batch)
-    return batch
-
-
-def autocast(device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return contextlib.nullcontext()
+from prm.device import autocast, to_device
 
 
 class PRMLower(ImplicitProblem):

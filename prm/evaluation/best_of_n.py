@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from prm.aggregation import AGGREGATIONS, PROBABILITY_VALUED, Aggregation
+from prm.aggregation import AGGREGATIONS, PROBABILITY_VALUED, Aggregation, pad_ragged
 from prm.data.records import BestOfNProblem
 
 ScoreLike = torch.Tensor | Sequence[float]
@@ -120,12 +120,7 @@ def as_step_scores(scores: ScoreLike, where: str) -> torch.Tensor:
 
 def aggregate_all(chains: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every aggregation of each chain, ``{name: [chains]}``; empty chains get ``EMPTY_SCORE``."""
-    width = max([len(chain) for chain in chains] + [1])
-    scores = torch.zeros(len(chains), width, dtype=torch.float64)
-    mask = torch.zeros(len(chains), width, dtype=torch.bool)
-    for row, chain in enumerate(chains):
-        scores[row, : len(chain)] = chain
-        mask[row, : len(chain)] = True
+    scores, mask = pad_ragged(chains, torch.float64)
     values = {}
     with torch.no_grad():
         for name in AGGREGATIONS:

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from prm.bilevel.lower import autocast, to_device
 from prm.data.dataset import ChainDataset, PRMCollator
+from prm.device import autocast, to_device
 
 
 @torch.no_grad()
@@ -39,13 +39,3 @@ def score_chains(prm, chains: Sequence, batch_size: int = 16, max_length: int | 
         result[index] = sorted_scores[position]
     return result
 
-
-def pad_scores(scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ragged step scores into ``[chains, max_steps]`` values and a mask."""
-    width = max((len(s) for s in scores), default=0) or 1
-    values = torch.zeros(len(scores), width)
-    mask = torch.zeros(len(scores), width, dtype=torch.bool)
-    for row, s in enumerate(scores):
-        values[row, : len(s)] = s
-        mask[row, : len(s)] = True
-    return values, mask
