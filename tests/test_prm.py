@@ -101,3 +101,16 @@ def test_gradients_reach_backbone_and_value_head(backbone):
     assert prm.value_head.weight.grad.abs().sum() > 0
     assert backbone.model.get_input_embeddings().weight.grad.abs().sum() > 0
     prm.zero_grad()
+
+
+def test_value_head_starts_fresh_from_a_plain_backbone_checkpoint(backbone, tmp_path):
+    from prm.checkpoint import load_head
+
+    backbone.save_pretrained(tmp_path)  # a real checkpoint has no head.safetensors
+    prm = ProcessRewardModel(backbone, "value")
+    before = prm.value_head.weight.clone()
+    prm.load_head_state_dict(load_head(tmp_path))
+    assert torch.equal(prm.value_head.weight, before)
+    saved = {"value_head.weight": torch.ones_like(before), "value_head.bias": torch.zeros(1)}
+    prm.load_head_state_dict(saved)
+    assert torch.equal(prm.value_head.weight, torch.ones_like(before))

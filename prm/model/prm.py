@@ -91,5 +91,6 @@ class ProcessRewardModel(nn.Module):
         return {} if self.value_head is None else {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
 
     def load_head_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if self.value_head is not None:
+        """Load a saved value head; an empty state (a plain backbone checkpoint) keeps the fresh head."""
+        if self.value_head is not None and state:
             self.value_head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
