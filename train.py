@@ -23,9 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from prm.bilevel.engine import PRMEngine
 from prm.aggregation import pad_ragged
+from prm.bilevel.engine import PRMEngine
 from prm.bilevel.lower import PRMLower
+from prm.bilevel.meta_loss import check_meta_loss
+from prm.bilevel.upper import ReweightUpper
 from prm.checkpoint import (latest_checkpoint, load_head, load_training_state, resolve_checkpoint,
                             save_checkpoint, set_rng_state)
 from prm.data.dataset import ChainDataset, PRMCollator
@@ -34,6 +36,9 @@ from prm.device import pick_device
 from prm.evaluation.best_of_n import chain_metrics
 from prm.evaluation.scoring import score_chains
 from prm.model.prm import ProcessRewardModel
+from prm.reweight import TrainingSet
+from prm.reweight.report import instance_weights, weight_report, weights_json, weights_markdown
+from prm.schedules import warmup_schedule
 
 log = logging.getLogger("train")
 
@@ -65,6 +70,41 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     return make(optimizer, total_steps=total_steps) if "name" in cfg.schedule else make(optimizer)
 
 
+HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in 0.2.1 (STACK.md)
+
+
+def hypergradient_config(reweight: DictConfig) -> dict:
+    """Betty Config fields of the lower problem that choose and tune the best-response Jacobian."""
+    h = reweight.hypergradient
+    if h.type not in HYPERGRADIENTS:
+        raise ValueError(f"reweight.hypergradient.type={h.type!r}; expected one of {HYPERGRADIENTS}")
+    if h.unroll_steps < 1:
+        raise ValueError("reweight.hypergradient.unroll_steps must be >= 1")
+    return dict(type=h.type, unroll_steps=h.unroll_steps, darts_alpha=h.darts_alpha,
+                neumann_iterations=h.iterations, neumann_alpha=h.alpha, cg_iterations=h.iterations,
+                cg_alpha=h.alpha, sama_adam_alpha=h.sama_adam_alpha)
+
+
+def build_upper(cfg: DictConfig, data, train_chains, meta_chains, domains, backbone, aggregation, start_step: int):
+    """The reweighter from ``cfg.reweight`` as a Betty problem over the meta set (not yet linked)."""
+    upper_cfg = cfg.reweight.upper
+    reweighter = instantiate(cfg.reweight.module)(training_set=TrainingSet.of(train_chains, domains),
+                                                  activation=instantiate(cfg.activation))
+    if reweighter.sparse_rows:  # lazy Adam: only rows with a gradient move (prm/reweight/instance_table.py)
+        optimizer = torch.optim.SparseAdam(list(reweighter.parameters()), lr=upper_cfg.lr, betas=tuple(upper_cfg.betas))
+    else:
+        optimizer = torch.optim.AdamW(reweighter.parameters(), lr=upper_cfg.lr, betas=tuple(upper_cfg.betas),
+                                      weight_decay=upper_cfg.weight_decay)
+    sampler = ResumableSampler(len(meta_chains), seed=cfg.seed + 1, start=start_step * upper_cfg.batch_size)
+    loader = DataLoader(ChainDataset(meta_chains), batch_size=upper_cfg.batch_size, sampler=sampler,
+                        collate_fn=PRMCollator(backbone, data.max_length), num_workers=data.num_workers)
+    return ReweightUpper(
+        name="reweight", module=reweighter, optimizer=optimizer, train_data_loader=loader, lower_name="prm",
+        aggregation=aggregation, loss_target=cfg.prm.loss_target, precision=cfg.train.precision,
+        config=Config(gradient_clipping=upper_cfg.gradient_clipping, precision="fp32", log_step=-1),
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     """Run one training job in ``run_dir`` (default: Hydra's); returns the final validation metrics."""
     seed_everything(cfg.seed)
@@ -89,24 +129,43 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
              backbone.family, cfg.prm.head, sum(p.numel() for p in prm.parameters()), len(train_chains),
              len(meta_chains))
 
+    reweighting = cfg.reweight.name != "none"
     # Steps: Betty counts micro-batches; optimiser steps = micro-batches / accumulation.
     accumulation = cfg.train.gradient_accumulation
     total_micro = cfg.train.steps * accumulation
     state = load_training_state(resume_from) if resume_from is not None else None
     start_micro = state["step"] if state is not None else 0
     sampler = ResumableSampler(len(train_chains), seed=cfg.seed, start=start_micro * data.batch_size)
-    loader = DataLoader(ChainDataset(train_chains), batch_size=data.batch_size, sampler=sampler,
-                        collate_fn=PRMCollator(backbone, data.max_length), num_workers=data.num_workers)
+    domains = sorted({chain.domain for chain in train_chains})
+    collator = PRMCollator(backbone, data.max_length)
+    loader = DataLoader(ChainDataset(train_chains, domains), batch_size=data.batch_size, sampler=sampler,
+                        collate_fn=collator, num_workers=data.num_workers)
     optimizer = torch.optim.AdamW(prm.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                   betas=tuple(cfg.train.betas))
     lower = PRMLower(
         name="prm", module=prm, optimizer=optimizer, train_data_loader=loader, precision=cfg.train.precision,
         config=Config(gradient_accumulation=accumulation, gradient_clipping=cfg.train.gradient_clipping,
-                      precision="fp32", log_step=-1),
+                      precision="fp32", log_step=-1, **(hypergradient_config(cfg.reweight) if reweighting else {})),
     )
 
     aggregation = instantiate(cfg.aggregation)
     meta_labels = [chain.label for chain in meta_chains]
+
+    # Upper level (reweight != none): the reweighter, tuned on the meta set through the lower problem.
+    upper, problems, dependencies = None, [lower], {"u2l": {}, "l2u": {}}
+    if reweighting:
+        check_meta_loss(aggregation, cfg.prm.loss_target)
+        unroll = cfg.reweight.hypergradient.unroll_steps
+        upper_start = state["upper"]["steps"] if state is not None else 0
+        upper = build_upper(cfg, data, train_chains, meta_chains, domains, backbone, aggregation, upper_start)
+        lower.weigh = lambda *args: upper.module(*args)
+        problems.append(upper)
+        dependencies = {"u2l": {upper: [lower]}, "l2u": {lower: [upper]}}
+        log.info("reweighting: %s, %s hypergradient, unroll %d, meta loss %s with %s",
+                 cfg.reweight.name, cfg.reweight.hypergradient.type, unroll, cfg.prm.loss_target, aggregation.name)
+
+    def weights_now() -> torch.Tensor:
+        return instance_weights(upper.module, prm, train_chains, collator, data.eval_batch_size, device)
 
     def validate() -> dict[str, float]:
         scores = score_chains(prm, meta_chains, data.eval_batch_size, data.max_length, device, cfg.train.precision)
@@ -114,6 +173,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
         metrics = {"auroc": result.auroc, f"auroc_{aggregation.name}": result.auroc}
         if result.mse is not None:
             metrics.update(loss=result.mse, accuracy=result.accuracy)
+        if upper is not None and upper.module.instance_weights() is not None:  # tables: cheap to read
+            report = weight_report(upper.module, weights_now(), train_chains, extremes=0)
+            metrics.update({f"weight/{name}": s["mean"] for name, s in report["per_domain"].items()})
+            if "corruption" in report:
+                metrics["weight/corrupted_over_clean"] = report["corruption"]["ratio"]
         return metrics
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -121,11 +185,17 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     def save(micro_step: int) -> None:
         training_state = {"optimizer": lower.optimizer.state_dict(),
                           "scheduler": lower.lr_scheduler.state_dict(), "micro_step": micro_step}
-        path = save_checkpoint(run_dir, micro_step, prm, training_state, config_yaml)
+        extra = {}
+        if upper is not None:
+            training_state["upper"] = {"module": upper.module.state_dict(), "optimizer": upper.optimizer.state_dict(),
+                                       "scheduler": upper.lr_scheduler.state_dict(), "steps": upper.steps_taken}
+            if upper.module.instance_weights() is not None:  # a net's weights need a pass: written at the end
+                extra["weights.json"] = weights_json(upper.module, weights_now(), train_chains)
+        path = save_checkpoint(run_dir, micro_step, prm, training_state, config_yaml, extra_files=extra)
         log.info("checkpoint %s", path)
 
     engine = PRMEngine(
-        problems=[lower],
+        problems=problems, dependencies=dependencies,
         config=EngineConfig(train_iters=total_micro - start_micro, valid_step=total_micro + 1, logger_type="none"),
         start_step=start_micro, total_steps=total_micro,
         validate_every=cfg.train.validate_every * accumulation, save_every=cfg.train.save_every * accumulation,
@@ -134,18 +204,37 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     # Betty rebuilds the optimiser while setting up the problem: attach the schedule and any resumed
     # state to the optimiser it actually steps.
     lower.lr_scheduler = build_scheduler(cfg, lower.optimizer, cfg.train.steps)
+    if upper is not None:
+        upper.lr_scheduler = warmup_schedule(
+            upper.optimizer, total_steps=max(1, cfg.train.steps // cfg.reweight.hypergradient.unroll_steps),
+            name=cfg.reweight.upper.schedule.name, warmup_ratio=cfg.reweight.upper.schedule.warmup_ratio)
     if state is not None:
         lower.optimizer.load_state_dict(state["optimizer"])
         lower.lr_scheduler.load_state_dict(state["scheduler"])
+        if upper is not None:
+            upper.module.load_state_dict(state["upper"]["module"])
+            upper.optimizer.load_state_dict(state["upper"]["optimizer"])
+            upper.lr_scheduler.load_state_dict(state["upper"]["scheduler"])
+            upper.steps_taken = state["upper"]["steps"]
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d of %d", resume_from, start_micro // accumulation, cfg.train.steps)
     if start_micro < total_micro:
         engine.run()
     metrics = engine.last_validation or validate()
+    if upper is not None:
+        write_weight_report(run_dir, upper.module, weights_now(), train_chains)
     tracker.finish()
     log.info("final validation: %s", {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                                       for k, v in metrics.items()})
     return metrics
+
+
+def write_weight_report(run_dir: Path, reweighter, weights: torch.Tensor, chains) -> None:
+    """weights.json (every instance's weight by id) and weights.md (tables) in the run directory."""
+    (run_dir / "weights.json").write_text(weights_json(reweighter, weights, chains), encoding="utf-8")
+    markdown = weights_markdown(weight_report(reweighter, weights, chains))
+    (run_dir / "weights.md").write_text(markdown, encoding="utf-8")
+    log.info("learned weights: %s\n%s", run_dir / "weights.md", markdown.split("\n\nLowest")[0])
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

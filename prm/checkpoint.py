@@ -48,8 +48,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[str, Any], config_yaml: str,
-                    keep_last: int = 2) -> Path:
-    """Write checkpoint ``step`` of ``prm`` (a ProcessRewardModel) atomically; returns its folder."""
+                    keep_last: int = 2, extra_files: dict[str, str] | None = None) -> Path:
+    """Write checkpoint ``step`` of ``prm`` (a ProcessRewardModel) atomically; returns its folder.
+
+    ``extra_files`` maps file names to text written beside the model (e.g. the learned weights)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
@@ -61,6 +63,8 @@ def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[st
             save_file({k: v.contiguous() for k, v in head.items()}, tmp / HEAD_FILE)
         torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

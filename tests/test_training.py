@@ -140,3 +140,45 @@ def test_evaluate_reads_published_test_formats(cache):
     assert (result["erroneous"], result["correct"]) == (10, 10)
     assert 0.0 <= result["f1"] <= 1.0
     assert "F1" in bench.stdout or "f1" in bench.stdout
+
+
+@pytest.mark.parametrize("strategy", ["domain_table", "instance_table", "instance_net"])
+def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
+    from train import train
+
+    overrides = [f"reweight={strategy}", "train.steps=4", "train.save_every=2", "train.validate_every=2",
+                 "reweight.hypergradient.unroll_steps=2", "reweight.upper.lr=0.1"]
+    full = cache / "full"
+    metrics = train(config(*overrides), run_dir=full)
+    assert "auroc" in metrics
+    report = json.loads((full / "weights.json").read_text())
+    assert len(report["weights"]) == 48 and set(report["per_domain"]) == {"clean", "noisy", "easy"}
+    assert "corruption" in report and (full / "weights.md").read_text().startswith("# Learned weights")
+    moved = [w for w in report["weights"].values() if abs(w - 1.0) > 1e-6]
+    assert moved, "the upper level never changed a weight"
+    if strategy == "instance_table":  # two upper steps of 4 chains each: only sampled rows moved
+        assert len(moved) <= 8
+    if strategy == "domain_table":
+        assert sum(report["domain_weights"].values()) / 3 == pytest.approx(1.0)
+    state = torch.load(latest_checkpoint(full) / "training_state.pt", weights_only=False)
+    assert state["upper"]["steps"] == 2
+    if strategy != "instance_net":
+        assert (latest_checkpoint(full) / "weights.json").exists()
+
+    interrupted = cache / "interrupted"
+    shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
+    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    a = torch.load(latest_checkpoint(full) / "training_state.pt", weights_only=False)["upper"]["module"]
+    b = torch.load(latest_checkpoint(interrupted) / "training_state.pt", weights_only=False)["upper"]["module"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key, value in weights(latest_checkpoint(full)).items():
+        assert torch.equal(value, weights(latest_checkpoint(interrupted))[key]), key
+
+
+def test_meta_loss_refuses_a_non_probability_aggregation(cache):
+    from train import train
+
+    with pytest.raises(ValueError, match="not a probability"):
+        train(config("reweight=domain_table", "aggregation=sum_logit"), run_dir=cache / "run")

@@ -22,7 +22,8 @@ from prm.device import autocast, to_device
 
 
 class PRMLower(ImplicitProblem):
-    """Lower level: ``module`` is a ProcessRewardModel; ``weigh`` maps (batch, scores, losses) to weights.
+    """Lower level: ``module`` is a ProcessRewardModel; ``weigh`` maps (batch, scores, losses, has_label)
+    to one weight per chain (the upper problem's reweighter).
 
     Without an upper level every weight is 1 and the loss is the plain mean over chains that carry
     at least one step label.
@@ -46,14 +47,24 @@ class PRMLower(ImplicitProblem):
         with autocast(self.device, self.precision_mode):
             scores = self.module(batch)
         losses, has_label = self.module.losses(scores, batch["step_labels"])
-        weights = self.weigh(batch, scores, losses) if self.weigh is not None else torch.ones_like(losses)
+        if self.weigh is not None:
+            weights = self.weigh(batch, scores, losses, has_label)
+        else:
+            weights = torch.ones_like(losses)
         weights = weights * has_label
         denominator = has_label.sum().clamp(min=1)
         loss = (weights * losses).sum() / denominator
         raw = (losses * has_label).sum().detach() / denominator
-        self.last_metrics = {"loss": float(loss.detach()), "raw_loss": float(raw),
-                             "tokens": int(batch["inputs"]["attention_mask"].sum()), "chains": len(losses)}
+        self._pending_metrics = {"loss": float(loss.detach()), "raw_loss": float(raw),
+                                 "mean_weight": float(weights.detach().sum() / denominator),
+                                 "tokens": int(batch["inputs"]["attention_mask"].sum()), "chains": len(losses)}
         return loss
+
+    def get_loss(self, batch):
+        # Only the training step's own forward is logged, not the hypergradient's perturbed re-runs of it.
+        result = super().get_loss(batch)
+        self.last_metrics = self._pending_metrics
+        return result
 
     def param_callback(self):
         if self.lr_scheduler is not None:

@@ -71,7 +71,7 @@ from PIL import Image, ImageDraw
 from prm.data.native import atomic_write_text, write_native
 from prm.data.records import BestOfNProblem, Candidate, LabelledChain, StepChain
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 COLOURS = ("red", "green", "blue", "yellow")
 WORTH = {"red": 1, "green": 2, "blue": 3, "yellow": 4}
@@ -97,6 +97,10 @@ DOMAIN_ERRORS = {
     "visual": ("misread",),
 }
 DEFAULT_DOMAINS = ("clean", "noisy", "easy")
+# How often each kind of error is drawn, relative to the others. Misreads (visible only in the image)
+# are rarer by default: a tiny model trained for minutes learns text-visible errors, and a demo where
+# most errors need vision it has not learned would measure nothing. Raise it for a harder benchmark.
+DEFAULT_KIND_WEIGHTS = {"misread": 0.25, "value": 1.0, "arithmetic": 1.0, "count": 1.0, "answer": 1.0}
 HELD_OUT_LAYOUTS = 32  # tile colourings kept for the meta set, and as many again for the test set
 EVAL_DOMAIN = "demo"
 
@@ -140,10 +144,25 @@ class Solution:
     slots: list[tuple[str, ...]]  # the error kinds each step can carry
 
 
-def solve(problem: Problem, slip: Slip | None = None) -> Solution:
+# Phrasings of each kind of step: a policy's samples differ in wording, as real ones do, so two
+# correct candidates of a problem are rarely the same text (identical candidates tie, which would
+# hand the multiplicity of correct answers to the random baseline and hide it from a PRM).
+TEMPLATES = {
+    "worth": ("The {pos} tile is {colour}, worth {worth}.", "{Pos} tile: {colour}, worth {worth}.",
+              "I see a {colour} tile at the {pos}, worth {worth}."),
+    "tile": ("The {pos} tile is {colour}.", "{Pos} tile: {colour}.", "I see a {colour} tile at the {pos}."),
+    "add": ("{a} + {b} = {c}.", "Adding: {a} + {b} = {c}.", "So {a} + {b} = {c}."),
+    "count": ("So {n} {tiles} {target}.", "Counting: {n} {tiles} {target}.", "That makes {n} {tiles} {target}."),
+    "times": ("{a} x {b} = {c}.", "Multiplying: {a} x {b} = {c}.", "So {a} x {b} = {c}."),
+    "final": ("Final answer: {answer}",),
+}
+
+
+def solve(problem: Problem, slip: Slip | None = None, style: random.Random | None = None) -> Solution:
     """Write the chain for ``problem``, with ``slip`` applied and every later step computed from it.
 
-    Wrong alternatives are chosen so that every slip changes the final answer.
+    Wrong alternatives are chosen so that every slip changes the final answer. ``style`` picks a
+    phrasing per step (the first phrasing of each step without it); it never changes the content.
     """
     steps: list[str] = []
     slots: list[tuple[str, ...]] = []
@@ -153,8 +172,12 @@ def solve(problem: Problem, slip: Slip | None = None) -> Solution:
             return wrong[slip.pick % len(wrong)]
         return right
 
-    def emit(text: str, kinds: tuple[str, ...]) -> None:
-        steps.append(text)
+    def emit(template: str, kinds: tuple[str, ...], **fields) -> None:
+        options = TEMPLATES[template]
+        text = options[style.randrange(len(options)) if style is not None else 0]
+        if "pos" in fields:
+            fields["Pos"] = fields["pos"][0].upper() + fields["pos"][1:]
+        steps.append(text.format(**fields))
         slots.append(kinds)
 
     if problem.kind == "sum":
@@ -163,26 +186,26 @@ def solve(problem: Problem, slip: Slip | None = None) -> Solution:
             true = problem.tiles[tile]
             colour = state("misread", true, [c for c in COLOURS if c != true])
             worth = state("value", WORTH[colour], [w for w in WORTH.values() if w != WORTH[colour]])
-            emit(f"The {POSITIONS[tile]} tile is {colour}, worth {worth}.", ("misread", "value"))
+            emit("worth", ("misread", "value"), pos=POSITIONS[tile], colour=colour, worth=worth)
             worths.append(worth)
         result = worths[0]
         for worth in worths[1:]:
             total = state("arithmetic", result + worth, _near(result + worth))
-            emit(f"{result} + {worth} = {total}.", ("arithmetic",))
+            emit("add", ("arithmetic",), a=result, b=worth, c=total)
             result = total
     else:
         target, count = problem.target, 0
         for tile, true in enumerate(problem.tiles):
             # a misread must change the count: a target tile read as another colour, or the reverse
             colour = state("misread", true, [c for c in COLOURS if c != true] if true == target else [target])
-            emit(f"The {POSITIONS[tile]} tile is {colour}.", ("misread",))
+            emit("tile", ("misread",), pos=POSITIONS[tile], colour=colour)
             count += colour == target
         count = state("count", count, [n for n in range(len(POSITIONS) + 1) if n != count])
-        emit(f"So {count} {'tile is' if count == 1 else 'tiles are'} {target}.", ("count",))
+        emit("count", ("count",), n=count, tiles="tile is" if count == 1 else "tiles are", target=target)
         result = state("arithmetic", count * problem.factor, _near(count * problem.factor))
-        emit(f"{count} x {problem.factor} = {result}.", ("arithmetic",))
+        emit("times", ("arithmetic",), a=count, b=problem.factor, c=result)
     answer = state("answer", result, _near(result))
-    emit(f"Final answer: {answer}", ("answer",))
+    emit("final", ("answer",), answer=answer)
     return Solution(steps, answer, slots)
 
 
@@ -205,11 +228,16 @@ def _layout_pools(seed: int) -> dict[str, list[Problem]]:
     }
 
 
-def _sample_slip(problem: Problem, kinds: Sequence[str], rng: random.Random) -> Slip:
-    """A step uniformly among those that can carry an allowed kind, then a kind among those."""
-    options = [(step, [k for k in slot if k in kinds]) for step, slot in enumerate(solve(problem).slots)]
-    step, allowed = rng.choice([(step, allowed) for step, allowed in options if allowed])
-    return Slip(step, rng.choice(allowed), rng.randrange(1 << 16))
+def _sample_slip(problem: Problem, kinds: Sequence[str], rng: random.Random,
+                 weights: Mapping[str, float] | None = None) -> Slip | None:
+    """A (step, kind) pair among those the chain can carry, drawn with probability proportional to the
+    kind's weight (uniform without weights); None when no step can carry any of ``kinds``."""
+    options = [(step, kind) for step, slot in enumerate(solve(problem).slots) for kind in slot if kind in kinds]
+    odds = [1.0 if weights is None else float(weights.get(kind, 1.0)) for _, kind in options]
+    if not options or sum(odds) <= 0:
+        return None
+    step, kind = rng.choices(options, weights=odds)[0]
+    return Slip(step, kind, rng.randrange(1 << 16))
 
 
 def _mc_values(n_steps: int, success: float, rollouts: int, rng: random.Random) -> list[float]:
@@ -307,6 +335,9 @@ class DemoBenchmark:
         domains: Sequence[str] = DEFAULT_DOMAINS,
         noise_rate: float = 0.4,
         rollouts: int = 16,
+        error_rate: float = 0.5,
+        success_min: float = 0.5,
+        kind_weights: Mapping[str, float] | None = None,
     ) -> None:
         domains = [str(domain) for domain in domains]
         unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
@@ -328,6 +359,10 @@ class DemoBenchmark:
             "image_size >= 8": image_size >= 8,
             "0 <= noise_rate <= 1": 0.0 <= noise_rate <= 1.0,
             "rollouts >= 1": rollouts >= 1,
+            "0 <= error_rate <= 1": 0.0 <= error_rate <= 1.0,
+            "0 <= success_min <= 1": 0.0 <= success_min <= 1.0,
+            "kind_weights >= 0 with known kinds": kind_weights is None or (
+                set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
         }
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
@@ -344,6 +379,9 @@ class DemoBenchmark:
             "image_size": int(image_size),
             "noise_rate": float(noise_rate),
             "rollouts": int(rollouts),
+            "error_rate": float(error_rate),
+            "success_min": float(success_min),
+            "kind_weights": {kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS},
         }
         self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
         self.directory = self.root / self.key
@@ -428,9 +466,10 @@ class DemoBenchmark:
         chains = []
         for index in range(size):
             problem = rng.choice(pool)
-            success = rng.random()
-            slip = None if rng.random() < success else _sample_slip(problem, DOMAIN_ERRORS[domain], rng)
-            solution = solve(problem, slip)
+            success = rng.uniform(p["success_min"], 1.0)
+            wrong = rng.random() < p["error_rate"]
+            slip = _sample_slip(problem, DOMAIN_ERRORS[domain], rng, p["kind_weights"]) if wrong else None
+            solution = solve(problem, slip, style=rng)
             record_meta = _record_meta(problem, slip, solution)
             values = _mc_values(len(solution.steps), success, p["rollouts"], rng)
             true_labels = _mask(values, record_meta["first_error"])
@@ -464,8 +503,8 @@ class DemoBenchmark:
         chains = []
         for index, label in enumerate(labels):
             problem = rng.choice(pool)
-            slip = None if label else _sample_slip(problem, ERROR_KINDS, rng)
-            solution = solve(problem, slip)
+            slip = None if label else _sample_slip(problem, ERROR_KINDS, rng, p["kind_weights"])
+            solution = solve(problem, slip, style=rng)
             record_meta = _record_meta(problem, slip, solution)
             chain_id = f"meta-{index:05d}"
             chains.append(
@@ -493,14 +532,15 @@ class DemoBenchmark:
         rng.shuffle(successes)
         records = []
         for index, (problem, success) in enumerate(zip(problems, successes)):
-            typical = _sample_slip(problem, ERROR_KINDS, rng)  # the mistake wrong candidates tend to share
+            typical = _sample_slip(problem, ERROR_KINDS, rng, p["kind_weights"])  # the mistake wrong candidates tend to share
             shared = rng.random()
             candidates = []
             for _ in range(p["n_candidates"]):
                 slip = None
                 if rng.random() >= success:
-                    slip = typical if rng.random() < shared else _sample_slip(problem, ERROR_KINDS, rng)
-                solution = solve(problem, slip)
+                    slip = typical if rng.random() < shared else _sample_slip(problem, ERROR_KINDS, rng,
+                                                                               p["kind_weights"])
+                solution = solve(problem, slip, style=rng)
                 candidates.append(
                     Candidate(
                         steps=solution.steps,
@@ -535,11 +575,14 @@ def build_demo(
     domains: Sequence[str] = DEFAULT_DOMAINS,
     noise_rate: float = 0.4,
     rollouts: int = 16,
+    error_rate: float = 0.5,
+    success_min: float = 0.5,
+    kind_weights: Mapping[str, float] | None = None,
 ) -> DemoFiles:
     """Build (or reuse) the demo benchmark under ``root``; see :class:`DemoBenchmark`."""
     benchmark = DemoBenchmark(
         root, seed, train_per_domain, meta_size, test_problems, n_candidates, image_size, domains, noise_rate,
-        rollouts,
+        rollouts, error_rate, success_min, kind_weights,
     )
     return benchmark.build()
 
@@ -553,5 +596,5 @@ def corpus_text(seed: int = 0, chains: int = 2000) -> str:
     for _ in range(chains):
         problem = rng.choice(pool)
         slip = None if rng.random() < 0.5 else _sample_slip(problem, ERROR_KINDS, rng)
-        lines += [problem.question, *solve(problem, slip).steps]
+        lines += [problem.question, *solve(problem, slip, style=rng).steps]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,58 @@
+"""The upper problem: the reweighter, tuned so the PRM does well on the meta set (a Betty ImplicitProblem).
+
+Its loss is the meta loss of the *lower* problem's PRM on a meta batch; the reweighter's parameters
+get their gradient through Betty's hypergradient (``Config.type`` of the lower problem: darts,
+neumann, cg or sama), never directly. Two things are ours:
+
+- tables with ``sparse_rows`` step with torch's ``SparseAdam`` on the rows that have a gradient
+  (only instances of the batch the hypergradient used), so unsampled weights stay where they are;
+- the schedule steps once per upper step (``param_callback``), as in the lower problem.
+"""
+from __future__ import annotations
+
+import torch
+from betty.problems import ImplicitProblem
+
+from prm.bilevel.meta_loss import meta_losses
+from prm.device import autocast, to_device
+
+
+class ReweightUpper(ImplicitProblem):
+    def __init__(self, name: str, config, module, optimizer, train_data_loader, lower_name: str, aggregation,
+                 loss_target: str = "+", precision: str = "fp32", lr_scheduler=None):
+        super().__init__(name=name, config=config, module=module, optimizer=optimizer,
+                         train_data_loader=train_data_loader)
+        self.lower_name = lower_name
+        self.aggregation = aggregation
+        self.loss_target = loss_target
+        self.precision_mode = precision
+        self.lr_scheduler = lr_scheduler
+        self.last_metrics: dict[str, float] = {}
+        self.steps_taken = 0
+
+    def patch_optimizer(self):
+        if self._strategy not in (None, "default"):
+            raise NotImplementedError(f"Betty strategy {self._strategy!r}: use the distributed config group")
+
+    def training_step(self, batch):
+        prm = getattr(self, self.lower_name).module
+        batch = to_device(batch, self.device)
+        with autocast(self.device, self.precision_mode):
+            scores = prm(batch)
+        losses = meta_losses(scores.probs.float(), scores.mask, batch["chain_label"], self.aggregation,
+                             self.loss_target)
+        loss = losses.mean()
+        self.last_metrics = {"loss": float(loss.detach())}
+        return loss
+
+    def custom_optimizer_step(self, *args, **kwargs):
+        if self.module.sparse_rows:
+            for parameter in self.trainable_parameters():
+                if parameter.grad is not None and not parameter.grad.is_sparse:
+                    parameter.grad = parameter.grad.to_sparse()
+        self.optimizer.step()
+        self.steps_taken += 1
+
+    def param_callback(self):
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()

@@ -1,0 +1,15 @@
+"""Upper-level parameters of bi-level reweighting: how much each training chain counts.
+
+Every reweighter maps a lower-level batch (plus the PRM's scores and per-example losses) to one
+weight per chain. ``none`` has no module; the others are built from ``conf/reweight/<name>.yaml``:
+
+- :class:`DomainTable` (DreamPRM): one weight per domain;
+- :class:`InstanceTable` (DreamPRM-1.5): one weight per training instance;
+- :class:`InstanceNet` (DreamPRM-1.5): a small net from detached features of the chain to its weight.
+"""
+from prm.reweight.base import Reweighter, TrainingSet
+from prm.reweight.domain_table import DomainTable
+from prm.reweight.instance_net import InstanceNet
+from prm.reweight.instance_table import InstanceTable
+
+__all__ = ["Reweighter", "TrainingSet", "DomainTable", "InstanceTable", "InstanceNet"]

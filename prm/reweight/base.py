@@ -1,0 +1,77 @@
+"""What every reweighter shares: the training set it weighs, per-batch normalisation, weight reports."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+NORMALIZE = ("none", "batch")
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Ids and domains of the training chains, in dataset order (``batch["instance"]`` indexes them)."""
+
+    ids: list[str]
+    domains: list[str]            # sorted domain names (``batch["domain"]`` indexes them)
+    instance_domain: list[int]    # domain index of each instance
+
+    @classmethod
+    def of(cls, chains: Sequence, domains: Sequence[str]) -> TrainingSet:
+        index = {name: i for i, name in enumerate(domains)}
+        return cls([chain.id for chain in chains], list(domains), [index[chain.domain] for chain in chains])
+
+
+def can_be_negative(activation: nn.Module) -> bool:
+    """Whether ``activation`` gives negative outputs for some input (probed on a wide grid)."""
+    with torch.no_grad():
+        return bool((activation(torch.linspace(-100.0, 100.0, 2001)) < 0).any())
+
+
+def warn_if_negative(activation: nn.Module, where: str) -> None:
+    if can_be_negative(activation):
+        log.warning("%s: activation %s allows negative weights, which turn the lower level into gradient "
+                    "ascent on those chains (published DreamPRM-1.5 used clip); softplus, relu or sigmoid "
+                    "keep weights >= 0", where, activation)
+
+
+class Reweighter(nn.Module):
+    """Base class: ``forward(batch, scores, losses) -> weights [chains]``.
+
+    ``normalize="batch"`` divides the weights by their mean over the chains of the batch that carry a
+    label, so the lower level's effective learning rate does not drift with the weights' scale.
+    """
+
+    #: whether the upper optimiser should update only the rows the last hypergradient touched
+    sparse_rows: bool = False
+
+    def __init__(self, training_set: TrainingSet, normalize: str = "none"):
+        super().__init__()
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        self.training_set = training_set
+        self.normalize = normalize
+
+    def raw_weights(self, batch: dict, scores, losses: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict, scores, losses: torch.Tensor, has_label: torch.Tensor | None = None):
+        weights = self.raw_weights(batch, scores, losses)
+        if self.normalize == "batch":
+            keep = has_label if has_label is not None else torch.ones_like(weights, dtype=torch.bool)
+            mean = (weights * keep).sum() / keep.sum().clamp(min=1)
+            weights = weights / mean.clamp(min=1e-8)
+        return weights
+
+    def instance_weights(self) -> torch.Tensor | None:
+        """Current weight of every training instance, where the module defines one without a batch."""
+        return None
+
+    def domain_weights(self) -> dict[str, float] | None:
+        """Current weight of every domain, for modules that weigh domains."""
+        return None

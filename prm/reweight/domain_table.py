@@ -1,0 +1,34 @@
+"""DreamPRM's domain table: one weight per data domain.
+
+theta in R^K starts at 0; w_d = softplus(theta_d) / mean_k softplus(theta_k), so every weight
+starts at 1 and the mean over domains stays 1 (METHODS.md section 5). Dense updates are right here:
+every domain's weight depends on every theta through the normalisation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prm.reweight.base import Reweighter, TrainingSet
+
+
+class DomainTable(Reweighter):
+    def __init__(self, training_set: TrainingSet, activation: nn.Module | None = None, normalize: str = "none"):
+        super().__init__(training_set, normalize)
+        self.theta = nn.Parameter(torch.zeros(len(training_set.domains)))
+
+    def weights(self) -> torch.Tensor:
+        positive = F.softplus(self.theta)
+        return positive / positive.mean()
+
+    def raw_weights(self, batch, scores, losses):
+        return self.weights()[batch["domain"].to(self.theta.device)]
+
+    def instance_weights(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.weights()[torch.tensor(self.training_set.instance_domain, device=self.theta.device)]
+
+    def domain_weights(self) -> dict[str, float]:
+        with torch.no_grad():
+            return dict(zip(self.training_set.domains, self.weights().tolist()))

@@ -1,0 +1,160 @@
+"""Reweighting modules and the meta loss: exact values, detachment, sparse table updates."""
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prm.aggregation import Aggregation
+from prm.bilevel.meta_loss import check_meta_loss, meta_losses
+from prm.model.prm import StepScores
+from prm.reweight import DomainTable, InstanceNet, InstanceTable, TrainingSet
+from prm.reweight.base import can_be_negative
+from prm.reweight.instance_table import inverse
+from prm.reweight.report import weight_report, weights_markdown
+
+SET = TrainingSet(ids=["a", "b", "c", "d"], domains=["clean", "noisy"], instance_domain=[0, 0, 1, 1])
+
+
+def batch(instances=(0, 1, 2, 3), domains=(0, 0, 1, 1)):
+    labels = torch.tensor([[1.0, 0.0], [1.0, float("nan")], [0.5, 1.0], [0.0, 0.0]])[: len(instances)]
+    return {"instance": torch.tensor(instances), "domain": torch.tensor(domains), "step_labels": labels}
+
+
+def scores(n=4):
+    logits = torch.tensor([[2.0, -1.0], [0.0, 0.0], [1.0, 3.0], [-2.0, 0.5]])[:n].requires_grad_()
+    mask = torch.tensor([[True, True], [True, False], [True, True], [True, True]])[:n]
+    return StepScores(logits=logits, mask=mask)
+
+
+def test_domain_table_starts_at_one_and_keeps_mean_one():
+    table = DomainTable(SET)
+    assert torch.equal(table(batch(), None, None), torch.ones(4))
+    with torch.no_grad():
+        table.theta.copy_(torch.tensor([1.0, -1.0]))
+    sp = [math.log1p(math.exp(1.0)), math.log1p(math.exp(-1.0))]
+    expected = [v / ((sp[0] + sp[1]) / 2) for v in sp]
+    assert table.domain_weights() == pytest.approx({"clean": expected[0], "noisy": expected[1]}, rel=1e-6)
+    assert table(batch(), None, None).tolist() == pytest.approx([expected[0]] * 2 + [expected[1]] * 2, rel=1e-6)
+    assert sum(table.domain_weights().values()) / 2 == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("activation, value", [(nn.Softplus(), 1.0), (nn.ReLU(), 1.0), (nn.Hardtanh(-1, 3), 1.0),
+                                               (nn.Sigmoid(), 0.5), (nn.LeakyReLU(0.01), 1.0), (nn.Identity(), 2.0)])
+def test_instance_table_initialization_is_the_initial_weight(activation, value):
+    table = InstanceTable(SET, activation, initialization=value)
+    assert table.instance_weights().tolist() == pytest.approx([value] * 4, abs=1e-6)
+
+
+def test_initialization_outside_the_activation_range_is_refused():
+    with pytest.raises(ValueError, match="outside the range"):
+        inverse(nn.Sigmoid(), 1.0)
+
+
+def test_activations_that_allow_negative_weights_warn(caplog):
+    assert can_be_negative(nn.Hardtanh(-1, 3)) and can_be_negative(nn.Identity()) and can_be_negative(nn.LeakyReLU(0.01))
+    assert not can_be_negative(nn.Softplus()) and not can_be_negative(nn.ReLU()) and not can_be_negative(nn.Sigmoid())
+    with caplog.at_level(logging.WARNING):
+        InstanceTable(SET, nn.Softplus())
+    assert "negative" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        InstanceTable(SET, nn.Hardtanh(-1, 3))
+    assert "negative weights" in caplog.text
+
+
+def test_instance_table_looks_up_instances_and_normalises_per_batch():
+    table = InstanceTable(SET, nn.Identity(), normalize="batch")
+    with torch.no_grad():
+        table.theta.copy_(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    has_label = torch.tensor([True, True, False])
+    weights = table(batch(instances=(3, 0, 1), domains=(1, 0, 0)), None, None, has_label)
+    # mean over the labelled chains (instances 3 and 0) is (6 + 1) / 2
+    assert weights.tolist() == pytest.approx([6 / 3.5, 1 / 3.5, 2 / 3.5])
+
+
+def test_instance_net_reads_detached_features_and_the_label():
+    torch.manual_seed(0)
+    net = InstanceNet(SET, nn.Sigmoid(), hidden_size=5, layers=2)
+    s = scores()
+    losses = torch.tensor([0.3, 0.7, 0.2, 0.9], requires_grad=True)
+    features, labelled = net.inputs(batch(), s, losses)
+    assert features.shape == (4, 2, 4)
+    assert torch.allclose(features[..., 0], torch.sigmoid(s.logits.detach()))
+    assert torch.allclose(features[..., 0] + features[..., 1], torch.ones(4, 2))
+    assert features[0, :, 2].tolist() == [1.0, 0.0] and features[2, 0, 3].item() == pytest.approx(0.2)
+    assert labelled.tolist() == [[True, True], [True, False], [True, True], [True, True]]
+    weights = net(batch(), s, losses)
+    assert weights.shape == (4,) and bool(((weights > 0) & (weights < 1)).all())
+    weights.sum().backward()
+    assert s.logits.grad is None and losses.grad is None  # the PRM cannot lower its own weight
+    assert all(p.grad is not None for p in net.parameters())
+    # the published net: probabilities only
+    assert InstanceNet(SET, nn.Sigmoid(), features=["probs"]).inputs(batch(), s, losses)[0].shape[-1] == 2
+    with pytest.raises(ValueError, match="features"):
+        InstanceNet(SET, nn.Sigmoid(), features=["logits"])
+
+
+def test_meta_loss_exact_values():
+    probs = torch.tensor([[0.9, 0.5], [0.2, 0.4]])
+    mask = torch.tensor([[True, True], [True, False]])
+    labels = torch.tensor([1, 0])
+    plus = meta_losses(probs, mask, labels, Aggregation("mean"), "+")
+    assert plus.tolist() == pytest.approx([(0.7 - 1) ** 2, 0.2 ** 2])
+    both = meta_losses(probs, mask, labels, Aggregation("mean"), "both")
+    # y=1 keeps r; y=0 scores 1 - r over its one step: (0.8 - 1)^2
+    assert both.tolist() == pytest.approx([(0.7 - 1) ** 2, (0.8 - 1) ** 2])
+    # DreamPRM: log_mean = sigmoid(mean logit)
+    logit = (math.log(0.9 / 0.1) + 0.0) / 2
+    expected = (1 / (1 + math.exp(-logit)) - 1) ** 2
+    assert meta_losses(probs, mask, labels, Aggregation("log_mean"), "+")[0].item() == pytest.approx(expected)
+
+
+def test_meta_loss_is_finite_with_gradients_at_saturated_scores():
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    for name in ("log_mean", "prod", "mean", "min"):
+        for target in ("+", "both"):
+            loss = meta_losses(probs, mask, torch.tensor([1, 0]), Aggregation(name), target).sum()
+            grad, = torch.autograd.grad(loss, probs)
+            assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, target)
+
+
+def test_meta_loss_needs_a_probability_aggregation():
+    check_meta_loss(Aggregation("log_mean"), "both")
+    with pytest.raises(ValueError, match="not a probability"):
+        check_meta_loss(Aggregation("sum_logit"), "+")
+    with pytest.raises(ValueError, match="loss_target"):
+        check_meta_loss(Aggregation("mean"), "-")
+
+
+def test_sparse_adam_moves_only_rows_with_a_gradient():
+    table = InstanceTable(SET, nn.Identity())
+    optimizer = torch.optim.SparseAdam(list(table.parameters()), lr=0.1)
+    for _ in range(3):  # momentum from earlier steps must not move rows that are not sampled now
+        weights = table(batch(instances=(1, 2), domains=(0, 1)), None, None)
+        weights.sum().backward()
+        table.theta.grad = table.theta.grad.to_sparse()
+        optimizer.step()
+        optimizer.zero_grad()
+    weights = table.instance_weights()
+    assert weights[0].item() == 1.0 and weights[3].item() == 1.0
+    assert weights[1].item() == pytest.approx(0.7, abs=1e-5) and weights[2].item() == pytest.approx(0.7, abs=1e-5)
+
+
+def test_weight_report_tables():
+    class Chain:
+        def __init__(self, domain, corrupted):
+            self.domain, self.meta = domain, {"corrupted": corrupted}
+
+    chains = [Chain("clean", False), Chain("clean", False), Chain("noisy", True), Chain("noisy", False)]
+    table = InstanceTable(SET, nn.Identity())
+    with torch.no_grad():
+        table.theta.copy_(torch.tensor([1.2, 1.0, 0.2, 0.8]))
+    report = weight_report(table, table.instance_weights(), chains, extremes=2)
+    assert report["per_domain"]["clean"]["mean"] == pytest.approx(1.1)
+    assert [r["id"] for r in report["lowest"]] == ["c", "d"] and report["highest"][0]["id"] == "a"
+    assert report["corruption"]["ratio"] == pytest.approx(0.2 / 1.0)
+    assert report["corruption"]["auroc_clean_vs_corrupted"] == 1.0
+    text = weights_markdown(report)
+    assert "| noisy | 2 |" in text and "ratio 0.200" in text
