@@ -38,15 +38,19 @@ def first_wrong_step(question: str, steps: list[str], tiles: list[str]) -> tuple
     stated_colours: list[str] = []
     last = None
     for index, step in enumerate(steps):
-        if read := re.fullmatch(r"The (\w+ \w+) tile is (\w+)(?:, worth (\d))?\.", step):
-            position, colour, worth = read.groups()
+        read = (re.fullmatch(r"The (?P<pos>\w+ \w+) tile is (?P<colour>\w+)(?:, worth (?P<worth>\d))?\.", step)
+                or re.fullmatch(r"(?P<pos>\w+ \w+) tile: (?P<colour>\w+)(?:, worth (?P<worth>\d))?\.", step)
+                or re.fullmatch(r"I see a (?P<colour>\w+) tile at the (?P<pos>\w+ \w+)(?:, worth (?P<worth>\d))?\.", step))
+        count = re.fullmatch(r"(?:So|Counting:|That makes) (\d) (?:tiles? (?:is|are) )?(\w+)(?: tiles?)?\.", step)
+        if read:
+            position, colour, worth = read.group("pos").lower(), read.group("colour"), read.group("worth")
             stated_colours.append(colour)
             last = int(worth) if worth else None
             ok = tiles[POSITIONS.index(position)] == colour and (worth is None or int(worth) == WORTH[colour])
-        elif count := re.fullmatch(r"So (\d) tiles? (?:is|are) (\w+)\.", step):
+        elif count:
             last = int(count.group(1))
             ok = last == stated_colours.count(count.group(2))
-        elif sums := re.fullmatch(r"(\d+) ([+x]) (\d+) = (\d+)\.", step):
+        elif sums := re.fullmatch(r"(?:Adding: |Multiplying: |So )?(\d+) ([+x]) (\d+) = (\d+)\.", step):
             a, op, b, result = sums.groups()
             ok = (int(a) + int(b) if op == "+" else int(a) * int(b)) == int(result)
             last = int(result)

@@ -152,7 +152,7 @@ TEMPLATES = {
               "I see a {colour} tile at the {pos}, worth {worth}."),
     "tile": ("The {pos} tile is {colour}.", "{Pos} tile: {colour}.", "I see a {colour} tile at the {pos}."),
     "add": ("{a} + {b} = {c}.", "Adding: {a} + {b} = {c}.", "So {a} + {b} = {c}."),
-    "count": ("So {n} {tiles} {target}.", "Counting: {n} {tiles} {target}.", "That makes {n} {tiles} {target}."),
+    "count": ("So {n} {tiles} {target}.", "Counting: {n} {tiles} {target}.", "That makes {n} {target} {noun}."),
     "times": ("{a} x {b} = {c}.", "Multiplying: {a} x {b} = {c}.", "So {a} x {b} = {c}."),
     "final": ("Final answer: {answer}",),
 }
@@ -201,7 +201,8 @@ def solve(problem: Problem, slip: Slip | None = None, style: random.Random | Non
             emit("tile", ("misread",), pos=POSITIONS[tile], colour=colour)
             count += colour == target
         count = state("count", count, [n for n in range(len(POSITIONS) + 1) if n != count])
-        emit("count", ("count",), n=count, tiles="tile is" if count == 1 else "tiles are", target=target)
+        emit("count", ("count",), n=count, tiles="tile is" if count == 1 else "tiles are", target=target,
+             noun="tile" if count == 1 else "tiles")
         result = state("arithmetic", count * problem.factor, _near(count * problem.factor))
         emit("times", ("arithmetic",), a=count, b=problem.factor, c=result)
     answer = state("answer", result, _near(result))
