@@ -5,7 +5,8 @@ Layout of a run directory::
     checkpoints/step-0000100/   model.safetensors, config.json, tokenizer + processor files
                                 (save_pretrained: loadable with backbone.path=<this folder>),
                                 head.safetensors (value head, if any), training_state.pt
-                                (optimiser, scheduler, step, sampler position, RNG), config.yaml
+                                (optimiser, scheduler, step, sampler position, RNG), config.yaml,
+                                deepspeed/ (each rank's share of the state, under distributed=zero*)
     checkpoints/latest          name of the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary folder and renamed into place, and ``latest`` is
@@ -13,18 +14,20 @@ replaced atomically afterwards, so a crash while saving never corrupts the previ
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from prm.data.native import atomic_write_text
+from prm.distributed import barrier, broadcast_object
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -48,32 +51,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[str, Any], config_yaml: str,
-                    keep_last: int = 2, extra_files: dict[str, str] | None = None) -> Path:
+                    keep_last: int = 2, extra_files: dict[str, str] | None = None, is_main: bool = True,
+                    sharded: Callable[[Path], None] | None = None,
+                    gathered: Callable[[], Any] = contextlib.nullcontext) -> Path:
     """Write checkpoint ``step`` of ``prm`` (a ProcessRewardModel) atomically; returns its folder.
 
-    ``extra_files`` maps file names to text written beside the model (e.g. the learned weights)."""
+    ``extra_files`` maps file names to text written beside the model (e.g. the learned weights).
+    Several ranks (DeepSpeed): every rank calls this; ``sharded(folder)`` writes each rank's share of
+    the state (DeepSpeed's own checkpoint), ``gathered()`` makes partitioned parameters whole while
+    the main rank writes the model, and only the main rank writes the rest and renames the folder.
+    """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    tmp = None
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    tmp = Path(broadcast_object(str(tmp) if tmp else None))
     try:
-        prm.backbone.save_pretrained(tmp)
-        head = prm.head_state_dict()
-        if head:
-            save_file({k: v.contiguous() for k, v in head.items()}, tmp / HEAD_FILE)
-        torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
-        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if sharded is not None:
+            sharded(tmp)
+        with gathered():
+            if is_main:
+                prm.backbone.save_pretrained(tmp)
+                head = prm.head_state_dict()
+                if head:
+                    save_file({k: v.contiguous() for k, v in head.items()}, tmp / HEAD_FILE)
+        if is_main:
+            torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / STATE_FILE)
+            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_text(root / LATEST, final.name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    if is_main:
+        atomic_write_text(root / LATEST, final.name + "\n")
+        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

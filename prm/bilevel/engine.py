@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Callable
 
+import torch.distributed as dist
 from betty.engine import Engine
 from tqdm.auto import tqdm
 
@@ -16,19 +17,35 @@ log = logging.getLogger(__name__)
 
 
 class PRMEngine(Engine):
+    """``device``: where the problems live (Betty's own choice is CUDA whenever it exists). Rank and
+    world size come from an existing process group (DeepSpeed's), with Betty's strategy left at
+    ``default`` so it wraps nothing itself; every rank validates (collectives inside a ZeRO-3
+    forward would deadlock if only rank 0 did), only rank 0 shows progress and logs."""
+
     def __init__(self, problems, config, dependencies=None, *, start_step: int = 0, total_steps: int,
                  validate_every: int = 0, save_every: int = 0, validate: Callable[[], dict] | None = None,
                  save: Callable[[int], None] | None = None, log_metrics: Callable[[dict, int], None] | None = None,
-                 progress: bool = True):
+                 progress: bool = True, device: str | None = None):
+        self._device_choice = device
         super().__init__(problems=problems, config=config, dependencies=dependencies or {"u2l": {}, "l2u": {}})
         self.global_step = start_step
         self.total_steps = total_steps
         self.validate_every, self.save_every = validate_every, save_every
         self.validate_fn, self.save_fn, self.log_fn = validate, save, log_metrics
         self.last_validation: dict = {}
-        self.progress = tqdm(total=total_steps, initial=start_step, desc="train", disable=not progress,
+        self.progress = tqdm(total=total_steps, initial=start_step, desc="train",
+                             disable=not progress or self._rank != 0,
                              dynamic_ncols=True)
         self._tick = time.perf_counter()
+
+    def configure_systems(self):
+        info = super().configure_systems()
+        if dist.is_initialized():
+            self._world_size, self._rank = dist.get_world_size(), dist.get_rank()
+            info.update(world_size=self._world_size, rank=self._rank)
+        if self._device_choice is not None:
+            self.device = self._device_choice
+        return info
 
     def train_step(self):
         super().train_step()
@@ -51,7 +68,7 @@ class PRMEngine(Engine):
             self.train()
             metrics.update({f"val/{k}": v for k, v in self.last_validation.items()})
             log.info("step %d validation: %s", step, {k: round(v, 4) for k, v in self.last_validation.items()})
-        if self.log_fn is not None:
+        if self.log_fn is not None and self._rank == 0:
             self.log_fn(metrics, step)
         if self.save_fn is not None and (last or (self.save_every and step % self.save_every == 0)):
             self.save_fn(step)

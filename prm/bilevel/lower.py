@@ -42,10 +42,14 @@ class PRMLower(ImplicitProblem):
         if self._strategy not in (None, "default"):
             raise NotImplementedError(f"Betty strategy {self._strategy!r}: use the distributed config group")
 
+    def score(self, batch):
+        """The PRM's forward on a training batch (the DeepSpeed problem routes it through its engine)."""
+        return self.module(batch)
+
     def training_step(self, batch):
         batch = to_device(batch, self.device)
         with autocast(self.device, self.precision_mode):
-            scores = self.module(batch)
+            scores = self.score(batch)
         losses, has_label = self.module.losses(scores, batch["step_labels"])
         if self.weigh is not None:
             weights = self.weigh(batch, scores, losses, has_label)

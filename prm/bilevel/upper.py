@@ -6,7 +6,9 @@ neumann, cg or sama), never directly. Two things are ours:
 
 - tables with ``sparse_rows`` step with torch's ``SparseAdam`` on the rows that have a gradient
   (only instances of the batch the hypergradient used), so unsampled weights stay where they are;
-- the schedule steps once per upper step (``param_callback``), as in the lower problem.
+- the schedule steps once per upper step (``param_callback``), as in the lower problem;
+- with several ranks the gradient is averaged over them before the step, so the replicated
+  reweighter stays identical on every rank.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from betty.problems import ImplicitProblem
 
 from prm.bilevel.meta_loss import meta_losses
 from prm.device import autocast, to_device
+from prm.distributed import average
 
 
 class ReweightUpper(ImplicitProblem):
@@ -46,6 +49,8 @@ class ReweightUpper(ImplicitProblem):
         return loss
 
     def custom_optimizer_step(self, *args, **kwargs):
+        # Replicated on every rank: average the ranks' pieces of the hypergradient so all step alike.
+        average([p.grad for p in self.trainable_parameters() if p.grad is not None])
         if self.module.sparse_rows:
             for parameter in self.trainable_parameters():
                 if parameter.grad is not None and not parameter.grad.is_sparse:
