@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from prm import plots
 from prm.aggregation import pad_ragged
 from prm.bilevel.engine import PRMEngine
 from prm.bilevel import hypergradient
@@ -43,7 +44,7 @@ from prm.model.prm import ProcessRewardModel
 from prm.reweight import TrainingSet
 from prm.reweight.report import instance_weights, weight_report, weights_json, weights_markdown
 from prm.schedules import warmup_schedule
-from prm.tracking import Tracker
+from prm.tracking import Tracker, job_identity
 
 log = logging.getLogger("train")
 
@@ -156,7 +157,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
         device = f"cuda:{world.local_rank}"
     hypergradient.register()
     tracker = instantiate(cfg.logger) if world.is_main else Tracker(jsonl=False)  # rank 0 logs
-    tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=run_dir.name)
+    tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), job_type="train", **job_identity(run_dir))
 
     # Data: training chains (lower level) and the meta set (validation now, upper level later).
     data = instantiate(cfg.data)
@@ -213,7 +214,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
         if result.mse is not None:
             metrics.update(loss=result.mse, accuracy=result.accuracy)
         if upper is not None and upper.module.instance_weights() is not None:  # tables: cheap to read
-            report = weight_report(upper.module, weights_now(), train_chains, extremes=0)
+            current = weights_now()
+            if world.is_main:
+                tracker.log_histogram("weights/instances", current.tolist(), engine.global_step)
+            report = weight_report(upper.module, current, train_chains, extremes=0)
             metrics.update({f"weight/{name}": s["mean"] for name, s in report["per_domain"].items()})
             if "corruption" in report:
                 metrics["weight/corrupted_over_clean"] = report["corruption"]["ratio"]
@@ -277,6 +281,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
         final_weights = weights_now()  # every rank: a net's pass over the data is collective under ZeRO-3
         if world.is_main:
             write_weight_report(run_dir, upper.module, final_weights, train_chains)
+            tracker.log_histogram("weights/instances", final_weights.tolist(), engine.global_step)
     tracker.finish()
     log.info("final validation: %s", {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                                       for k, v in metrics.items()})
@@ -302,10 +307,18 @@ def deepspeed_saving(lower) -> dict:
 
 
 def write_weight_report(run_dir: Path, reweighter, weights: torch.Tensor, chains) -> None:
-    """weights.json (every instance's weight by id) and weights.md (tables) in the run directory."""
+    """weights.json (every instance's weight by id), weights.md (tables), plots and report.md."""
     (run_dir / "weights.json").write_text(weights_json(reweighter, weights, chains), encoding="utf-8")
     markdown = weights_markdown(weight_report(reweighter, weights, chains))
     (run_dir / "weights.md").write_text(markdown, encoding="utf-8")
+    images = [plots.plot_weight_distributions(weights.tolist(), [c.domain for c in chains],
+                                              [c.meta.get("corrupted") for c in chains],
+                                              run_dir / "weight_distributions.png")]
+    trajectory = plots.plot_weight_trajectories(plots.read_metrics(run_dir / "metrics.jsonl"),
+                                                run_dir / "weight_trajectories.png")
+    images += [trajectory] if trajectory else []
+    plots.write_report(run_dir, f"Training run {run_dir.name}", [("Learned weights", markdown.split("\n", 2)[2])],
+                       images)
     log.info("learned weights: %s\n%s", run_dir / "weights.md", markdown.split("\n\nLowest")[0])
 
 

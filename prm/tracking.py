@@ -1,9 +1,11 @@
 """Experiment tracking: metrics to a JSONL file in the run directory and, optionally, to wandb.
 
 The JSONL file is always complete on its own, so nothing depends on wandb being installed or
-reachable. wandb runs offline by default (``logger.wandb.mode``); one ``wandb.init`` per run with
-the resolved config as a plain dict, and ``finish()`` at the end so sequential multirun jobs never
-merge. (wandb 0.31 always runs its core service and no longer has a ``start_method`` setting.)
+reachable. wandb runs offline by default (``logger.wandb.mode``): one ``wandb.init`` per Hydra job
+with the resolved config as a plain dict, ``finish()`` at the end so sequential multirun jobs never
+merge. Runs of one multirun share a group named after the sweep, and a run is named after its
+job's overrides without the seed, so a sweep's seeds sit side by side. (wandb 0.31 always runs its
+own core service: there is no ``start_method`` to set, and nothing hangs under Hydra.)
 """
 from __future__ import annotations
 
@@ -12,9 +14,28 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
+
+UNNAMED_OVERRIDES = ("seed=", "hydra.", "hydra/", "logger=", "logger.", "+logger.")
+
+
+def job_identity(run_dir: str | Path) -> dict[str, str | None]:
+    """``name`` and ``group`` for this Hydra job: overrides (seed excluded) and the sweep's folder."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):
+        return {"name": Path(run_dir).name, "group": None}
+    overrides = [o for o in hydra.overrides.task if not o.startswith(UNNAMED_OVERRIDES)]
+    name = ",".join(overrides) or "defaults"
+    group = None
+    if hydra.mode == RunMode.MULTIRUN:
+        group = "sweep-" + "_".join(Path(hydra.sweep.dir).parts[-2:])
+    return {"name": name, "group": group}
 
 
 class Tracker:
@@ -26,7 +47,12 @@ class Tracker:
         self._file = None
         self._wandb_run = None
 
-    def start(self, run_dir: str | Path, config: dict[str, Any], name: str | None = None) -> None:
+    @property
+    def uses_wandb(self) -> bool:
+        return self._wandb_run is not None
+
+    def start(self, run_dir: str | Path, config: dict[str, Any], name: str | None = None,
+              group: str | None = None, job_type: str | None = None) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.jsonl:
@@ -34,20 +60,47 @@ class Tracker:
         if self.wandb_settings is not None:
             import wandb
 
-            settings = dict(self.wandb_settings)
+            settings = {k: v for k, v in self.wandb_settings.items() if v is not None}
+            settings.setdefault("group", group)
+            if job_type is not None:
+                settings["job_type"] = job_type
             self._wandb_run = wandb.init(
                 dir=str(run_dir), config=config, name=name, reinit="finish_previous", **settings,
             )
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        clean = {key: (float(value) if isinstance(value, (int, float)) else value) for key, value in metrics.items()}
+    def _write(self, row: dict) -> None:
         if self._file is not None:
-            row = {"step": step, "time": time.time(),
-                   **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in clean.items()}}
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        clean = {key: (float(value) if isinstance(value, (int, float)) else value) for key, value in metrics.items()}
+        self._write({"step": step, "time": time.time(),
+                     **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in clean.items()}})
         if self._wandb_run is not None:
             self._wandb_run.log(clean, step=step)
+
+    def log_histogram(self, name: str, values: Sequence[float], step: int) -> None:
+        """A distribution: a wandb histogram; in the JSONL, its quantiles."""
+        values = sorted(float(v) for v in values)
+        if not values:
+            return
+        quantiles = {f"{name}/q{int(q * 100):02d}": values[min(len(values) - 1, int(q * len(values)))]
+                     for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)}
+        quantiles[f"{name}/q100"] = values[-1]
+        self._write({"step": step, "time": time.time(), **quantiles})
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({name: wandb.Histogram(values)}, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """A table (e.g. best-of-N accuracy per method): a wandb Table; in the JSONL, one row."""
+        self._write({"table": name, "columns": columns, "rows": rows, "time": time.time()})
+        if self._wandb_run is not None:
+            import wandb
+
+            self._wandb_run.log({name: wandb.Table(columns=columns, data=rows)})
 
     def finish(self) -> None:
         if self._file is not None:

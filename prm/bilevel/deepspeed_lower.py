@@ -37,8 +37,14 @@ class DeepSpeedLower(PRMLower):
             for parameter in parent.trainable_parameters():
                 parameter.grad = None
 
+    def grad_callback(self):
+        pass  # gradients are partitioned: the engine reports the global norm after its step
+
     def optimizer_step(self, *args, **kwargs):
         self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        if norm is not None:
+            self.last_metrics["grad_norm"] = float(norm)
 
     def zero_grad(self):
         pass  # engine.step clears the gradients at each accumulation boundary

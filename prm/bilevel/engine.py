@@ -6,14 +6,23 @@ the current ``run``), so a resumed run validates and saves at the same steps as 
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from typing import Callable
 
+import torch
 import torch.distributed as dist
 from betty.engine import Engine
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
+
+
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak resident memory (CPU), in GB."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kilobytes on Linux
 
 
 class PRMEngine(Engine):
@@ -59,6 +68,7 @@ class PRMEngine(Engine):
         lower = self.problems[0].last_metrics
         metrics["throughput/chains_per_s"] = lower.get("chains", 0) / max(elapsed, 1e-9)
         metrics["throughput/tokens_per_s"] = lower.get("tokens", 0) / max(elapsed, 1e-9)
+        metrics["memory/peak_gb"] = peak_memory_gb()
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{lower.get('loss', float('nan')):.4f}")
         last = step == self.total_steps

@@ -64,10 +64,16 @@ class PRMLower(ImplicitProblem):
                                  "tokens": int(batch["inputs"]["attention_mask"].sum()), "chains": len(losses)}
         return loss
 
+    def grad_callback(self):
+        """Gradient norm of the PRM before clipping (Betty calls this after every backward)."""
+        norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+        if norms:
+            self._pending_metrics["grad_norm"] = float(torch.stack(norms).norm())
+
     def get_loss(self, batch):
         # Only the training step's own forward is logged, not the hypergradient's perturbed re-runs of it.
         result = super().get_loss(batch)
-        self.last_metrics = self._pending_metrics
+        self.last_metrics = self._pending_metrics  # the same dict: grad_callback adds to it afterwards
         return result
 
     def param_callback(self):

@@ -50,7 +50,10 @@ class ReweightUpper(ImplicitProblem):
 
     def custom_optimizer_step(self, *args, **kwargs):
         # Replicated on every rank: average the ranks' pieces of the hypergradient so all step alike.
-        average([p.grad for p in self.trainable_parameters() if p.grad is not None])
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
+        average(grads)
+        if grads:
+            self.last_metrics["grad_norm"] = float(torch.stack([g.detach().float().norm() for g in grads]).norm())
         if self.module.sparse_rows:
             for parameter in self.trainable_parameters():
                 if parameter.grad is not None and not parameter.grad.is_sparse:

@@ -71,7 +71,7 @@ from PIL import Image, ImageDraw
 from prm.data.native import atomic_write_text, write_native
 from prm.data.records import BestOfNProblem, Candidate, LabelledChain, StepChain
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 COLOURS = ("red", "green", "blue", "yellow")
 WORTH = {"red": 1, "green": 2, "blue": 3, "yellow": 4}
@@ -158,18 +158,21 @@ TEMPLATES = {
 }
 
 
-def solve(problem: Problem, slip: Slip | None = None, style: random.Random | None = None) -> Solution:
+def solve(problem: Problem, slip: Slip | None = None, style: random.Random | None = None,
+          later: Sequence[Slip] = ()) -> Solution:
     """Write the chain for ``problem``, with ``slip`` applied and every later step computed from it.
 
-    Wrong alternatives are chosen so that every slip changes the final answer. ``style`` picks a
+    ``later`` are further slips after the first (errors compounding). Wrong alternatives are chosen
+    so that a single slip always changes the final answer. ``style`` picks a
     phrasing per step (the first phrasing of each step without it); it never changes the content.
     """
     steps: list[str] = []
     slots: list[tuple[str, ...]] = []
 
     def state(kind: str, right, wrong: list):
-        if slip is not None and slip.step == len(steps) and slip.kind == kind:
-            return wrong[slip.pick % len(wrong)]
+        for error in (slip, *later):
+            if error is not None and error.step == len(steps) and error.kind == kind:
+                return wrong[error.pick % len(wrong)]
         return right
 
     def emit(template: str, kinds: tuple[str, ...], **fields) -> None:
@@ -239,6 +242,25 @@ def _sample_slip(problem: Problem, kinds: Sequence[str], rng: random.Random,
         return None
     step, kind = rng.choices(options, weights=odds)[0]
     return Slip(step, kind, rng.randrange(1 << 16))
+
+
+TEXT_KINDS = ("value", "arithmetic", "count", "answer")
+
+
+def _write(problem: Problem, slip: Slip | None, cascade: float, rng: random.Random) -> Solution:
+    """The chain with ``slip`` and, at each later step, with probability ``cascade`` another text-visible
+    slip (a policy that has gone wrong tends to go on going wrong). Compounded slips that happen to
+    land on the right final answer are dropped, so a chain is wrong exactly when it has a slip."""
+    later = []
+    if slip is not None and cascade > 0:
+        for step, slot in enumerate(solve(problem).slots[slip.step + 1:], start=slip.step + 1):
+            kinds = [kind for kind in slot if kind in TEXT_KINDS]
+            if kinds and rng.random() < cascade:
+                later.append(Slip(step, rng.choice(kinds), rng.randrange(1 << 16)))
+    solution = solve(problem, slip, style=rng, later=later)
+    if later and solution.answer == problem.answer:
+        solution = solve(problem, slip, style=rng)
+    return solution
 
 
 def _mc_values(n_steps: int, success: float, rollouts: int, rng: random.Random) -> list[float]:
@@ -339,6 +361,7 @@ class DemoBenchmark:
         error_rate: float = 0.5,
         success_min: float = 0.5,
         kind_weights: Mapping[str, float] | None = None,
+        cascade: float = 1.0,
     ) -> None:
         domains = [str(domain) for domain in domains]
         unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
@@ -362,6 +385,7 @@ class DemoBenchmark:
             "rollouts >= 1": rollouts >= 1,
             "0 <= error_rate <= 1": 0.0 <= error_rate <= 1.0,
             "0 <= success_min <= 1": 0.0 <= success_min <= 1.0,
+            "0 <= cascade <= 1": 0.0 <= cascade <= 1.0,
             "kind_weights >= 0 with known kinds": kind_weights is None or (
                 set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
         }
@@ -382,6 +406,7 @@ class DemoBenchmark:
             "rollouts": int(rollouts),
             "error_rate": float(error_rate),
             "success_min": float(success_min),
+            "cascade": float(cascade),
             "kind_weights": {kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS},
         }
         self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
@@ -470,7 +495,7 @@ class DemoBenchmark:
             success = rng.uniform(p["success_min"], 1.0)
             wrong = rng.random() < p["error_rate"]
             slip = _sample_slip(problem, DOMAIN_ERRORS[domain], rng, p["kind_weights"]) if wrong else None
-            solution = solve(problem, slip, style=rng)
+            solution = _write(problem, slip, p["cascade"], rng)
             record_meta = _record_meta(problem, slip, solution)
             values = _mc_values(len(solution.steps), success, p["rollouts"], rng)
             true_labels = _mask(values, record_meta["first_error"])
@@ -505,7 +530,7 @@ class DemoBenchmark:
         for index, label in enumerate(labels):
             problem = rng.choice(pool)
             slip = None if label else _sample_slip(problem, ERROR_KINDS, rng, p["kind_weights"])
-            solution = solve(problem, slip, style=rng)
+            solution = _write(problem, slip, p["cascade"], rng)
             record_meta = _record_meta(problem, slip, solution)
             chain_id = f"meta-{index:05d}"
             chains.append(
@@ -541,7 +566,7 @@ class DemoBenchmark:
                 if rng.random() >= success:
                     slip = typical if rng.random() < shared else _sample_slip(problem, ERROR_KINDS, rng,
                                                                                p["kind_weights"])
-                solution = solve(problem, slip, style=rng)
+                solution = _write(problem, slip, p["cascade"], rng)
                 candidates.append(
                     Candidate(
                         steps=solution.steps,
@@ -579,11 +604,12 @@ def build_demo(
     error_rate: float = 0.5,
     success_min: float = 0.5,
     kind_weights: Mapping[str, float] | None = None,
+    cascade: float = 1.0,
 ) -> DemoFiles:
     """Build (or reuse) the demo benchmark under ``root``; see :class:`DemoBenchmark`."""
     benchmark = DemoBenchmark(
         root, seed, train_per_domain, meta_size, test_problems, n_candidates, image_size, domains, noise_rate,
-        rollouts, error_rate, success_min, kind_weights,
+        rollouts, error_rate, success_min, kind_weights, cascade,
     )
     return benchmark.build()
 
@@ -597,5 +623,5 @@ def corpus_text(seed: int = 0, chains: int = 2000) -> str:
     for _ in range(chains):
         problem = rng.choice(pool)
         slip = None if rng.random() < 0.5 else _sample_slip(problem, ERROR_KINDS, rng)
-        lines += [problem.question, *solve(problem, slip, style=rng).steps]
+        lines += [problem.question, *_write(problem, slip, 0.5, rng).steps]
     return "\n".join(lines) + "\n"
