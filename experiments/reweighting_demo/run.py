@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--coldstart-steps", type=int, default=3000)
-    parser.add_argument("--steps", type=int, default=600, help="lower steps of every run after the cold start")
+    parser.add_argument("--steps", type=int, default=400, help="lower steps of every run after the cold start")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reweighting_demo")
