@@ -1,0 +1,107 @@
+"""The generation run: seeds -> one tree file per seed -> a native training file and an MM-PRM export.
+
+A seed's tree file is ``trees/<key>.json`` with ``key`` a hash of the seed (id, question, answer,
+images), written atomically; a rerun skips seeds whose tree exists, so an interrupted run resumes
+and produces the same files. ``shard=k num_shards=n`` keeps the seeds whose key falls in shard k, so
+several processes or machines split one seed file without coordination. The training files are
+rebuilt from all tree files present (every shard's), with balanced, seeded path sampling.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from prm.data.native import atomic_write_text, write_native
+from prm.data.readers import SeedProblem
+from prm.data.records import StepChain
+from prm.generate.search import sample_paths
+
+log = logging.getLogger(__name__)
+PRM_MARKER = "<prm>"
+
+
+def seed_key(seed: SeedProblem) -> str:
+    blob = json.dumps([seed.id, seed.question, seed.correct_answer, list(seed.images)], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def in_shard(seed: SeedProblem, shard: int, num_shards: int) -> bool:
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard={shard} must be in [0, num_shards={num_shards})")
+    return int(seed_key(seed), 16) % num_shards == shard
+
+
+def grow_trees(seeds: Sequence[SeedProblem], search, policy, judge, out: Path, shard: int = 0,
+               num_shards: int = 1) -> dict[str, int]:
+    """Search every seed of this shard that has no tree file yet; returns counts."""
+    trees = out / "trees"
+    trees.mkdir(parents=True, exist_ok=True)
+    mine = [seed for seed in seeds if in_shard(seed, shard, num_shards)]
+    todo = [seed for seed in mine if not (trees / f"{seed_key(seed)}.json").exists()]
+    log.info("shard %d/%d: %d of %d seeds, %d already done", shard, num_shards, len(mine), len(seeds),
+             len(mine) - len(todo))
+    rollouts = 0
+    for seed in tqdm(todo, desc="search", dynamic_ncols=True):
+        if hasattr(policy, "reseed"):
+            policy.reseed(seed_key(seed))
+        tree = search.search(seed, policy, judge)
+        rollouts += tree["rollouts"]
+        atomic_write_text(trees / f"{seed_key(seed)}.json", json.dumps(tree, ensure_ascii=False) + "\n")
+    return {"seeds": len(mine), "searched": len(todo), "skipped": len(mine) - len(todo), "rollouts": rollouts}
+
+
+def load_trees(out: Path) -> list[dict]:
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted((out / "trees").glob("*.json"))]
+
+
+def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> dict[str, int]:
+    """``train.jsonl`` (native StepChains: a chunk per step, its MC value as the soft label) and
+    ``train_mmprm.jsonl`` (MM-PRM's format: chunks each ended by <prm>, labels)."""
+    rng = random.Random(seed)
+    chains, mmprm = [], []
+    for tree in load_trees(out):
+        problem = SeedProblem(**tree["seed"])
+        for number, (chunks, labels) in enumerate(sample_paths(tree, rng, paths_per_seed)):
+            steps = ["\n".join(chunk) for chunk in chunks]
+            images = [str(Path(image).resolve()) for image in problem.images]
+            chains.append(StepChain(id=f"{problem.id}-{number}", question=problem.question, steps=steps,
+                                    labels=labels, images=images, domain="generated",
+                                    meta={"answer": problem.correct_answer, "seed_key": seed_key(problem)}))
+            mmprm.append({"id": f"{problem.id}-{number}", "question": problem.question,
+                          "answer": problem.correct_answer, "image_path": images[0] if images else None,
+                          "process": "".join(f"{step}{PRM_MARKER}" for step in steps), "labels": labels})
+    write_native(out / "train.jsonl", chains)
+    atomic_write_text(out / "train_mmprm.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mmprm))
+    positives = sum(chain.labels[-1] > 0 for chain in chains)
+    return {"chains": len(chains), "positive": positives, "negative": len(chains) - positives}
+
+
+def demo_seeds(out: Path, count: int, seed: int = 0, image_size: int = 56) -> Path:
+    """A seed file of ``count`` demo problems (MM-PRM seed format) with their images, for the
+    simulated policy: ``id, question, correct_answer, image_path``."""
+    from prm.data import synthetic
+
+    pool = synthetic._layout_pools(seed)["train"]
+    rng = random.Random(f"{seed}:seeds")
+    problems = rng.sample(pool, count)
+    images = out / "seed_images"
+    records = []
+    for index, problem in enumerate(problems):
+        relative = f"seed_images/seed-{index:05d}.png"
+        synthetic._save_image(problem, relative.split("/", 1)[1], images, image_size, rng)
+        records.append({"id": f"seed-{index:05d}", "question": problem.question,
+                        "correct_answer": str(problem.answer), "image_path": relative})
+    path = out / "seeds.json"
+    atomic_write_text(path, json.dumps(records, indent=1) + "\n")
+    return path
+
+
+def summary_record(counts: dict) -> str:
+    return json.dumps(counts, indent=1, default=lambda o: asdict(o)) + "\n"
