@@ -107,8 +107,10 @@ def test_training_files_are_balanced_and_readable(seeds, tmp_path):
     assert len(chains) == counts["chains"] > 0
     assert abs(counts["positive"] - counts["negative"]) <= counts["chains"] // 2
     exported = read_mmprm(tmp_path / "train_mmprm.jsonl")
-    assert [c.steps for c in exported] == [c.steps for c in chains]
-    assert [c.labels for c in exported] == [c.labels for c in chains]
+    # MM-PRM: one label per chunk; native: the chunk's last step carries it, its other steps none
+    assert ["\n".join(c.steps) for c in exported] == ["\n".join(c.steps) for c in chains]
+    assert [c.labels for c in exported] == [[x for x in c.labels if x is not None] for c in chains]
+    assert any(None in c.labels for c in chains)
 
 
 def test_shards_split_the_seeds_disjointly(seeds):

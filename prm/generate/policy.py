@@ -44,16 +44,31 @@ class Rollout:
     answer: str | None
 
 
-class SimulatedPolicy:
-    """Demo policy whose errors are known. ``truth(seed, prefix)``: is the prefix still correct?"""
+class _Fixed:
+    """A stand-in for ``random.Random`` that always picks phrasing ``k`` (or the last one there is)."""
 
-    def __init__(self, error_rate: float = 0.15, seed: int = 0):
+    def __init__(self, k: int):
+        self.k = k
+
+    def randrange(self, n: int) -> int:
+        return min(self.k, n - 1)
+
+
+class SimulatedPolicy:
+    """Demo policy whose errors are known. ``truth(seed, prefix)``: is the prefix still correct?
+
+    It writes like the demo's policy: any of the step phrasings, and once a step is wrong, later
+    text steps go wrong too with probability ``cascade``.
+    """
+
+    def __init__(self, error_rate: float = 0.15, cascade: float = 1.0, seed: int = 0):
         if not 0.0 <= error_rate < 1.0:
             raise ValueError("error_rate must be in [0, 1)")
-        self.error_rate = error_rate
+        self.error_rate, self.cascade = error_rate, cascade
         self.base_seed = seed
         self.rng = random.Random(seed)
         self._problems: dict[str, synthetic.Problem] = {}
+        self._right: dict[str, list[set[str]]] = {}
         self.calls = 0
 
     def reseed(self, key: str) -> None:
@@ -69,7 +84,12 @@ class SimulatedPolicy:
         return synthetic.solve(self.problem(seed)).steps
 
     def truth(self, seed: SeedProblem, prefix: Sequence[str]) -> bool:
-        return list(prefix) == self.correct_steps(seed)[: len(prefix)]
+        """Is every step of ``prefix`` a right step, in any phrasing?"""
+        if seed.id not in self._right:
+            variants = [synthetic.solve(self.problem(seed), style=_Fixed(k)).steps for k in range(3)]
+            self._right[seed.id] = [set(texts) for texts in zip(*variants)]
+        right = self._right[seed.id]
+        return len(prefix) <= len(right) and all(step in ok for step, ok in zip(prefix, right))
 
     def sample(self, seed: SeedProblem) -> Rollout:
         """A whole solution from scratch (the policy's own sample)."""
@@ -81,15 +101,20 @@ class SimulatedPolicy:
         if not self.truth(seed, prefix):  # gone wrong: finish with a wrong answer
             if len(prefix) >= len(slots):
                 return Rollout([], _stated(prefix))
-            wrong = synthetic.solve(problem, synthetic.Slip(len(slots) - 1, "answer", self.rng.randrange(1 << 16)))
-            steps = wrong.steps[len(prefix):]
-            return Rollout(steps, str(wrong.answer))
-        slip = None
+            wrong = synthetic.solve(problem, synthetic.Slip(len(slots) - 1, "answer", self.rng.randrange(1 << 16)),
+                                    style=self.rng)
+            return Rollout(wrong.steps[len(prefix):], str(wrong.answer))
+        slip, later = None, []
         for step in range(len(prefix), len(slots)):
-            if self.rng.random() < self.error_rate:
+            if slip is None and self.rng.random() < self.error_rate:
                 slip = synthetic.Slip(step, self.rng.choice(slots[step]), self.rng.randrange(1 << 16))
-                break
-        solution = synthetic.solve(problem, slip)
+            elif slip is not None:
+                kinds = [k for k in slots[step] if k in synthetic.TEXT_KINDS]
+                if kinds and self.rng.random() < self.cascade:
+                    later.append(synthetic.Slip(step, self.rng.choice(kinds), self.rng.randrange(1 << 16)))
+        solution = synthetic.solve(problem, slip, style=self.rng, later=later)
+        if slip is not None and solution.answer == problem.answer:  # compounded back onto the answer
+            solution = synthetic.solve(problem, slip, style=self.rng)
         return Rollout(solution.steps[len(prefix):], str(solution.answer))
 
     def rollouts(self, seed: SeedProblem, prefix: Sequence[str], n: int) -> list[Rollout]:

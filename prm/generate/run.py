@@ -62,8 +62,9 @@ def load_trees(out: Path) -> list[dict]:
 
 
 def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> dict[str, int]:
-    """``train.jsonl`` (native StepChains: a chunk per step, its MC value as the soft label) and
-    ``train_mmprm.jsonl`` (MM-PRM's format: chunks each ended by <prm>, labels)."""
+    """``train.jsonl`` (native StepChains: every policy step, a chunk's MC value as the soft label of
+    its last step, the chunk's other steps unlabelled) and ``train_mmprm.jsonl`` (MM-PRM's format:
+    chunks each ended by <prm>, one label per chunk)."""
     rng = random.Random(seed)
     chains, mmprm = [], []
     for tree in load_trees(out):
@@ -71,15 +72,19 @@ def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> d
         for number, (chunks, labels) in enumerate(sample_paths(tree, rng, paths_per_seed)):
             steps = ["\n".join(chunk) for chunk in chunks]
             images = [str(Path(image).resolve()) for image in problem.images]
-            chains.append(StepChain(id=f"{problem.id}-{number}", question=problem.question, steps=steps,
-                                    labels=labels, images=images, domain="generated",
+            # native: one step per policy step; a chunk's value labels its last step, the others none
+            flat = [step for chunk in chunks for step in chunk]
+            step_labels = [label if i == len(chunk) - 1 else None
+                           for chunk, label in zip(chunks, labels) for i in range(len(chunk))]
+            chains.append(StepChain(id=f"{problem.id}-{number}", question=problem.question, steps=flat,
+                                    labels=step_labels, images=images, domain="generated",
                                     meta={"answer": problem.correct_answer, "seed_key": seed_key(problem)}))
             mmprm.append({"id": f"{problem.id}-{number}", "question": problem.question,
                           "answer": problem.correct_answer, "image_path": images[0] if images else None,
                           "process": "".join(f"{step}{PRM_MARKER}" for step in steps), "labels": labels})
     write_native(out / "train.jsonl", chains)
     atomic_write_text(out / "train_mmprm.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mmprm))
-    positives = sum(chain.labels[-1] > 0 for chain in chains)
+    positives = sum(chain.labels[-1] > 0 for chain in chains)  # a path's last step is always labelled
     return {"chains": len(chains), "positive": positives, "negative": len(chains) - positives}
 
 
