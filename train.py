@@ -158,7 +158,15 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     hypergradient.register()
     tracker = instantiate(cfg.logger) if world.is_main else Tracker(jsonl=False)  # rank 0 logs
     tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), job_type="train", **job_identity(run_dir))
+    try:  # the JSONL file and the wandb run are closed even when training fails
+        return run_training(cfg, run_dir, resume_from, device, world, tracker)
+    finally:
+        tracker.finish()
 
+
+def run_training(cfg: DictConfig, run_dir: Path, resume_from: Path | None, device: str, world: World,
+                 tracker: Tracker) -> dict[str, float]:
+    """The body of :func:`train` once the run directory, device, process group and tracker exist."""
     # Data: training chains (lower level) and the meta set (validation now, upper level later).
     data = instantiate(cfg.data)
     train_chains, meta_chains = data.load("train"), data.load("meta")
@@ -282,7 +290,6 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
         if world.is_main:
             write_weight_report(run_dir, upper.module, final_weights, train_chains)
             tracker.log_histogram("weights/instances", final_weights.tolist(), engine.global_step)
-    tracker.finish()
     log.info("final validation: %s", {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                                       for k, v in metrics.items()})
     return metrics
