@@ -53,12 +53,18 @@ def detect_mode(records: list) -> str:
     raise ValueError("the test split holds neither best-of-N problems nor chains with known first errors")
 
 
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker) -> dict:
-    """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``."""
+def load_test(cfg: DictConfig):
+    """The data config and its test records (read once, however many checkpoints are scored)."""
+    data = instantiate(cfg.data)
+    return data, data.load("test")
+
+
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker, test=None) -> dict:
+    """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``.
+    ``test``: (data, records) from :func:`load_test`, read here when not given."""
     device = pick_device(cfg.device)
     prm = load_prm(checkpoint).to(device)
-    data = instantiate(cfg.data)
-    records = data.load("test")
+    data, records = test if test is not None else load_test(cfg)
     mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
     log.info("evaluating %s on %d %s records (%s)", checkpoint, len(records), data.name, mode)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,10 +123,10 @@ def sweep_jobs(path: Path) -> list[Path]:
 
 def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tracker) -> dict:
     """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot."""
-    results = {}
+    results, test = {}, load_test(cfg)
     for job in jobs:
         overrides = [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
-        summary = evaluate_checkpoint(cfg, resolve_checkpoint(job), out_dir / job.name, tracker)
+        summary = evaluate_checkpoint(cfg, resolve_checkpoint(job), out_dir / job.name, tracker, test)
         results[job.name] = {"overrides": " ".join(overrides) or "(defaults)", **summary}
     if not all("aggregations" in r for r in results.values()):
         raise ValueError("sweep comparison needs best-of-N test records")

@@ -44,7 +44,7 @@ from prm.model.prm import ProcessRewardModel
 from prm.reweight import TrainingSet
 from prm.reweight.report import instance_weights, weight_report, weights_json, weights_markdown
 from prm.schedules import warmup_schedule
-from prm.tracking import Tracker, job_identity
+from prm.tracking import Tracker, job_identity, read_metrics
 
 log = logging.getLogger("train")
 
@@ -221,7 +221,7 @@ def run_training(cfg: DictConfig, run_dir: Path, resume_from: Path | None, devic
         metrics = {"auroc": result.auroc, f"auroc_{aggregation.name}": result.auroc}
         if result.mse is not None:
             metrics.update(loss=result.mse, accuracy=result.accuracy)
-        if upper is not None and upper.module.instance_weights() is not None:  # tables: cheap to read
+        if upper is not None and not upper.module.needs_data_pass:  # tables: cheap to read
             current = weights_now()
             if world.is_main:
                 tracker.log_histogram("weights/instances", current.tolist(), engine.global_step)
@@ -241,7 +241,7 @@ def run_training(cfg: DictConfig, run_dir: Path, resume_from: Path | None, devic
         if upper is not None:
             training_state["upper"] = {"module": upper.module.state_dict(), "optimizer": upper.optimizer.state_dict(),
                                        "scheduler": upper.lr_scheduler.state_dict(), "steps": upper.steps_taken}
-            if upper.module.instance_weights() is not None:  # a net's weights need a pass: written at the end
+            if not upper.module.needs_data_pass:  # a net's weights need a pass: written at the end
                 extra["weights.json"] = weights_json(upper.module, weights_now(), train_chains)
         path = save_checkpoint(run_dir, micro_step, prm, training_state, config_yaml, extra_files=extra,
                                is_main=world.is_main, **deepspeed_saving(lower))
@@ -315,13 +315,14 @@ def deepspeed_saving(lower) -> dict:
 
 def write_weight_report(run_dir: Path, reweighter, weights: torch.Tensor, chains) -> None:
     """weights.json (every instance's weight by id), weights.md (tables), plots and report.md."""
-    (run_dir / "weights.json").write_text(weights_json(reweighter, weights, chains), encoding="utf-8")
-    markdown = weights_markdown(weight_report(reweighter, weights, chains))
+    report = weight_report(reweighter, weights, chains)
+    (run_dir / "weights.json").write_text(weights_json(reweighter, weights, chains, report), encoding="utf-8")
+    markdown = weights_markdown(report)
     (run_dir / "weights.md").write_text(markdown, encoding="utf-8")
     images = [plots.plot_weight_distributions(weights.tolist(), [c.domain for c in chains],
                                               [c.meta.get("corrupted") for c in chains],
                                               run_dir / "weight_distributions.png")]
-    trajectory = plots.plot_weight_trajectories(plots.read_metrics(run_dir / "metrics.jsonl"),
+    trajectory = plots.plot_weight_trajectories(read_metrics(run_dir / "metrics.jsonl"),
                                                 run_dir / "weight_trajectories.png")
     images += [trajectory] if trajectory else []
     plots.write_report(run_dir, f"Training run {run_dir.name}", [("Learned weights", markdown.split("\n", 2)[2])],

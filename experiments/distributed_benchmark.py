@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prm.distributed import free_port  # noqa: E402
+from prm.tracking import read_metrics  # noqa: E402
 WARMUP = 5
 
 
@@ -28,11 +31,8 @@ def launch(run_dir: Path, processes: int, overrides: list[str], steps: int, thre
     if processes == 1:
         command = [sys.executable, "train.py"]
     else:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(port), "train.py"]
+                   "--master_port", str(free_port()), "train.py"]
     args = [f"hydra.run.dir={run_dir}", "reweight=instance_table", f"train.steps={steps}", "train.save_every=0",
             "train.validate_every=0", "reweight.upper.lr=0.1", "logger=jsonl", *overrides]
     with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
@@ -40,7 +40,7 @@ def launch(run_dir: Path, processes: int, overrides: list[str], steps: int, thre
 
 
 def step_seconds(run_dir: Path) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     rates = [row["throughput/chains_per_s"] for row in rows if "throughput/chains_per_s" in row][WARMUP:]
     chains = [row["prm/chains"] for row in rows if "prm/chains" in row][WARMUP:]
     return statistics.fmean(c / r for c, r in zip(chains, rates))

@@ -8,7 +8,6 @@ directory gets a ``report.md`` embedding its plots.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -19,12 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 BASELINE_STYLE = {"random": ":", "first": (0, (1, 4)), "majority_vote": "--", "pass_at_n": "-."}
 BASELINE_COLOUR = {"random": "black", "first": "grey", "majority_vote": "black", "pass_at_n": "black"}
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_weight_trajectories(metrics: list[dict], out: Path) -> Path | None:

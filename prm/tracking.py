@@ -38,6 +38,14 @@ def job_identity(run_dir: str | Path) -> dict[str, str | None]:
     return {"name": name, "group": group}
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows a Tracker wrote to ``metrics.jsonl`` ([] when there is no such file)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 class Tracker:
     """Logs metric dictionaries by step to the configured sinks."""
 

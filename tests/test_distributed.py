@@ -8,7 +8,6 @@ shared-memory communication op (about a minute, cached under ~/.cache/torch_exte
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from prm.checkpoint import latest_checkpoint
+from prm.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["experiment=smoke", "reweight=instance_table", "train.steps=4", "train.save_every=4",
@@ -30,11 +30,9 @@ def launch(run_dir: Path, processes: int, overrides: list[str], cache: Path) -> 
     if processes == 1:
         command = [sys.executable, "train.py"]
     else:
-        with socket.socket() as sock:  # torchrun's --master_port 0 hangs its static rendezvous
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        # a free port: torchrun's --master_port 0 hangs its static rendezvous
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(port), "train.py"]
+                   "--master_port", str(free_port()), "train.py"]
     result = subprocess.run([*command, f"hydra.run.dir={run_dir}", *COMMON, *overrides], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

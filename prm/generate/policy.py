@@ -80,9 +80,6 @@ class SimulatedPolicy:
             self._problems[seed.id] = parse_demo_problem(seed)
         return self._problems[seed.id]
 
-    def correct_steps(self, seed: SeedProblem) -> list[str]:
-        return synthetic.solve(self.problem(seed)).steps
-
     def truth(self, seed: SeedProblem, prefix: Sequence[str]) -> bool:
         """Is every step of ``prefix`` a right step, in any phrasing?"""
         if seed.id not in self._right:
@@ -100,7 +97,7 @@ class SimulatedPolicy:
         slots = synthetic.solve(problem).slots
         if not self.truth(seed, prefix):  # gone wrong: finish with a wrong answer
             if len(prefix) >= len(slots):
-                return Rollout([], _stated(prefix))
+                return Rollout([], extract_answer(prefix))
             wrong = synthetic.solve(problem, synthetic.Slip(len(slots) - 1, "answer", self.rng.randrange(1 << 16)),
                                     style=self.rng)
             return Rollout(wrong.steps[len(prefix):], str(wrong.answer))
@@ -120,10 +117,6 @@ class SimulatedPolicy:
     def rollouts(self, seed: SeedProblem, prefix: Sequence[str], n: int) -> list[Rollout]:
         self.calls += n
         return [self._continue(seed, list(prefix)) for _ in range(n)]
-
-
-def _stated(steps: Sequence[str]) -> str | None:
-    return extract_answer(steps)
 
 
 def read_tiles(path: str) -> tuple[str, ...]:

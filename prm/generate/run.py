@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import random
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -107,6 +106,3 @@ def demo_seeds(out: Path, count: int, seed: int = 0, image_size: int = 56) -> Pa
     atomic_write_text(path, json.dumps(records, indent=1) + "\n")
     return path
 
-
-def summary_record(counts: dict) -> str:
-    return json.dumps(counts, indent=1, default=lambda o: asdict(o)) + "\n"

@@ -49,6 +49,8 @@ class Reweighter(nn.Module):
 
     #: whether the upper optimiser should update only the rows the last hypergradient touched
     sparse_rows: bool = False
+    #: whether instance weights need a forward pass over the data (a net), not just a read (a table)
+    needs_data_pass: bool = False
 
     def __init__(self, training_set: TrainingSet, normalize: str = "none"):
         super().__init__()
@@ -69,7 +71,7 @@ class Reweighter(nn.Module):
         return weights
 
     def instance_weights(self) -> torch.Tensor | None:
-        """Current weight of every training instance, where the module defines one without a batch."""
+        """Current weight of every training instance; None where that needs a data pass."""
         return None
 
     def domain_weights(self) -> dict[str, float] | None:

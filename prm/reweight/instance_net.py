@@ -17,6 +17,7 @@ FEATURES = ("probs", "label", "loss")
 
 
 class InstanceNet(Reweighter):
+    needs_data_pass = True
     def __init__(self, training_set: TrainingSet, activation: nn.Module, hidden_size: int = 10, layers: int = 1,
                  features: list[str] | tuple[str, ...] = FEATURES, normalize: str = "none"):
         super().__init__(training_set, normalize)

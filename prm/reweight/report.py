@@ -26,9 +26,8 @@ def instance_weights(reweighter, prm=None, chains=None, collator=None, batch_siz
 
     Tables answer directly; a net is run over the training chains with the PRM's current scores.
     """
-    direct = reweighter.instance_weights()
-    if direct is not None:
-        return direct.detach().float().cpu()
+    if not reweighter.needs_data_pass:
+        return reweighter.instance_weights().detach().float().cpu()
     if prm is None or chains is None or collator is None:
         raise ValueError("an instance net needs the PRM, the chains and a collator to weigh instances")
     was_training = prm.training
@@ -83,9 +82,9 @@ def weight_report(reweighter, weights: torch.Tensor, chains: Sequence, extremes:
     return report
 
 
-def weights_json(reweighter, weights: torch.Tensor, chains: Sequence) -> str:
-    """Report plus every instance's weight by id, for a checkpoint."""
-    report = weight_report(reweighter, weights, chains)
+def weights_json(reweighter, weights: torch.Tensor, chains: Sequence, report: dict | None = None) -> str:
+    """Report (computed here unless given) plus every instance's weight by id."""
+    report = dict(report) if report is not None else weight_report(reweighter, weights, chains)
     report["weights"] = dict(zip(reweighter.training_set.ids, weights.tolist()))
     return json.dumps(report, indent=1) + "\n"
 
