@@ -36,9 +36,9 @@ STRATEGIES = ("none", "domain_table", "instance_table", "instance_net")
 # upweight the corrupted data (measured: noisy/clean domain weight 16, AUROC 0.12). min aggregates
 # the way the labels do (a chain is as good as its worst prefix).
 UPPER = {
-    "domain_table": ["reweight.upper.lr=0.01", "aggregation=min"],
-    "instance_table": ["reweight.upper.lr=0.1", "aggregation=min"],
-    "instance_net": ["reweight.upper.lr=1e-3", "activation=softplus", "aggregation=min"],
+    "domain_table": ["reweight.upper.lr=0.01"],
+    "instance_table": ["reweight.upper.lr=0.1"],
+    "instance_net": ["reweight.upper.lr=1e-3", "activation=softplus"],
 }
 
 
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reweighting_demo")
+    parser.add_argument("--meta-aggregation", default="min", help="aggregation of the meta loss")
+    parser.add_argument("--upper-batch", type=int, default=None, help="meta chains per upper step")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     args = parser.parse_args()
     out = args.out.resolve()
@@ -129,6 +131,10 @@ def main() -> None:
         for strategy in args.strategies:
             overrides = [f"reweight={strategy}", f"seed={seed}", f"train.steps={args.steps}",
                          f"backbone.path={coldstart}", "train.validate_every=0", *UPPER.get(strategy, []), *args.extra]
+            if strategy != "none":
+                overrides.append(f"aggregation={args.meta_aggregation}")
+                if args.upper_batch:
+                    overrides.append(f"reweight.upper.batch_size={args.upper_batch}")
             jobs.append((strategy, seed, out / f"{strategy}_seed{seed}", overrides))
 
     def work(job):
