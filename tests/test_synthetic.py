@@ -137,6 +137,24 @@ def test_noisy_domain_corrupts_its_share_and_only_it(tmp_path):
     assert all(c.labels == c.meta["true_labels"] for c in train if c.domain == "clean")
 
 
+def test_false_positive_corruption_labels_wrong_chains_as_right(tmp_path):
+    files = build_demo(tmp_path, seed=1, train_per_domain=100, meta_size=2, test_problems=2, noise_rate=0.5,
+                       corruption="false_positive")
+    noisy = [c for c in read_native(files.train) if c.domain == "noisy"]
+    corrupted = [c for c in noisy if c.meta["corrupted"]]
+    wrong = [c for c in noisy if c.meta["first_error"] >= 0]
+    assert corrupted and all(c.meta["first_error"] >= 0 for c in corrupted)  # only wrong chains
+    assert abs(len(corrupted) / len(wrong) - 0.5) <= 0.15
+    for chain in corrupted:
+        assert chain.meta["corruption"] == "false_positive"
+        # the labels of no error: the MC values before the first error agree, and none is zeroed after it
+        first = chain.meta["first_error"]
+        assert chain.labels[:first] == chain.meta["true_labels"][:first]
+        assert all(value > 0 for value in chain.labels[first:]) and chain.labels != chain.meta["true_labels"]
+    with pytest.raises(ValueError, match="corruption"):
+        DemoBenchmark(tmp_path, corruption="sometimes")
+
+
 def test_meta_labels_follow_first_error(small):
     meta = read_native(small.meta)
     assert sum(chain.label for chain in meta) == len(meta) // 2

@@ -30,8 +30,12 @@ prefix with r steps left succeeds with probability q ** (r / steps); a step's la
 **Domains** (training; names are the kinds below, sizes per domain configurable):
 
 - ``clean``: every error kind; labels are the true labels.
-- ``noisy``: the same task; a share ``noise_rate`` (default 0.4) of chains get corrupted labels,
-  either flipped (1 - label) or shifted (the labels of a different first error, or of none).
+- ``noisy``: the same task; a share ``noise_rate`` (default 0.4) of chains get corrupted labels.
+  ``corruption="mixed"`` (default): flipped (1 - label) or shifted (the labels of a different first
+  error, or of none), half and half: noise without a direction. ``corruption="false_positive"``:
+  a wrong chain is labelled as if it had no error (what Monte Carlo labels give when the policy
+  recovers from a wrong step), so the noise teaches the PRM to accept errors; only wrong chains can
+  be corrupted this way, so ``noise_rate`` is then the share of the domain's wrong chains.
   ``meta["corrupted"]`` says which, so experiments can measure whether reweighting found them.
 - ``easy``: text-visible errors only (no misreads): a model can label it without the image.
 - ``visual``: misreads only: a model must read the image to label it.
@@ -278,8 +282,15 @@ def _mask(values: list[float], first_error: int) -> list[float]:
     return values[:first_error] + [0.0] * (len(values) - first_error)
 
 
-def _corrupt(values: list[float], first_error: int, rng: random.Random) -> tuple[str, list[float]]:
-    """Flipped labels, or the labels of another first error (or of none) that differ from the true ones."""
+CORRUPTIONS = ("mixed", "false_positive")
+
+
+def _corrupt(values: list[float], first_error: int, rng: random.Random,
+             mode: str = "mixed") -> tuple[str, list[float]] | None:
+    """Flipped labels, or the labels of another first error (or of none) that differ from the true ones;
+    with ``mode="false_positive"`` the labels of no error, and None for a chain that has none."""
+    if mode == "false_positive":
+        return ("false_positive", list(values)) if first_error >= 0 else None
     true = _mask(values, first_error)
     if rng.random() < 0.5:
         return "flip", [1.0 - value for value in true]
@@ -362,6 +373,7 @@ class DemoBenchmark:
         success_min: float = 0.5,
         kind_weights: Mapping[str, float] | None = None,
         cascade: float = 1.0,
+        corruption: str = "mixed",
     ) -> None:
         domains = [str(domain) for domain in domains]
         unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
@@ -386,6 +398,7 @@ class DemoBenchmark:
             "0 <= error_rate <= 1": 0.0 <= error_rate <= 1.0,
             "0 <= success_min <= 1": 0.0 <= success_min <= 1.0,
             "0 <= cascade <= 1": 0.0 <= cascade <= 1.0,
+            f"corruption in {CORRUPTIONS}": corruption in CORRUPTIONS,
             "kind_weights >= 0 with known kinds": kind_weights is None or (
                 set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
         }
@@ -407,6 +420,7 @@ class DemoBenchmark:
             "error_rate": float(error_rate),
             "success_min": float(success_min),
             "cascade": float(cascade),
+            "corruption": str(corruption),
             "kind_weights": {kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS},
         }
         self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
@@ -501,7 +515,7 @@ class DemoBenchmark:
             true_labels = _mask(values, record_meta["first_error"])
             corruption, labels = None, true_labels
             if index in corrupted:
-                corruption, labels = _corrupt(values, record_meta["first_error"], rng)
+                corruption, labels = _corrupt(values, record_meta["first_error"], rng, p["corruption"]) or (None, labels)
             chain_id = f"{domain}-{index:05d}"
             chains.append(
                 StepChain(
@@ -512,7 +526,7 @@ class DemoBenchmark:
                     images=[_save_image(problem, f"train/{chain_id}.png", image_root, p["image_size"], rng)],
                     domain=domain,
                     meta={
-                        "corrupted": index in corrupted,
+                        "corrupted": corruption is not None,
                         "corruption": corruption,
                         "true_labels": true_labels,
                         **record_meta,
@@ -590,28 +604,9 @@ class DemoBenchmark:
         return records
 
 
-def build_demo(
-    root: str | Path,
-    seed: int = 0,
-    train_per_domain: int | Mapping[str, int] = 300,
-    meta_size: int = 120,
-    test_problems: int = 60,
-    n_candidates: int = 8,
-    image_size: int = 56,
-    domains: Sequence[str] = DEFAULT_DOMAINS,
-    noise_rate: float = 0.4,
-    rollouts: int = 16,
-    error_rate: float = 0.5,
-    success_min: float = 0.5,
-    kind_weights: Mapping[str, float] | None = None,
-    cascade: float = 1.0,
-) -> DemoFiles:
-    """Build (or reuse) the demo benchmark under ``root``; see :class:`DemoBenchmark`."""
-    benchmark = DemoBenchmark(
-        root, seed, train_per_domain, meta_size, test_problems, n_candidates, image_size, domains, noise_rate,
-        rollouts, error_rate, success_min, kind_weights, cascade,
-    )
-    return benchmark.build()
+def build_demo(root: str | Path, **params) -> DemoFiles:
+    """Build (or reuse) the demo benchmark under ``root``; ``params`` are :class:`DemoBenchmark`'s."""
+    return DemoBenchmark(root, **params).build()
 
 
 def corpus_text(seed: int = 0, chains: int = 2000) -> str:
