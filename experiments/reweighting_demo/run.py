@@ -1,12 +1,14 @@
 """Does bi-level reweighting find the corrupted data, and does it help best-of-N? The demo study.
 
-    python experiments/reweighting_demo/run.py [--seeds 0 1 2] [--coldstart-steps 3000] [--steps 600]
+    python experiments/reweighting_demo/run.py [--seeds 0 1 2] [--coldstart-steps 3000] [--steps 400]
                                               [--jobs 2] [--out outputs/reweighting_demo]
+                                              [--meta-aggregation prod] [--extra <overrides>]
 
 1. one cold start: ``reweight=none`` on the demo benchmark (domains clean / noisy / easy, 40% of the
    noisy domain's chains with corrupted labels);
 2. from that checkpoint, for every seed, the same budget of further lower steps with each strategy:
-   ``none`` (plain training continued), ``domain_table``, ``instance_table``, ``instance_net``;
+   ``none`` (plain training continued), ``domain_table``, ``instance_table``, ``instance_net``, and
+   ``oracle`` (plain training without the corrupted chains: perfect weights);
 3. every run evaluated by ``evaluate.py`` on the demo's best-of-N test set.
 
 It prints one table (and writes it to ``<out>/results.md`` and ``results.json``): per strategy the
