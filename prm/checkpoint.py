@@ -82,9 +82,15 @@ def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[st
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text, encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
+            # A checkpoint of the same step (a resumed run saving again) is moved aside, not deleted
+            # first: only two renames stand between the old folder and the new one.
+            aside = root / f".{final.name}.replaced" if final.exists() else None
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(final, aside)
             os.replace(tmp, final)
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)

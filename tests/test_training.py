@@ -89,6 +89,14 @@ def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
     assert latest_checkpoint(run) == before
     assert not (run / "checkpoints" / "step-0000099").exists()
     assert all(torch.equal(snapshot[k], v) for k, v in weights(before).items())
+    # Saving the same step again: a failure keeps the old folder, a success replaces it whole.
+    with pytest.raises(RuntimeError, match="disk full"):
+        ckpt.save_checkpoint(run, 2, _prm_from(before), {}, "")
+    assert latest_checkpoint(run) == before and (before / "training_state.pt").is_file()
+    monkeypatch.undo()
+    ckpt.save_checkpoint(run, 2, _prm_from(before), {"marker": 1}, "again")
+    assert (before / "config.yaml").read_text() == "again"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")) == []
 
 
 def _prm_from(checkpoint):
