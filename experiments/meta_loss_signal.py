@@ -93,7 +93,8 @@ def summarise(values: list[float], chains) -> dict[str, float]:
     clean = [0 if chain.meta.get("corrupted") else 1 for chain in chains]
     result = {"auroc": auroc(values, clean),
               "clean_pushed_up": sum(v > 0 for v, c in zip(values, clean) if c) / max(1, sum(clean)),
-              "corrupted_pushed_down": sum(v < 0 for v, c in zip(values, clean) if not c) / max(1, len(clean) - sum(clean))}
+              "corrupted_pushed_down": (sum(v < 0 for v, c in zip(values, clean) if not c)
+                                        / max(1, len(clean) - sum(clean)))}
     for kind in sorted({chain.meta.get("corruption") for chain in chains} - {None}):
         keep = [i for i, chain in enumerate(chains) if chain.meta.get("corruption") in (None, kind)]
         result[f"auroc_{kind}"] = auroc([values[i] for i in keep], [clean[i] for i in keep])

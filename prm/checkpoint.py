@@ -84,13 +84,12 @@ def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[st
                 (tmp / name).write_text(text, encoding="utf-8")
             # A checkpoint of the same step (a resumed run saving again) is moved aside, not deleted
             # first: only two renames stand between the old folder and the new one.
-            aside = root / f".{final.name}.replaced" if final.exists() else None
-            if aside is not None:
+            aside = root / f".{final.name}.replaced"
+            if final.exists():
                 shutil.rmtree(aside, ignore_errors=True)
                 os.replace(final, aside)
             os.replace(tmp, final)
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)

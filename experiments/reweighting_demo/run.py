@@ -75,15 +75,15 @@ def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
     return result
 
 
-def uncorrupted_train_file(out: Path, extra: list[str]) -> Path:
-    """The demo's training file without its corrupted chains (for the oracle runs)."""
-    from hydra import compose, initialize_config_dir
+def uncorrupted_train_file(out: Path, coldstart: Path) -> Path:
+    """The cold start's training file without its corrupted chains (for the oracle runs)."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[o for o in extra if o.startswith("data")])
-    source = instantiate(cfg.data).path("train")
-    kept = [line for line in source.read_text().splitlines()
+    from prm.checkpoint import resolve_checkpoint
+
+    data = instantiate(OmegaConf.load(resolve_checkpoint(coldstart) / "config.yaml").data)
+    kept = [line for line in data.path("train").read_text().splitlines()
             if line.strip() and not json.loads(line).get("meta", {}).get("corrupted")]
     target = out / "train_uncorrupted.jsonl"
     target.write_text("\n".join(kept) + "\n")
@@ -146,10 +146,11 @@ def main() -> None:
     print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
 
     jobs = []
-    oracle_data = [f"data.train={uncorrupted_train_file(out, args.extra)}"] if "oracle" in args.strategies else []
+    oracle_data = [f"data.train={uncorrupted_train_file(out, coldstart)}"] if "oracle" in args.strategies else []
     for seed in args.seeds:
         for strategy in args.strategies:
-            overrides = [f"reweight={'none' if strategy == 'oracle' else strategy}", f"seed={seed}", f"train.steps={args.steps}",
+            reweight = "none" if strategy == "oracle" else strategy
+            overrides = [f"reweight={reweight}", f"seed={seed}", f"train.steps={args.steps}",
                          f"backbone.path={coldstart}", "train.validate_every=0", *UPPER.get(strategy, []), *args.extra]
             if strategy == "oracle":
                 overrides += oracle_data

@@ -515,7 +515,9 @@ class DemoBenchmark:
             true_labels = _mask(values, record_meta["first_error"])
             corruption, labels = None, true_labels
             if index in corrupted:
-                corruption, labels = _corrupt(values, record_meta["first_error"], rng, p["corruption"]) or (None, labels)
+                corrupted_labels = _corrupt(values, record_meta["first_error"], rng, p["corruption"])
+                if corrupted_labels is not None:
+                    corruption, labels = corrupted_labels
             chain_id = f"{domain}-{index:05d}"
             chains.append(
                 StepChain(
