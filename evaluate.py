@@ -10,6 +10,7 @@ Results go to best_of_n.{json,md} / processbench.{json,md} in the evaluation's r
     python evaluate.py checkpoint=<dir> data=processbench data.test=<gsm8k.json> backbone=...
     python evaluate.py checkpoint=multirun/2026-11-21/12-00-00   # every job of a sweep + comparison
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ from prm.data.dataset import flatten_candidates
 from prm.data.readers import read_records
 from prm.data.records import BestOfNProblem, LabelledChain
 from prm.device import pick_device
-from prm.evaluation import (accuracy_vs_n, best_of_n, choose_threshold, processbench, write_best_of_n,
-                            write_processbench)
+from prm.evaluation import (
+    accuracy_vs_n,
+    best_of_n,
+    choose_threshold,
+    processbench,
+    write_best_of_n,
+    write_processbench,
+)
 from prm.evaluation.scoring import score_chains
 from prm.model.prm import ProcessRewardModel
 from prm.tracking import Tracker
@@ -48,7 +55,9 @@ def load_prm(checkpoint: Path) -> ProcessRewardModel:
 def detect_mode(records: list) -> str:
     if records and all(isinstance(record, BestOfNProblem) for record in records):
         return "best_of_n"
-    if records and all(isinstance(record, LabelledChain) and record.first_error is not None for record in records):
+    if records and all(
+        isinstance(record, LabelledChain) and record.first_error is not None for record in records
+    ):
         return "processbench"
     raise ValueError("the test split holds neither best-of-N problems nor chains with known first errors")
 
@@ -59,7 +68,9 @@ def load_test(cfg: DictConfig):
     return data, data.load("test")
 
 
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker, test=None) -> dict:
+def evaluate_checkpoint(
+    cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker, test=None
+) -> dict:
     """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``.
     ``test``: (data, records) from :func:`load_test`, read here when not given."""
     device = pick_device(cfg.device)
@@ -70,14 +81,16 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, tracke
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def score(chains):
-        return score_chains(prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True)
+        return score_chains(
+            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True
+        )
 
     if mode == "best_of_n":
         chains = flatten_candidates(records)
         flat = score(chains)
         grouped, start = [], 0
         for problem in records:
-            grouped.append(flat[start:start + len(problem.candidates)])
+            grouped.append(flat[start : start + len(problem.candidates)])
             start += len(problem.candidates)
         result = best_of_n(records, grouped)
         curve = accuracy_vs_n(records, grouped)
@@ -88,9 +101,14 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path, tracke
         tracker.log_table("best_of_n/accuracy", ["method", "kind", "accuracy", "ties"], rows)
         curve_dict = curve.to_dict()
         methods = {**curve_dict["aggregations"], **curve_dict["baselines"]}
-        tracker.log_table("best_of_n/accuracy_vs_n", ["n", *methods],
-                          [[n, *(values[i] for values in methods.values())] for i, n in enumerate(curve_dict["n"])])
-        image = plots.plot_accuracy_vs_n(curve_dict, out_dir / "accuracy_vs_n.png", highlight=cfg.aggregation.name)
+        tracker.log_table(
+            "best_of_n/accuracy_vs_n",
+            ["n", *methods],
+            [[n, *(values[i] for values in methods.values())] for i, n in enumerate(curve_dict["n"])],
+        )
+        image = plots.plot_accuracy_vs_n(
+            curve_dict, out_dir / "accuracy_vs_n.png", highlight=cfg.aggregation.name
+        )
         plots.write_report(out_dir, f"Evaluation of {checkpoint}", [("Best-of-N", table)], [image])
     else:
         scores = score(records)
@@ -117,27 +135,36 @@ def sweep_jobs(path: Path) -> list[Path]:
     if not (path / "multirun.yaml").exists():
         return []
     jobs = [job for job in path.iterdir() if (job / ".hydra" / "overrides.yaml").exists()]
-    return sorted((job for job in jobs if latest_checkpoint(job) is not None),
-                  key=lambda job: int(job.name) if job.name.isdigit() else job.name)
+    return sorted(
+        (job for job in jobs if latest_checkpoint(job) is not None),
+        key=lambda job: int(job.name) if job.name.isdigit() else job.name,
+    )
 
 
 def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tracker) -> dict:
     """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot."""
     results, test = {}, load_test(cfg)
     for job in jobs:
-        overrides = [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
+        overrides = [
+            o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
+        ]
         summary = evaluate_checkpoint(cfg, resolve_checkpoint(job), out_dir / job.name, tracker, test)
         results[job.name] = {"overrides": " ".join(overrides) or "(defaults)", **summary}
     if not all("aggregations" in r for r in results.values()):
         raise ValueError("sweep comparison needs best-of-N test records")
     headline = cfg.aggregation.name
     names = list(next(iter(results.values()))["aggregations"])
-    lines = [f"# Sweep comparison: best-of-N accuracy (%) of {len(jobs)} jobs", "",
-             "| job | overrides | " + " | ".join(names) + " | random | majority_vote | pass_at_n |",
-             "|---|---|" + "---:|" * (len(names) + 3)]
+    lines = [
+        f"# Sweep comparison: best-of-N accuracy (%) of {len(jobs)} jobs",
+        "",
+        "| job | overrides | " + " | ".join(names) + " | random | majority_vote | pass_at_n |",
+        "|---|---|" + "---:|" * (len(names) + 3),
+    ]
     for job, r in results.items():
         cells = [f"{100 * r['aggregations'][n]['accuracy']:.2f}" for n in names]
-        cells += [f"{100 * r['baselines'][b]['accuracy']:.2f}" for b in ("random", "majority_vote", "pass_at_n")]
+        cells += [
+            f"{100 * r['baselines'][b]['accuracy']:.2f}" for b in ("random", "majority_vote", "pass_at_n")
+        ]
         lines.append(f"| {job} | {r['overrides']} | " + " | ".join(cells) + " |")
     markdown = "\n".join(lines) + "\n"
     (out_dir / "comparison.md").write_text(markdown, encoding="utf-8")
@@ -147,11 +174,20 @@ def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tra
         [r["overrides"] for r in results.values()],
         [r["aggregations"][headline]["accuracy"] for r in results.values()],
         {b: first["baselines"][b]["accuracy"] for b in ("random", "majority_vote", "pass_at_n")},
-        out_dir / "comparison.png", title=f"Best-of-N, {headline} aggregation")
-    plots.write_report(out_dir, "Sweep comparison", [("Best-of-N per job", markdown.split("\n", 2)[2])], [image])
-    tracker.log_table("sweep/best_of_n", ["job", "overrides", *names],
-                      [[job, r["overrides"], *(r["aggregations"][n]["accuracy"] for n in names)]
-                       for job, r in results.items()])
+        out_dir / "comparison.png",
+        title=f"Best-of-N, {headline} aggregation",
+    )
+    plots.write_report(
+        out_dir, "Sweep comparison", [("Best-of-N per job", markdown.split("\n", 2)[2])], [image]
+    )
+    tracker.log_table(
+        "sweep/best_of_n",
+        ["job", "overrides", *names],
+        [
+            [job, r["overrides"], *(r["aggregations"][n]["accuracy"] for n in names)]
+            for job, r in results.items()
+        ],
+    )
     print(markdown)
     return results
 
@@ -161,7 +197,9 @@ def evaluate(cfg: DictConfig) -> dict:
     target = Path(cfg.checkpoint)
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else target / "eval"
     tracker = instantiate(cfg.logger)
-    tracker.start(out_dir, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate", name=f"eval-{target.name}")
+    tracker.start(
+        out_dir, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate", name=f"eval-{target.name}"
+    )
     try:
         jobs = sweep_jobs(target)
         if jobs:

@@ -9,6 +9,7 @@ the test set the within-problem pairwise accuracy: over problems with both corre
 candidates, the share of (correct, wrong) pairs the PRM orders right (ties count one half). Best-of-N
 needs the latter, an AUROC across problems does not show it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,9 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate import load_prm  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+
+from evaluate import load_prm  # noqa: E402
 from prm.checkpoint import resolve_checkpoint  # noqa: E402
 from prm.data.dataset import flatten_candidates  # noqa: E402
 from prm.evaluation.best_of_n import auroc  # noqa: E402
@@ -57,12 +59,18 @@ def diagnose(checkpoint: Path) -> None:
     print(f"{'kind':<12}{'chains':>7}{'wrong step':>12}{'same step ok':>14}{'AUROC':>8}")
     for kind, indices in sorted(by_kind.items()):
         wrong_step = [float(scores[i][meta[i].first_error]) for i in indices]
-        same_ok = [float(scores[j][meta[i].first_error]) for i in indices for j in correct
-                   if len(scores[j]) == len(scores[i]) and meta[j].question == meta[i].question][:200]
+        same_ok = [
+            float(scores[j][meta[i].first_error])
+            for i in indices
+            for j in correct
+            if len(scores[j]) == len(scores[i]) and meta[j].question == meta[i].question
+        ][:200]
         chain = [float(scores[i].mean()) for i in correct + indices]
         labels = [1] * len(correct) + [0] * len(indices)
-        print(f"{kind:<12}{len(indices):>7}{sum(wrong_step) / len(wrong_step):>12.3f}"
-              f"{(sum(same_ok) / len(same_ok) if same_ok else float('nan')):>14.3f}{auroc(chain, labels):>8.3f}")
+        print(
+            f"{kind:<12}{len(indices):>7}{sum(wrong_step) / len(wrong_step):>12.3f}"
+            f"{(sum(same_ok) / len(same_ok) if same_ok else float('nan')):>14.3f}{auroc(chain, labels):>8.3f}"
+        )
     test = data.load("test")
     test_scores = score_chains(prm, flatten_candidates(test), 32, data.max_length)
     for name, reduce in (("mean", torch.mean), ("min", torch.min), ("last", lambda s: s[-1])):

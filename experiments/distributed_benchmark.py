@@ -8,6 +8,7 @@ Runs ``reweight=instance_table`` on the tiny backbone and the demo data for ``--
 runs' metrics.jsonl, first steps excluded as warm-up), the zero2/none step-time ratio at one process,
 and the largest difference of the learned instance weights from the plain run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from prm.distributed import free_port  # noqa: E402
 from prm.tracking import read_metrics  # noqa: E402
+
 WARMUP = 5
 
 
@@ -31,10 +33,26 @@ def launch(run_dir: Path, processes: int, overrides: list[str], steps: int, thre
     if processes == 1:
         command = [sys.executable, "train.py"]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(free_port()), "train.py"]
-    args = [f"hydra.run.dir={run_dir}", "reweight=instance_table", f"train.steps={steps}", "train.save_every=0",
-            "train.validate_every=0", "reweight.upper.lr=0.1", "logger=jsonl", *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+            "train.py",
+        ]
+    args = [
+        f"hydra.run.dir={run_dir}",
+        "reweight=instance_table",
+        f"train.steps={steps}",
+        "train.save_every=0",
+        "train.validate_every=0",
+        "reweight.upper.lr=0.1",
+        "logger=jsonl",
+        *overrides,
+    ]
     with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
         subprocess.run([*command, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
 
@@ -51,7 +69,9 @@ def weights(run_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "distributed_benchmark")
     args = parser.parse_args()
@@ -77,8 +97,10 @@ def main() -> None:
         difference = max(abs(learned[key] - reference[key]) for key in reference)
         lines.append(f"| {name} | {seconds:.3f} | {seconds / reference_time:.2f}x | {difference:.2e} |")
     moved = sum(abs(w - 1.0) > 1e-4 for w in reference.values())
-    table = "\n".join(lines) + f"\n\n{args.steps} steps of reweight=instance_table; {moved} of {len(reference)} " \
-                               f"instance weights moved in the plain run.\n"
+    table = (
+        "\n".join(lines) + f"\n\n{args.steps} steps of reweight=instance_table; {moved} of {len(reference)} "
+        f"instance weights moved in the plain run.\n"
+    )
     (out / "results.md").write_text(table)
     print("\n" + table)
 

@@ -18,6 +18,7 @@ The training chains must say which are corrupted (``meta["corrupted"]``, as the 
 A step-level meta loss from the meta chains' known first errors is shown as a reference: what a meta
 set with step labels would give.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate import load_prm  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+
+from evaluate import load_prm  # noqa: E402
 from prm.aggregation import PROBABILITY_VALUED, Aggregation  # noqa: E402
 from prm.bilevel.meta_loss import TARGETS, meta_losses  # noqa: E402
 from prm.checkpoint import resolve_checkpoint  # noqa: E402
@@ -50,7 +52,9 @@ def step_level_loss(scores, first_errors: torch.Tensor) -> torch.Tensor:
 
 
 def flat_gradient(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in parameters])
+    return torch.cat(
+        [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in parameters]
+    )
 
 
 def meta_gradients(prm, meta_chains, collator, losses: dict, batch_size: int) -> dict[str, torch.Tensor]:
@@ -63,8 +67,12 @@ def meta_gradients(prm, meta_chains, collator, losses: dict, batch_size: int) ->
         for start in range(0, len(meta_chains), batch_size):
             indices = range(start, min(len(meta_chains), start + batch_size))
             batch = collator([dataset[i] for i in indices])
-            first_errors = torch.tensor([meta_chains[i].first_error if meta_chains[i].first_error is not None
-                                         else -1 for i in indices])
+            first_errors = torch.tensor(
+                [
+                    meta_chains[i].first_error if meta_chains[i].first_error is not None else -1
+                    for i in indices
+                ]
+            )
             (loss_of(prm(batch), batch, first_errors) * len(indices) / len(meta_chains)).backward()
         gradients[name] = flat_gradient(parameters)
     return gradients
@@ -91,10 +99,13 @@ def alignments(prm, train_chains, collator, gradients: dict[str, torch.Tensor]) 
 
 def summarise(values: list[float], chains) -> dict[str, float]:
     clean = [0 if chain.meta.get("corrupted") else 1 for chain in chains]
-    result = {"auroc": auroc(values, clean),
-              "clean_pushed_up": sum(v > 0 for v, c in zip(values, clean) if c) / max(1, sum(clean)),
-              "corrupted_pushed_down": (sum(v < 0 for v, c in zip(values, clean) if not c)
-                                        / max(1, len(clean) - sum(clean)))}
+    result = {
+        "auroc": auroc(values, clean),
+        "clean_pushed_up": sum(v > 0 for v, c in zip(values, clean) if c) / max(1, sum(clean)),
+        "corrupted_pushed_down": (
+            sum(v < 0 for v, c in zip(values, clean) if not c) / max(1, len(clean) - sum(clean))
+        ),
+    }
     for kind in sorted({chain.meta.get("corruption") for chain in chains} - {None}):
         keep = [i for i, chain in enumerate(chains) if chain.meta.get("corruption") in (None, kind)]
         result[f"auroc_{kind}"] = auroc([values[i] for i in keep], [clean[i] for i in keep])
@@ -102,10 +113,16 @@ def summarise(values: list[float], chains) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="a run directory (its latest checkpoint) or a checkpoint folder")
-    parser.add_argument("--aggregations", nargs="+", default=["min", "mean", "log_mean", "last", "prod"],
-                        choices=sorted(PROBABILITY_VALUED))
+    parser.add_argument(
+        "--aggregations",
+        nargs="+",
+        default=["min", "mean", "log_mean", "last", "prod"],
+        choices=sorted(PROBABILITY_VALUED),
+    )
     parser.add_argument("--targets", nargs="+", default=["+"], choices=TARGETS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="also write the table as JSON here")
@@ -125,24 +142,41 @@ def main() -> None:
     for name in args.aggregations:
         aggregation = Aggregation(name)
         for target in args.targets:
-            losses[f"{name} {target}"] = (lambda a, t: lambda scores, batch, _: meta_losses(
-                scores.probs.float(), scores.mask, batch["chain_label"], a, t).mean())(aggregation, target)
+            losses[f"{name} {target}"] = (
+                lambda a, t: lambda scores, batch, _: meta_losses(
+                    scores.probs.float(), scores.mask, batch["chain_label"], a, t
+                ).mean()
+            )(aggregation, target)
     if all(chain.first_error is not None for chain in meta_chains):
         losses[STEP_LEVEL] = lambda scores, batch, first_errors: step_level_loss(scores, first_errors)
 
-    print(f"{checkpoint}: {len(train_chains)} training chains "
-          f"({sum(bool(c.meta.get('corrupted')) for c in train_chains)} corrupted), {len(meta_chains)} meta chains")
+    print(
+        f"{checkpoint}: {len(train_chains)} training chains "
+        f"({sum(bool(c.meta.get('corrupted')) for c in train_chains)} corrupted), "
+        f"{len(meta_chains)} meta chains"
+    )
     gradients = meta_gradients(prm, meta_chains, collator, losses, args.batch_size)
-    results = {name: summarise(values, train_chains)
-               for name, values in alignments(prm, train_chains, collator, gradients).items()}
+    results = {
+        name: summarise(values, train_chains)
+        for name, values in alignments(prm, train_chains, collator, gradients).items()
+    }
 
     kinds = sorted({key for result in results.values() for key in result if key.startswith("auroc_")})
-    header = ["meta loss", "AUROC clean vs corrupted", *[k.replace("auroc_", "AUROC ") for k in kinds],
-              "clean pushed up", "corrupted pushed down"]
+    header = [
+        "meta loss",
+        "AUROC clean vs corrupted",
+        *[k.replace("auroc_", "AUROC ") for k in kinds],
+        "clean pushed up",
+        "corrupted pushed down",
+    ]
     print("\n| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))
     for name, result in results.items():
-        cells = [result["auroc"], *[result[k] for k in kinds], result["clean_pushed_up"],
-                 result["corrupted_pushed_down"]]
+        cells = [
+            result["auroc"],
+            *[result[k] for k in kinds],
+            result["clean_pushed_up"],
+            result["corrupted_pushed_down"],
+        ]
         print(f"| {name} | " + " | ".join(f"{value:.3f}" for value in cells) + " |")
     if args.out is not None:
         args.out.write_text(json.dumps({"checkpoint": str(checkpoint), "results": results}, indent=1))

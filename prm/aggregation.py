@@ -9,10 +9,11 @@ Empty chains (no step) get ``EMPTY_SCORE[name]``, the lowest value the aggregati
 (-inf for the unbounded ones), so that an empty candidate never wins best-of-N. Scores of padded
 positions never leak into a result.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -82,8 +83,17 @@ AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
     "mean_odd": agg_mean_odd,
 }
 # Lowest value each aggregation can reach; given to empty chains so they never win.
-EMPTY_SCORE = {"min": 0.0, "max": 0.0, "last": 0.0, "mean": 0.0, "prod": 0.0, "log_mean": 0.0,
-               "sum_logprob": -math.inf, "sum_logit": -math.inf, "mean_odd": 0.0}
+EMPTY_SCORE = {
+    "min": 0.0,
+    "max": 0.0,
+    "last": 0.0,
+    "mean": 0.0,
+    "prod": 0.0,
+    "log_mean": 0.0,
+    "sum_logprob": -math.inf,
+    "sum_logit": -math.inf,
+    "mean_odd": 0.0,
+}
 # Aggregations whose value is a probability in [0, 1] (usable in the meta loss (p - y)^2).
 PROBABILITY_VALUED = {"min", "max", "last", "mean", "prod", "log_mean"}
 

@@ -12,6 +12,7 @@ Layout of a run directory::
 A checkpoint is written into a hidden temporary folder and renamed into place, and ``latest`` is
 replaced atomically afterwards, so a crash while saving never corrupts the previous checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,10 +52,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, prm, training_state: dict[str, Any], config_yaml: str,
-                    keep_last: int = 2, extra_files: dict[str, str] | None = None, is_main: bool = True,
-                    sharded: Callable[[Path], None] | None = None,
-                    gathered: Callable[[], Any] = contextlib.nullcontext) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    prm,
+    training_state: dict[str, Any],
+    config_yaml: str,
+    keep_last: int = 2,
+    extra_files: dict[str, str] | None = None,
+    is_main: bool = True,
+    sharded: Callable[[Path], None] | None = None,
+    gathered: Callable[[], Any] = contextlib.nullcontext,
+) -> Path:
     """Write checkpoint ``step`` of ``prm`` (a ProcessRewardModel) atomically; returns its folder.
 
     ``extra_files`` maps file names to text written beside the model (e.g. the learned weights).
@@ -119,7 +129,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = latest_checkpoint(run_dir)
         if found is not None:
             return found
-    raise FileNotFoundError(f"{path}: neither a checkpoint (no config.json) nor a run directory with checkpoints")
+    raise FileNotFoundError(
+        f"{path}: neither a checkpoint (no config.json) nor a run directory with checkpoints"
+    )
 
 
 def load_training_state(checkpoint: str | Path) -> dict[str, Any]:

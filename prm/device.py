@@ -1,4 +1,5 @@
 """Device placement and precision: shared by training (Betty problems) and evaluation."""
+
 from __future__ import annotations
 
 import contextlib

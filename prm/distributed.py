@@ -4,6 +4,7 @@ Launch with ``torchrun --nproc_per_node N train.py distributed=zero2 ...``; a pl
 train.py distributed=zero2`` runs as a world of one (the launcher variables are filled in). On CPU
 the DeepSpeed accelerator is set to ``cpu`` and the backend to gloo; on CUDA, nccl.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,14 +40,16 @@ def setup(cfg: DictConfig, device: str) -> World:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.distributed.name == "none":
         if launched > 1:
-            raise ValueError(f"started as {launched} processes but distributed=none; "
-                             "add distributed=zero1|zero2|zero3")
+            raise ValueError(
+                f"started as {launched} processes but distributed=none; add distributed=zero1|zero2|zero3"
+            )
         return World()
     if not str(device).startswith("cuda"):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is first imported
     if "RANK" not in os.environ:  # no launcher: a world of one
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     import deepspeed
 
     backend = cfg.distributed.backend

@@ -6,10 +6,11 @@ weights per domain, corrupted and clean apart where known); evaluation writes
 ``accuracy_vs_n.png`` (best-of-N accuracy against N per aggregation, baselines dashed). Each run
 directory gets a ``report.md`` embedding its plots.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -24,13 +25,23 @@ def plot_weight_trajectories(metrics: list[dict], out: Path) -> Path | None:
     rows = [row for row in metrics if any(key.startswith("val/weight/") for key in row)]
     if not rows:
         return None
-    keys = sorted({k for row in rows for k in row if k.startswith("val/weight/") and k != "val/weight/corrupted_over_clean"})
+    keys = sorted(
+        {
+            k
+            for row in rows
+            for k in row
+            if k.startswith("val/weight/") and k != "val/weight/corrupted_over_clean"
+        }
+    )
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in keys:
         points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
         ax.plot(*zip(*points), marker="o", label=key.removeprefix("val/weight/"))
-    ratio = [(row["step"], row["val/weight/corrupted_over_clean"]) for row in rows
-             if row.get("val/weight/corrupted_over_clean") is not None]
+    ratio = [
+        (row["step"], row["val/weight/corrupted_over_clean"])
+        for row in rows
+        if row.get("val/weight/corrupted_over_clean") is not None
+    ]
     if ratio:
         ax.plot(*zip(*ratio), color="black", linestyle="--", label="corrupted / clean")
     ax.axhline(1.0, color="grey", linewidth=0.8)
@@ -42,8 +53,9 @@ def plot_weight_trajectories(metrics: list[dict], out: Path) -> Path | None:
     return out
 
 
-def plot_weight_distributions(weights: Sequence[float], domains: Sequence[str], corrupted: Sequence[bool | None],
-                              out: Path) -> Path:
+def plot_weight_distributions(
+    weights: Sequence[float], domains: Sequence[str], corrupted: Sequence[bool | None], out: Path
+) -> Path:
     names = sorted(set(domains))
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), sharex=True, squeeze=False)
     low, high = min(weights), max(weights)
@@ -70,11 +82,20 @@ def plot_accuracy_vs_n(curve: dict, out: Path, highlight: str = "mean") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     n = curve["n"]
     for name, values in curve["aggregations"].items():
-        ax.plot(n, [100 * v for v in values], linewidth=2.5 if name == highlight else 1.2,
-                label=name + (" (headline)" if name == highlight else ""))
+        ax.plot(
+            n,
+            [100 * v for v in values],
+            linewidth=2.5 if name == highlight else 1.2,
+            label=name + (" (headline)" if name == highlight else ""),
+        )
     for name, values in curve["baselines"].items():
-        ax.plot(n, [100 * v for v in values], color=BASELINE_COLOUR.get(name, "black"),
-                linestyle=BASELINE_STYLE.get(name, ":"), label=name)
+        ax.plot(
+            n,
+            [100 * v for v in values],
+            color=BASELINE_COLOUR.get(name, "black"),
+            linestyle=BASELINE_STYLE.get(name, ":"),
+            label=name,
+        )
     ax.set(xlabel="candidates N", ylabel="best-of-N accuracy (%)", title="Best-of-N accuracy against N")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
@@ -91,8 +112,9 @@ def varying_parts(labels: Sequence[str]) -> list[str]:
     return [" ".join(x for x in p if x not in common) or "(same)" for p in parts]
 
 
-def plot_comparison(labels: Sequence[str], values: Sequence[float], baselines: dict[str, float], out: Path,
-                    title: str) -> Path:
+def plot_comparison(
+    labels: Sequence[str], values: Sequence[float], baselines: dict[str, float], out: Path, title: str
+) -> Path:
     """Horizontal bars, one per job, labelled by what differs between the jobs; baselines as lines."""
     names = varying_parts(labels)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(names)))
@@ -101,7 +123,12 @@ def plot_comparison(labels: Sequence[str], values: Sequence[float], baselines: d
     for y, v in zip(positions, values):
         ax.text(100 * v + 0.5, y, f"{100 * v:.1f}", va="center", fontsize=8)
     for name, value in baselines.items():
-        ax.axvline(100 * value, color="black", linestyle=BASELINE_STYLE.get(name, ":"), label=f"{name} {100 * value:.1f}")
+        ax.axvline(
+            100 * value,
+            color="black",
+            linestyle=BASELINE_STYLE.get(name, ":"),
+            label=f"{name} {100 * value:.1f}",
+        )
     ax.set_yticks(list(positions), names, fontsize=9)
     ax.invert_yaxis()
     ax.set(xlabel="best-of-N accuracy (%)", xlim=(0, 100), title=title)

@@ -7,14 +7,16 @@ merge. Runs of one multirun share a group named after the sweep, and a run is na
 job's overrides without the seed, so a sweep's seeds sit side by side. (wandb 0.31 always runs its
 own core service: there is no ``start_method`` to set, and nothing hangs under Hydra.)
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,14 @@ class Tracker:
     def uses_wandb(self) -> bool:
         return self._wandb_run is not None
 
-    def start(self, run_dir: str | Path, config: dict[str, Any], name: str | None = None,
-              group: str | None = None, job_type: str | None = None) -> None:
+    def start(
+        self,
+        run_dir: str | Path,
+        config: dict[str, Any],
+        name: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+    ) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.jsonl:
@@ -73,7 +81,11 @@ class Tracker:
             if job_type is not None:
                 settings["job_type"] = job_type
             self._wandb_run = wandb.init(
-                dir=str(run_dir), config=config, name=name, reinit="finish_previous", **settings,
+                dir=str(run_dir),
+                config=config,
+                name=name,
+                reinit="finish_previous",
+                **settings,
             )
 
     def _write(self, row: dict) -> None:
@@ -82,9 +94,20 @@ class Tracker:
             self._file.flush()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        clean = {key: (float(value) if isinstance(value, (int, float)) else value) for key, value in metrics.items()}
-        self._write({"step": step, "time": time.time(),
-                     **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in clean.items()}})
+        clean = {
+            key: (float(value) if isinstance(value, (int, float)) else value)
+            for key, value in metrics.items()
+        }
+        self._write(
+            {
+                "step": step,
+                "time": time.time(),
+                **{
+                    k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in clean.items()
+                },
+            }
+        )
         if self._wandb_run is not None:
             self._wandb_run.log(clean, step=step)
 
@@ -93,8 +116,10 @@ class Tracker:
         values = sorted(float(v) for v in values)
         if not values:
             return
-        quantiles = {f"{name}/q{int(q * 100):02d}": values[min(len(values) - 1, int(q * len(values)))]
-                     for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)}
+        quantiles = {
+            f"{name}/q{int(q * 100):02d}": values[min(len(values) - 1, int(q * len(values)))]
+            for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
+        }
         quantiles[f"{name}/q100"] = values[-1]
         self._write({"step": step, "time": time.time(), **quantiles})
         if self._wandb_run is not None:

@@ -1,4 +1,5 @@
 """Aggregations against hand-computed values, at saturated probabilities and on empty chains."""
+
 import math
 
 import pytest
@@ -20,8 +21,10 @@ EXPECTED = {
     "last": [0.2, 0.6],
     "mean": [0.5, 0.75],
     "prod": [0.08, 0.54],
-    "log_mean": [1 / (1 + math.exp(-(logit(0.5) + logit(0.8) + logit(0.2)) / 3)),
-                 1 / (1 + math.exp(-(logit(0.9) + logit(0.6)) / 2))],
+    "log_mean": [
+        1 / (1 + math.exp(-(logit(0.5) + logit(0.8) + logit(0.2)) / 3)),
+        1 / (1 + math.exp(-(logit(0.9) + logit(0.6)) / 2)),
+    ],
     "sum_logprob": [math.log(0.5) + math.log(0.8) + math.log(0.2), math.log(0.9) + math.log(0.6)],
     "sum_logit": [logit(0.5) + logit(0.8) + logit(0.2), logit(0.9) + logit(0.6)],
     "mean_odd": [(1 + 4 + 0.25) / 3, (9 + 1.5) / 2],

@@ -1,4 +1,5 @@
 """Tiny backbones: built offline, saved and reloaded with identical logits, real checkpoint layouts."""
+
 import json
 
 import pytest
@@ -18,8 +19,9 @@ def _inputs(backbone):
     images = [Image.new("RGB", (56, 56), "red")] if backbone.is_multimodal else []
     text = format_chain(backbone.family, "How many tiles are red?", steps, backbone.step_marker, len(images))
     if backbone.is_multimodal:
-        return dict(backbone.processor(text=[text], images=images, return_tensors="pt",
-                                       **backbone.processor_kwargs))
+        return dict(
+            backbone.processor(text=[text], images=images, return_tensors="pt", **backbone.processor_kwargs)
+        )
     return dict(backbone.tokenizer([text], return_tensors="pt"))
 
 
@@ -76,18 +78,38 @@ def _write_real_layout(backbone, directory):
     image_config = processor_config["image_processor"]
     if backbone.family == "internvl":
         # InternVL3-1B-hf: fast image processor class name, processor_config.json, a video config.
-        image_config.update(image_processor_type="GotOcr2ImageProcessorFast", processor_class="InternVLProcessor")
-        (directory / "processor_config.json").write_text(json.dumps(
-            {"image_seq_length": processor_config["image_seq_length"], "processor_class": "InternVLProcessor"}))
-        (directory / "video_preprocessor_config.json").write_text(json.dumps(
-            {"video_processor_type": "InternVLVideoProcessor", "processor_class": "InternVLProcessor"}))
+        image_config.update(
+            image_processor_type="GotOcr2ImageProcessorFast", processor_class="InternVLProcessor"
+        )
+        (directory / "processor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_seq_length": processor_config["image_seq_length"],
+                    "processor_class": "InternVLProcessor",
+                }
+            )
+        )
+        (directory / "video_preprocessor_config.json").write_text(
+            json.dumps(
+                {"video_processor_type": "InternVLVideoProcessor", "processor_class": "InternVLProcessor"}
+            )
+        )
     else:
         # Qwen2-VL-2B-Instruct: legacy preprocessor_config.json with min_pixels / max_pixels.
         image_config = {
-            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor",
-            "min_pixels": 3136, "max_pixels": 12544, "patch_size": 14, "merge_size": 2,
-            "temporal_patch_size": 2, "image_mean": image_config["image_mean"], "image_std": image_config["image_std"],
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_resize": True,
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": "Qwen2VLProcessor",
+            "min_pixels": 3136,
+            "max_pixels": 12544,
+            "patch_size": 14,
+            "merge_size": 2,
+            "temporal_patch_size": 2,
+            "image_mean": image_config["image_mean"],
+            "image_std": image_config["image_std"],
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "do_resize": True,
         }
     (directory / "preprocessor_config.json").write_text(json.dumps(image_config))
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())

@@ -1,4 +1,5 @@
 """Every option of every config group composes and instantiates."""
+
 from pathlib import Path
 
 import pytest
@@ -28,24 +29,43 @@ def composed(*overrides: str, hydra: bool = False):
 
 # Files for the data configs whose split paths are mandatory (???).
 DATA_FILES = {
-    "dreamprm": ["data.train=" + str(FIXTURES / "formats/dreamprm_train.json"),
-                 "data.meta=" + str(FIXTURES / "published/dreamprm_meta_sample.json")],
-    "dreamprm15": ["data.train=" + str(FIXTURES / "formats/visualprm_train.jsonl"),
-                   "data.meta=" + str(FIXTURES / "published/dreamprm15_meta_sample.json"),
-                   "data.test=" + str(FIXTURES / "formats/bestofn_test.json")],
-    "mmprm": ["data.train=" + str(FIXTURES / "formats/mmprm_train.jsonl"),
-              "data.meta=" + str(FIXTURES / "published/dreamprm_meta_sample.json")],
-    "trl": ["data.train=" + str(FIXTURES / "formats/trl_stepwise.jsonl"),
-            "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json")],
-    "files": ["data.train=" + str(FIXTURES / "formats/mmprm_train.jsonl"),
-              "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json")],
+    "dreamprm": [
+        "data.train=" + str(FIXTURES / "formats/dreamprm_train.json"),
+        "data.meta=" + str(FIXTURES / "published/dreamprm_meta_sample.json"),
+    ],
+    "dreamprm15": [
+        "data.train=" + str(FIXTURES / "formats/visualprm_train.jsonl"),
+        "data.meta=" + str(FIXTURES / "published/dreamprm15_meta_sample.json"),
+        "data.test=" + str(FIXTURES / "formats/bestofn_test.json"),
+    ],
+    "mmprm": [
+        "data.train=" + str(FIXTURES / "formats/mmprm_train.jsonl"),
+        "data.meta=" + str(FIXTURES / "published/dreamprm_meta_sample.json"),
+    ],
+    "trl": [
+        "data.train=" + str(FIXTURES / "formats/trl_stepwise.jsonl"),
+        "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json"),
+    ],
+    "files": [
+        "data.train=" + str(FIXTURES / "formats/mmprm_train.jsonl"),
+        "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json"),
+    ],
     "processbench": ["data.test=" + str(FIXTURES / "published/processbench_gsm8k_sample.json")],
 }
 
 
 def test_every_group_has_options():
-    for group in ["backbone", "reweight", "activation", "aggregation", "schedule", "data", "logger", "experiment",
-                  "hydra"]:
+    for group in [
+        "backbone",
+        "reweight",
+        "activation",
+        "aggregation",
+        "schedule",
+        "data",
+        "logger",
+        "experiment",
+        "hydra",
+    ]:
         assert options(group), f"conf/{group}/ is empty"
 
 
@@ -77,8 +97,12 @@ def test_activations_instantiate(name):
 
 
 def test_activation_values():
-    expected = {"relu": [0.0, 0.5, 5.0], "identity": [-2.0, 0.5, 5.0], "clip": [-1.0, 0.5, 3.0],
-                "leaky_relu": [-0.02, 0.5, 5.0]}
+    expected = {
+        "relu": [0.0, 0.5, 5.0],
+        "identity": [-2.0, 0.5, 5.0],
+        "clip": [-1.0, 0.5, 3.0],
+        "leaky_relu": [-0.02, 0.5, 5.0],
+    }
     for name, values in expected.items():
         activation = instantiate(composed(f"activation={name}").activation)
         assert torch.allclose(activation(torch.tensor([-2.0, 0.5, 5.0])), torch.tensor(values))
@@ -99,7 +123,9 @@ def test_schedules_instantiate(name):
         optimizer.step()
         scheduler.step()
     final = optimizer.param_groups[0]["lr"]
-    assert {"cosine": 0.0, "linear": 0.0, "constant": 1.0, "step": 0.5 ** 1}[name] == pytest.approx(final, abs=1e-9)
+    assert {"cosine": 0.0, "linear": 0.0, "constant": 1.0, "step": 0.5**1}[name] == pytest.approx(
+        final, abs=1e-9
+    )
 
 
 @pytest.mark.parametrize("name", options("data"))

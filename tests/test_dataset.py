@@ -1,19 +1,25 @@
 """Collation: right padding, step-marker positions, label tables, chain labels, errors."""
+
 import math
 
 import pytest
 import torch
 
 from prm.data.dataset import ChainDataset, PRMCollator, flatten_candidates
-from prm.data.synthetic import DemoBenchmark
 from prm.data.sources import DataSources
+from prm.data.synthetic import DemoBenchmark
 from prm.model.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    sources = DataSources(name="demo", format="native", generator=DemoBenchmark(
-        tmp_path_factory.mktemp("demo"), train_per_domain=4, meta_size=4, test_problems=2, n_candidates=3))
+    sources = DataSources(
+        name="demo",
+        format="native",
+        generator=DemoBenchmark(
+            tmp_path_factory.mktemp("demo"), train_per_domain=4, meta_size=4, test_problems=2, n_candidates=3
+        ),
+    )
     return sources
 
 

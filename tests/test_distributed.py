@@ -6,6 +6,7 @@ each other on the learned instance weights, and every rank must end with identic
 checks that itself and fails otherwise). The first DeepSpeed run on a machine JIT-builds its
 shared-memory communication op (about a minute, cached under ~/.cache/torch_extensions).
 """
+
 import json
 import os
 import subprocess
@@ -18,8 +19,15 @@ from prm.checkpoint import latest_checkpoint
 from prm.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMON = ["experiment=smoke", "reweight=instance_table", "train.steps=4", "train.save_every=4",
-          "train.validate_every=0", "reweight.upper.lr=0.5", "logger=jsonl"]
+COMMON = [
+    "experiment=smoke",
+    "reweight=instance_table",
+    "train.steps=4",
+    "train.save_every=4",
+    "train.validate_every=0",
+    "reweight.upper.lr=0.5",
+    "logger=jsonl",
+]
 TOLERANCE = 1e-5  # float32 reductions in a different order across world sizes and stages
 
 pytestmark = pytest.mark.slow
@@ -31,10 +39,24 @@ def launch(run_dir: Path, processes: int, overrides: list[str], cache: Path) -> 
         command = [sys.executable, "train.py"]
     else:
         # a free port: torchrun's --master_port 0 hangs its static rendezvous
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(free_port()), "train.py"]
-    result = subprocess.run([*command, f"hydra.run.dir={run_dir}", *COMMON, *overrides], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+            "train.py",
+        ]
+    result = subprocess.run(
+        [*command, f"hydra.run.dir={run_dir}", *COMMON, *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -47,13 +69,23 @@ def runs(tmp_path_factory):
         "none": (1, ["data.batch_size=4"]),
         "zero2_1proc": (1, ["distributed=zero2", "data.batch_size=4"]),
         "zero2_2proc": (2, ["distributed=zero2", "data.batch_size=2", "reweight.upper.batch_size=2"]),
-        "zero3_2proc": (2, ["distributed=zero3", "data.batch_size=2", "reweight.upper.batch_size=2",
-                            "distributed.deepspeed.zero_optimization.stage3_param_persistence_threshold=0"]),
+        "zero3_2proc": (
+            2,
+            [
+                "distributed=zero3",
+                "data.batch_size=2",
+                "reweight.upper.batch_size=2",
+                "distributed.deepspeed.zero_optimization.stage3_param_persistence_threshold=0",
+            ],
+        ),
     }
     # the meta batch of the single-process runs must be the global meta batch of the two-process ones
     plan["none"][1].append("reweight.upper.batch_size=4")
     plan["zero2_1proc"][1].append("reweight.upper.batch_size=4")
-    logs = {name: launch(root / name, processes, overrides, cache) for name, (processes, overrides) in plan.items()}
+    logs = {
+        name: launch(root / name, processes, overrides, cache)
+        for name, (processes, overrides) in plan.items()
+    }
     return root, logs
 
 
@@ -86,8 +118,18 @@ def test_zero_checkpoints_hold_the_sharded_state_and_evaluate(runs):
         checkpoint = latest_checkpoint(root / name)
         assert (checkpoint / "model.safetensors").exists() and (checkpoint / "deepspeed" / "state").is_dir()
     env = {**os.environ, "PRM_CACHE_DIR": str(root / "cache")}
-    result = subprocess.run([sys.executable, "evaluate.py", f"checkpoint={root / 'zero3_2proc'}",
-                             f"hydra.run.dir={root / 'zero3_eval'}"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            f"checkpoint={root / 'zero3_2proc'}",
+            f"hydra.run.dir={root / 'zero3_eval'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "zero3_eval" / "best_of_n.json").exists()

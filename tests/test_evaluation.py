@@ -1,4 +1,5 @@
 """Evaluation metrics against hand-computed values: picks, the tie rule, baselines, AUROC, ProcessBench."""
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,28 @@ def one_correct(index: int, size: int) -> list[bool]:
 #     F [.95, .3]    .3  .95  .3  .625  .285  .74  -1.26  2.10  9.71
 P1_SCORES = [[0.9, 0.1], [0.6, 0.6], [0.5]]
 P2_SCORES = [[0.8, 0.8, 0.8], [0.7], [0.95, 0.3]]
-P1_PICK = {"min": 1, "max": 0, "last": 1, "mean": 1, "prod": 2, "log_mean": 1, "sum_logprob": 2,
-           "sum_logit": 1, "mean_odd": 0}
-P2_PICK = {"min": 0, "max": 2, "last": 0, "mean": 0, "prod": 1, "log_mean": 0, "sum_logprob": 1,
-           "sum_logit": 0, "mean_odd": 2}
+P1_PICK = {
+    "min": 1,
+    "max": 0,
+    "last": 1,
+    "mean": 1,
+    "prod": 2,
+    "log_mean": 1,
+    "sum_logprob": 2,
+    "sum_logit": 1,
+    "mean_odd": 0,
+}
+P2_PICK = {
+    "min": 0,
+    "max": 2,
+    "last": 0,
+    "mean": 0,
+    "prod": 1,
+    "log_mean": 0,
+    "sum_logprob": 1,
+    "sum_logit": 0,
+    "mean_odd": 2,
+}
 
 
 @pytest.mark.parametrize("right1", range(3))
@@ -90,8 +109,11 @@ def test_values_equal_up_to_float_rounding_tie():
 
 
 def test_random_first_and_pass_at_n_baselines_are_exact():
-    problems = [problem([True, False, False, False]), problem([False, True, True, True]),
-                problem([False, False, False, False])]
+    problems = [
+        problem([True, False, False, False]),
+        problem([False, True, True, True]),
+        problem([False, False, False, False]),
+    ]
     scores = [[[0.5]] * 4] * 3
     baselines = best_of_n(problems, scores).baselines
     assert baselines["random"].accuracy == pytest.approx((1 / 4 + 3 / 4 + 0) / 3)
@@ -105,11 +127,23 @@ def test_random_baseline_one_quarter_and_three_quarters_gives_one_half():
     assert best_of_n(problems, [[[0.5]] * 4] * 2).baselines["random"].accuracy == 0.5
 
 
-@pytest.mark.parametrize("raw, key", [
-    ("$1,000$", "1000"), ("1000.0", "1000"), ("\\boxed{1000}", "1000"), (" 3. ", "3"), ("0.50", "0.5"),
-    ("(B)", "b"), ("b.", "b"), ("B)", "b"), ("x = 3", "x=3"), ("\\text{Yes}", "yes"),
-    (None, None), ("  ", None),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ("$1,000$", "1000"),
+        ("1000.0", "1000"),
+        ("\\boxed{1000}", "1000"),
+        (" 3. ", "3"),
+        ("0.50", "0.5"),
+        ("(B)", "b"),
+        ("b.", "b"),
+        ("B)", "b"),
+        ("x = 3", "x=3"),
+        ("\\text{Yes}", "yes"),
+        (None, None),
+        ("  ", None),
+    ],
+)
 def test_answer_normalisation(raw, key):
     assert normalise_answer(raw) == key
 
@@ -285,8 +319,10 @@ def test_reports_are_written_and_list_every_method(tmp_path):
     assert "Tie rule" in markdown
     assert [p.name for p in (tmp_path / "eval").iterdir()] and not list((tmp_path / "eval").glob("*.tmp"))
 
-    subsets = {"gsm8k": processbench(PB_SCORES, PB_ERRORS, 0.5),
-               "math": processbench(PB_SCORES[:2], PB_ERRORS[:2], 0.5)}
+    subsets = {
+        "gsm8k": processbench(PB_SCORES, PB_ERRORS, 0.5),
+        "math": processbench(PB_SCORES[:2], PB_ERRORS[:2], 0.5),
+    }
     markdown = write_processbench(subsets, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "processbench.json").read_text())
     assert saved["math"]["correct_accuracy"] is None  # NaN (no correct chain) is null in JSON

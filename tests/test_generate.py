@@ -1,6 +1,7 @@
 """Data generation: binary search, label agreement with the simulated truth, resume, shards, judges,
 and the OpenAI-compatible backend against loopback servers (one that works, one that fails, one
 that hangs)."""
+
 import filecmp
 import json
 import logging
@@ -29,8 +30,8 @@ def test_binary_search_finds_the_first_wrong_step_in_log_estimates(length):
         calls = []
 
         def value_of(m):
-            calls.append(m)
-            return 1.0 if m <= first_wrong else 0.0  # prefixes before the error can still succeed
+            calls.append(m)  # noqa: B023 (used within this iteration)
+            return 1.0 if m <= first_wrong else 0.0  # noqa: B023 (prefixes before the error can still succeed)
 
         assert locate_first_error(value_of, length) == first_wrong
         assert len(calls) <= math.ceil(math.log2(length)) if length > 1 else not calls
@@ -48,8 +49,12 @@ def seeds(tmp_path_factory):
 
 def agreement(trees, policy, seeds):
     by_id = {seed.id: seed for seed in seeds}
-    pairs = [(node_value(node) > 0, policy.truth(by_id[tree["seed"]["id"]], node["steps"]))
-             for tree in trees for node in tree["nodes"][1:] if node_value(node) is not None]
+    pairs = [
+        (node_value(node) > 0, policy.truth(by_id[tree["seed"]["id"]], node["steps"]))
+        for tree in trees
+        for node in tree["nodes"][1:]
+        if node_value(node) is not None
+    ]
     return sum(a == b for a, b in pairs) / len(pairs), len(pairs)
 
 
@@ -101,7 +106,9 @@ def test_resume_after_an_interrupted_run_produces_the_same_files(seeds, tmp_path
 
 
 def test_training_files_are_balanced_and_readable(seeds, tmp_path):
-    grow_trees(seeds, OmegaPRM(rollouts=8, rollout_budget=120), SimulatedPolicy(seed=3), Judge("rule"), tmp_path)
+    grow_trees(
+        seeds, OmegaPRM(rollouts=8, rollout_budget=120), SimulatedPolicy(seed=3), Judge("rule"), tmp_path
+    )
     counts = write_training_files(tmp_path, paths_per_seed=4, seed=0)
     chains = read_native(tmp_path / "train.jsonl")
     assert len(chains) == counts["chains"] > 0
@@ -121,12 +128,25 @@ def test_shards_split_the_seeds_disjointly(seeds):
         in_shard(seeds[0], 3, 3)
 
 
-@pytest.mark.parametrize("answer, reference, verdict", [
-    ("12", "12.0", True), ("1,234", "1234", True), ("3/4", "0.75", True), ("\\frac{3}{4}", "0.75", True),
-    ("40%", "0.4", True), ("13", "12", False), ("(B)", "B", True), ("c.", "B", False),
-    ("The answer is 7.", "7", True), ("Paris", "paris", True), ("Lyon", "Paris", False),
-    ("a triangle with equal sides", "equilateral triangle of side two", None), ("seven", "7", None), (None, "7", False),
-])
+@pytest.mark.parametrize(
+    "answer, reference, verdict",
+    [
+        ("12", "12.0", True),
+        ("1,234", "1234", True),
+        ("3/4", "0.75", True),
+        ("\\frac{3}{4}", "0.75", True),
+        ("40%", "0.4", True),
+        ("13", "12", False),
+        ("(B)", "B", True),
+        ("c.", "B", False),
+        ("The answer is 7.", "7", True),
+        ("Paris", "paris", True),
+        ("Lyon", "Paris", False),
+        ("a triangle with equal sides", "equilateral triangle of side two", None),
+        ("seven", "7", None),
+        (None, "7", False),
+    ],
+)
 def test_rule_judge(answer, reference, verdict):
     assert RuleJudge()(answer, reference) is verdict
 
@@ -158,7 +178,7 @@ class SimulatedServer(BaseHTTPRequestHandler):
 
     policy = None
     seeds: dict = {}
-    behaviour = "ok"          # ok | fail_twice | hang
+    behaviour = "ok"  # ok | fail_twice | hang
     failures = 0
     seen_keys: list = []
 
@@ -177,13 +197,23 @@ class SimulatedServer(BaseHTTPRequestHandler):
             self.end_headers()
             return
         content = body["messages"][-1]["content"]
-        text = next(part["text"] for part in content if part["type"] == "text") if isinstance(content, list) else content
-        assert isinstance(content, list) and content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+        text = (
+            next(part["text"] for part in content if part["type"] == "text")
+            if isinstance(content, list)
+            else content
+        )
+        assert isinstance(content, list) and content[0]["image_url"]["url"].startswith(
+            "data:image/png;base64,"
+        )
         question = next(q for q in cls.seeds if q in text)
         prefix = text.split("stops:\n", 1)[1].splitlines() if "stops:\n" in text else []
         rollouts = cls.policy.rollouts(cls.seeds[question], prefix, body.get("n", 1))
-        reply = {"choices": [{"index": i, "message": {"role": "assistant", "content": "\n".join(r.steps)}}
-                             for i, r in enumerate(rollouts)]}
+        reply = {
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": "\n".join(r.steps)}}
+                for i, r in enumerate(rollouts)
+            ]
+        }
         data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -207,11 +237,16 @@ def server(seeds):
 def test_openai_policy_over_loopback_labels_like_the_simulated_one(seeds, server, monkeypatch, caplog):
     monkeypatch.setenv("TEST_PRM_KEY", "sk-secret-123")
     seeds = seeds[:6]
-    client = ChatClient(server, model="simulated", api_key_env="TEST_PRM_KEY", timeout=5, retries=1, backoff=0.01)
+    client = ChatClient(
+        server, model="simulated", api_key_env="TEST_PRM_KEY", timeout=5, retries=1, backoff=0.01
+    )
     policy = OpenAIPolicy(client)
     unique = {seed.question: seed for seed in seeds}
     with caplog.at_level(logging.DEBUG):
-        trees = [OmegaPRM(rollouts=8, rollout_budget=120).search(seed, policy, Judge("rule")) for seed in unique.values()]
+        trees = [
+            OmegaPRM(rollouts=8, rollout_budget=120).search(seed, policy, Judge("rule"))
+            for seed in unique.values()
+        ]
     share, labelled = agreement(trees, SimulatedServer.policy, list(unique.values()))
     assert labelled > 5 and share > 0.85
     assert set(SimulatedServer.seen_keys) == {"Bearer sk-secret-123"}
@@ -234,9 +269,14 @@ def test_client_gives_up_on_a_hanging_server_with_a_clear_error(seeds, server):
     assert client.requests == 2
 
 
-@pytest.mark.parametrize("group, options", [("policy", ["simulated", "transformers", "openai"]),
-                                            ("judge", ["rule", "llm", "rule_then_llm"]),
-                                            ("search", ["omegaprm", "mc"])])
+@pytest.mark.parametrize(
+    "group, options",
+    [
+        ("policy", ["simulated", "transformers", "openai"]),
+        ("judge", ["rule", "llm", "rule_then_llm"]),
+        ("search", ["omegaprm", "mc"]),
+    ],
+)
 def test_generate_config_groups_compose(group, options):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for option in options:

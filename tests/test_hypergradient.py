@@ -11,6 +11,7 @@ which autograd computes exactly (double backward). The test compares the two: th
 (identity best-response Jacobian, DARTS/Betty), evaluated exactly. A second test checks that on a
 deterministic toy with flipped labels the learned weights separate clean from corrupted chains.
 """
+
 import pytest
 import torch
 from betty.configs import Config, EngineConfig
@@ -44,9 +45,14 @@ class ToyPRM(nn.Module):
 
 def make_batch(features, labels, instances, domains, chain_label=None):
     n = features.shape[0]
-    batch = {"features": features, "step_mask": torch.ones(n, STEPS, dtype=torch.bool), "step_labels": labels,
-             "instance": torch.tensor(instances), "domain": torch.tensor(domains),
-             "inputs": {"attention_mask": torch.ones(n, 4, dtype=torch.long)}}
+    batch = {
+        "features": features,
+        "step_mask": torch.ones(n, STEPS, dtype=torch.bool),
+        "step_labels": labels,
+        "instance": torch.tensor(instances),
+        "domain": torch.tensor(domains),
+        "inputs": {"attention_mask": torch.ones(n, 4, dtype=torch.long)},
+    }
     if chain_label is not None:
         batch["chain_label"] = chain_label
     return batch
@@ -63,26 +69,49 @@ class Loop:
             yield from self.batches
 
 
-def build(reweighter, lower_batches, meta_batches, lower_lr=0.1, upper_lr=0.0, hypergradient="darts", alpha=1e-4,
-          unroll=1):
+def build(
+    reweighter,
+    lower_batches,
+    meta_batches,
+    lower_lr=0.1,
+    upper_lr=0.0,
+    hypergradient="darts",
+    alpha=1e-4,
+    unroll=1,
+):
     prm = ToyPRM()
-    lower = PRMLower(name="prm", module=prm, optimizer=torch.optim.SGD(prm.parameters(), lr=lower_lr),
-                     train_data_loader=Loop(lower_batches),
-                     config=Config(type=hypergradient, darts_alpha=alpha, unroll_steps=unroll, log_step=-1))
+    lower = PRMLower(
+        name="prm",
+        module=prm,
+        optimizer=torch.optim.SGD(prm.parameters(), lr=lower_lr),
+        train_data_loader=Loop(lower_batches),
+        config=Config(type=hypergradient, darts_alpha=alpha, unroll_steps=unroll, log_step=-1),
+    )
     if isinstance(reweighter, InstanceTable):
         optimizer = torch.optim.SparseAdam(list(reweighter.parameters()), lr=max(upper_lr, 1e-12))
     else:
         optimizer = torch.optim.SGD(reweighter.parameters(), lr=upper_lr)
-    upper = ReweightUpper(name="reweight", module=reweighter, optimizer=optimizer, train_data_loader=Loop(meta_batches),
-                          lower_name="prm", aggregation=Aggregation("mean"), config=Config(log_step=-1))
+    upper = ReweightUpper(
+        name="reweight",
+        module=reweighter,
+        optimizer=optimizer,
+        train_data_loader=Loop(meta_batches),
+        lower_name="prm",
+        aggregation=Aggregation("mean"),
+        config=Config(log_step=-1),
+    )
     lower.weigh = lambda *args: upper.module(*args)
     return prm, lower, upper
 
 
 def run(lower, upper, steps):
-    engine = PRMEngine(problems=[lower, upper], dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
-                       config=EngineConfig(train_iters=steps, valid_step=steps + 1, logger_type="none"),
-                       total_steps=steps, progress=False)
+    engine = PRMEngine(
+        problems=[lower, upper],
+        dependencies={"u2l": {upper: [lower]}, "l2u": {lower: [upper]}},
+        config=EngineConfig(train_iters=steps, valid_step=steps + 1, logger_type="none"),
+        total_steps=steps,
+        progress=False,
+    )
     engine.run()
 
 
@@ -130,7 +159,7 @@ def analytic_hypergradient(prm, reweighter, lower_batch, meta_batch):
         grads = torch.autograd.grad(train_loss(prm, reweighter, lower_batch), phi, create_graph=True)
         directional = sum((g * u).sum() for g, u in zip(grads, v))
         return [-g for g in torch.autograd.grad(directional, theta)]
-    h = 1e-6 / torch.sqrt(sum((u ** 2).sum() for u in v))
+    h = 1e-6 / torch.sqrt(sum((u**2).sum() for u in v))
     sides = []
     for sign in (1, -1):
         with torch.no_grad():
@@ -148,12 +177,17 @@ def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
     torch.manual_seed(0)
     features, labels = data()
     meta_features, meta_labels = data(seed=1, n=4)
-    training_set = TrainingSet(ids=[f"c{i}" for i in range(8)], domains=["a", "b"],
-                               instance_domain=[0, 0, 1, 1, 0, 1, 0, 1])
+    training_set = TrainingSet(
+        ids=[f"c{i}" for i in range(8)], domains=["a", "b"], instance_domain=[0, 0, 1, 1, 0, 1, 0, 1]
+    )
     lower_batch = make_batch(features, labels, instances=[0, 2, 3, 5, 6, 7], domains=[0, 1, 1, 1, 0, 1])
-    meta_batch = make_batch(meta_features, torch.full((4, STEPS), float("nan"), dtype=torch.float64),
-                            instances=[0, 1, 2, 3], domains=[0, 0, 0, 0],
-                            chain_label=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    meta_batch = make_batch(
+        meta_features,
+        torch.full((4, STEPS), float("nan"), dtype=torch.float64),
+        instances=[0, 1, 2, 3],
+        domains=[0, 0, 0, 0],
+        chain_label=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+    )
     if kind == "instance_table":
         reweighter = InstanceTable(training_set, nn.Softplus(), initialization=1.0)
         with torch.no_grad():
@@ -192,17 +226,35 @@ def test_weights_move_toward_clean_chains_in_a_deterministic_toy():
     corrupted = torch.zeros(n, dtype=torch.bool)
     corrupted[::3] = True
     labels[corrupted] = 1 - labels[corrupted]
-    batches = [make_batch(features[i:i + 8], labels[i:i + 8], list(range(i, i + 8)), [0] * 8) for i in range(0, n, 8)]
+    batches = [
+        make_batch(features[i : i + 8], labels[i : i + 8], list(range(i, i + 8)), [0] * 8)
+        for i in range(0, n, 8)
+    ]
     meta_batches = []
     for _ in range(4):
         meta_features, meta_steps = labelled(8)
         chain = meta_steps.min(-1).values  # a chain is right when every step is
-        meta_batches.append(make_batch(meta_features, torch.full((8, STEPS), float("nan"), dtype=torch.float64),
-                                       [0] * 8, [0] * 8, chain_label=chain))
+        meta_batches.append(
+            make_batch(
+                meta_features,
+                torch.full((8, STEPS), float("nan"), dtype=torch.float64),
+                [0] * 8,
+                [0] * 8,
+                chain_label=chain,
+            )
+        )
     training_set = TrainingSet(ids=[str(i) for i in range(n)], domains=["toy"], instance_domain=[0] * n)
     reweighter = InstanceTable(training_set, nn.Softplus(), initialization=1.0).double()
-    meta_batches = [make_batch(b["features"], b["step_labels"], b["instance"].tolist(), b["domain"].tolist(),
-                               chain_label=b["chain_label"]) for b in meta_batches]
+    meta_batches = [
+        make_batch(
+            b["features"],
+            b["step_labels"],
+            b["instance"].tolist(),
+            b["domain"].tolist(),
+            chain_label=b["chain_label"],
+        )
+        for b in meta_batches
+    ]
     _, lower, upper = build(reweighter, batches, meta_batches, lower_lr=0.3, upper_lr=0.05, alpha=0.01)
     upper.aggregation = Aggregation("min")
     run(lower, upper, steps=600)

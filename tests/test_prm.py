@@ -1,4 +1,5 @@
 """The PRM: scores equal the two-token renormalised softmax, per-example losses by hand, batch invariance."""
+
 import math
 
 import pytest
@@ -11,8 +12,12 @@ from prm.model.prm import ProcessRewardModel
 
 CHAINS = [
     StepChain(id="a", question="What is 2 + 3?", steps=["2 + 3 = 5.", "Final answer: 5"], labels=[1.0, 0.75]),
-    StepChain(id="b", question="What is 4 x 2?", steps=["4 x 2 = 9.", "So it is 9.", "Final answer: 9"],
-              labels=[0.0, None, 0.0]),
+    StepChain(
+        id="b",
+        question="What is 4 x 2?",
+        steps=["4 x 2 = 9.", "So it is 9.", "Final answer: 9"],
+        labels=[0.0, None, 0.0],
+    ),
     StepChain(id="c", question="Count the tiles.", steps=["There are 4 tiles."], labels=[None]),
 ]
 
@@ -78,18 +83,25 @@ def test_per_example_losses_by_hand(backbone, head):
 @pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "internvl"])
 @pytest.mark.parametrize("head", ["token", "value"])
 def test_batch_invariance(family, head, tmp_path):
-    from prm.data.synthetic import DemoBenchmark
     from prm.data.sources import DataSources
+    from prm.data.synthetic import DemoBenchmark
 
-    sources = DataSources(generator=DemoBenchmark(tmp_path, train_per_domain=3, meta_size=2, test_problems=1,
-                                                  n_candidates=2))
+    sources = DataSources(
+        generator=DemoBenchmark(tmp_path, train_per_domain=3, meta_size=2, test_problems=1, n_candidates=2)
+    )
     chains = sources.load("train")
-    backbone = build_backbone(family, processor_kwargs={"crop_to_patches": False} if family == "internvl" else None)
+    backbone = build_backbone(
+        family, processor_kwargs={"crop_to_patches": False} if family == "internvl" else None
+    )
     prm = ProcessRewardModel(backbone, head).eval()
     with torch.no_grad():
         together = prm.losses(prm(batch_of(backbone, chains)), batch_of(backbone, chains)["step_labels"])[0]
-        alone = torch.cat([prm.losses(prm(batch_of(backbone, [c])), batch_of(backbone, [c])["step_labels"])[0]
-                           for c in chains])
+        alone = torch.cat(
+            [
+                prm.losses(prm(batch_of(backbone, [c])), batch_of(backbone, [c])["step_labels"])[0]
+                for c in chains
+            ]
+        )
     assert torch.allclose(together, alone, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
 """Readers of published PRM formats: exact contents, malformed records, missing images, detection."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,18 @@ from prm.data.errors import RecordError, SkipReport
 from prm.data.images import load_image, resolve_images
 from prm.data.native import write_native
 from prm.data.readers import (
-    FORMATS, SeedProblem, detect_format, load_json_records, read_bestofn_test, read_conversations,
-    read_dreamprm_meta, read_dreamprm_train, read_mmprm, read_mmprm_seeds, read_processbench, read_records,
+    FORMATS,
+    SeedProblem,
+    detect_format,
+    load_json_records,
+    read_bestofn_test,
+    read_conversations,
+    read_dreamprm_meta,
+    read_dreamprm_train,
+    read_mmprm,
+    read_mmprm_seeds,
+    read_processbench,
+    read_records,
     read_trl,
 )
 from prm.data.records import BestOfNProblem, Candidate, LabelledChain, StepChain
@@ -65,17 +76,20 @@ def test_invalid_json_names_file_and_record(tmp_path):
     assert (caught.value.index, caught.value.field) == (1, None)
 
 
-@pytest.mark.parametrize("path, expected", [
-    (OWN / "dreamprm_train.json", "dreamprm_train"),
-    (DREAMPRM_META, "dreamprm_meta"),
-    (DREAMPRM15_META, "conversations"),
-    (OWN / "visualprm_train.jsonl", "conversations"),
-    (OWN / "bestofn_test.json", "bestofn"),
-    (OWN / "mmprm_train.jsonl", "mmprm"),
-    (OWN / "mmprm_seeds.json", "mmprm_seeds"),
-    (OWN / "trl_stepwise.jsonl", "trl"),
-    (PROCESSBENCH, "processbench"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        (OWN / "dreamprm_train.json", "dreamprm_train"),
+        (DREAMPRM_META, "dreamprm_meta"),
+        (DREAMPRM15_META, "conversations"),
+        (OWN / "visualprm_train.jsonl", "conversations"),
+        (OWN / "bestofn_test.json", "bestofn"),
+        (OWN / "mmprm_train.jsonl", "mmprm"),
+        (OWN / "mmprm_seeds.json", "mmprm_seeds"),
+        (OWN / "trl_stepwise.jsonl", "trl"),
+        (PROCESSBENCH, "processbench"),
+    ],
+)
 def test_detect_format(path, expected):
     assert detect_format(path) == expected
 
@@ -95,8 +109,17 @@ def test_detect_native_and_read_through_read_records(tmp_path):
 
 
 def test_formats_cover_every_reader():
-    assert set(FORMATS) == {"native", "dreamprm_train", "dreamprm_meta", "conversations", "bestofn", "mmprm",
-                            "mmprm_seeds", "trl", "processbench"}
+    assert set(FORMATS) == {
+        "native",
+        "dreamprm_train",
+        "dreamprm_meta",
+        "conversations",
+        "bestofn",
+        "mmprm",
+        "mmprm_seeds",
+        "trl",
+        "processbench",
+    }
 
 
 def test_detect_format_failures_name_the_file(tmp_path):
@@ -183,21 +206,24 @@ def _break(records: list[dict], index: int, **changes) -> list[dict]:
     return records
 
 
-@pytest.mark.parametrize("index, changes, field, message", [
-    (2, {"accuracy": 1.5}, "accuracy", "outside [0, 1]"),
-    (2, {"accuracy": "0.75"}, "accuracy", "expected a number, got str"),
-    (2, {"accuracy": True}, "accuracy", "expected a number, got bool"),
-    (2, {"accuracy": 0.7}, "accuracy", "accuracy 0.7 != score / times = 6/8"),
-    (4, {"score": 9}, "times", "need 0 <= score <= times"),
-    (1, {"dataset": KeyError}, "dataset", "missing required field"),
-    (6, {"add": KeyError}, "add", "missing required field"),
-    (6, {"image_path": None}, "image_path", "missing required field"),
-    (6, {"image_path": 3}, "image_path", "expected a path or a list of paths"),
-    (4, {"sid": 2}, "sid", "sid 2 repeated in id '7'"),
-    (4, {"sid": KeyError}, "sid", "some prefixes of id '7' have a sid"),
-    (4, {"input": "another question"}, "input", "differs from record 0"),
-    (3, {"image_path": "images/other.png"}, "image_path", "differs from record 1"),
-])
+@pytest.mark.parametrize(
+    "index, changes, field, message",
+    [
+        (2, {"accuracy": 1.5}, "accuracy", "outside [0, 1]"),
+        (2, {"accuracy": "0.75"}, "accuracy", "expected a number, got str"),
+        (2, {"accuracy": True}, "accuracy", "expected a number, got bool"),
+        (2, {"accuracy": 0.7}, "accuracy", "accuracy 0.7 != score / times = 6/8"),
+        (4, {"score": 9}, "times", "need 0 <= score <= times"),
+        (1, {"dataset": KeyError}, "dataset", "missing required field"),
+        (6, {"add": KeyError}, "add", "missing required field"),
+        (6, {"image_path": None}, "image_path", "missing required field"),
+        (6, {"image_path": 3}, "image_path", "expected a path or a list of paths"),
+        (4, {"sid": 2}, "sid", "sid 2 repeated in id '7'"),
+        (4, {"sid": KeyError}, "sid", "some prefixes of id '7' have a sid"),
+        (4, {"input": "another question"}, "input", "differs from record 0"),
+        (3, {"image_path": "images/other.png"}, "image_path", "differs from record 1"),
+    ],
+)
 def test_dreamprm_train_malformed(tmp_path, index, changes, field, message):
     path = _write(tmp_path / "train.json", _break(_train_records(), index, **changes))
     with pytest.raises(RecordError) as caught:
@@ -214,9 +240,19 @@ def test_dreamprm_train_accuracy_tolerance_accepts_rounded_values(tmp_path):
 
 
 def test_dreamprm_train_per_step_adds_are_taken_whole(tmp_path):
-    records = [{"id": 1, "sid": sid, "input": "Q", "add": f"Step {sid}: part {sid}.", "image_path": "x.png",
-                "dataset": "d", "accuracy": 1.0} for sid in (1, 2)]
-    chain, = read_dreamprm_train(_write(tmp_path / "t.json", records), missing_image="blank")
+    records = [
+        {
+            "id": 1,
+            "sid": sid,
+            "input": "Q",
+            "add": f"Step {sid}: part {sid}.",
+            "image_path": "x.png",
+            "dataset": "d",
+            "accuracy": 1.0,
+        }
+        for sid in (1, 2)
+    ]
+    (chain,) = read_dreamprm_train(_write(tmp_path / "t.json", records), missing_image="blank")
     assert chain.steps == ["Step 1: part 1.", "Step 2: part 2."]
 
 
@@ -231,8 +267,10 @@ def test_dreamprm_meta_real_sample_blank_policy():
     assert all(c.label == 1 and len(c.steps) == 5 and c.images == [] for c in chains)
     assert [c.final_answer for c in chains] == ["B", "D", "B", "D", "C", "C", "C", "A", "A", "B"]
     first = chains[0]
-    assert first.question == ("Question: The following diagram shows the bacteriorhodopsin protein.This "
-                              "protein have quaternary structure.\nOptions: (A) True (B) False")
+    assert first.question == (
+        "Question: The following diagram shows the bacteriorhodopsin protein.This "
+        "protein have quaternary structure.\nOptions: (A) True (B) False"
+    )
     assert first.steps[4].startswith("Step 5: Summarize and conclude with all the information.")
     assert first.domain == "dreamprm_meta_sample"
     # The 5 question-only records are counted, never silently dropped; blanking is counted too.
@@ -264,13 +302,16 @@ def test_dreamprm_meta_no_steps_can_be_an_error():
         read_dreamprm_meta(DREAMPRM_META, missing_image="blank", no_steps="error")
 
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"true_false": "yes"}, "true_false", "expected true/false"),
-    ({"true_false": KeyError}, "true_false", "missing required field"),
-    ({"input": KeyError}, "input", "missing required field"),
-    ({"image_path": KeyError}, "image_path", "missing required field"),
-    ({"id": [1]}, "id", "expected a string or an integer"),
-])
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"true_false": "yes"}, "true_false", "expected true/false"),
+        ({"true_false": KeyError}, "true_false", "missing required field"),
+        ({"input": KeyError}, "input", "missing required field"),
+        ({"image_path": KeyError}, "image_path", "missing required field"),
+        ({"id": [1]}, "id", "expected a string or an integer"),
+    ],
+)
 def test_dreamprm_meta_malformed(tmp_path, changes, field, message):
     records = _break(load_json_records(DREAMPRM_META)[:3], 1, **changes)
     with pytest.raises(RecordError) as caught:
@@ -289,7 +330,7 @@ def test_dreamprm15_meta_real_sample(tmp_path):
     assert [c.label for c in chains] == [int(r["true_false"]) for r in raw]
     for chain, record in zip(chains, raw):
         assert chain.steps == [t["value"] for t in record["conversations"][2:] if t["from"] == "human"]
-        assert chain.question == record["conversations"][1]["value"][len("### Question:\n"):].strip()
+        assert chain.question == record["conversations"][1]["value"][len("### Question:\n") :].strip()
         assert chain.final_answer == record["response"].split("Answer:")[-1].strip()
     assert [len(c.steps) for c in chains[:4]] == [1, 4, 2, 1]
     assert chains[0].question.startswith("Question: <image 1> of Louis Black")
@@ -343,8 +384,9 @@ def test_visualprm_training_conversations(tmp_path):
 def test_visualprm_multi_image_record_loses_all_images_when_one_is_missing(tmp_path):
     _images(tmp_path, "images/vp0.png", "images/vp1a.png")
     report = SkipReport("vp")
-    chains = read_conversations(OWN / "visualprm_train.jsonl", data_root=tmp_path, missing_image="blank",
-                                report=report)
+    chains = read_conversations(
+        OWN / "visualprm_train.jsonl", data_root=tmp_path, missing_image="blank", report=report
+    )
     assert [c.images for c in chains] == [[str(tmp_path / "images/vp0.png")], []]
     assert dict(report.changed) == {"blank_image": 1}
     assert report.examples["blank_image"] == f"record 1: {tmp_path / 'images/vp1b.png'}"
@@ -357,21 +399,46 @@ def _conversation(*turns: tuple[str, str], **extra) -> dict:
 Q = ("human", "### Question:\nWhat?")
 
 
-@pytest.mark.parametrize("record, field, message", [
-    (_conversation(Q, ("human", "s1"), ("gpt", "yes")), "conversations[2]", "exactly '+' or '-', got 'yes'"),
-    (_conversation(Q, ("human", "s1"), ("gpt", "+ ")), "conversations[2]", "exactly '+' or '-', got '+ '"),
-    (_conversation(Q, ("human", "s1"), ("human", "s2"), ("gpt", "+")), "conversations[2]", "two step turns"),
-    (_conversation(Q, ("gpt", "+")), "conversations[1]", "gpt turn without a step"),
-    (_conversation(Q, ("human", "s1")), "conversations[1]", "last step has no gpt"),
-    (_conversation(("system", "sys"), ("human", "What?"), ("human", "s"), ("gpt", "+")), "conversations[1]",
-     "must be human and start with '### Question:'"),
-    (_conversation(Q, ("human", "  "), ("gpt", "+")), "conversations[1]", "empty step"),
-    (_conversation(Q, ("assistant", "s")), "conversations[1]", "expected {from: system|human|gpt"),
-    ({"id": "x"}, "conversations", "missing required field"),
-    (_conversation(Q, ("human", "s1"), ("gpt", "+"), true_false="no"), "true_false", "expected true/false"),
-    (_conversation(Q, ("human", "s1"), ("gpt", "+"), image=["a.png", ""]), "image",
-     "image 1 is not a non-empty"),
-])
+@pytest.mark.parametrize(
+    "record, field, message",
+    [
+        (
+            _conversation(Q, ("human", "s1"), ("gpt", "yes")),
+            "conversations[2]",
+            "exactly '+' or '-', got 'yes'",
+        ),
+        (
+            _conversation(Q, ("human", "s1"), ("gpt", "+ ")),
+            "conversations[2]",
+            "exactly '+' or '-', got '+ '",
+        ),
+        (
+            _conversation(Q, ("human", "s1"), ("human", "s2"), ("gpt", "+")),
+            "conversations[2]",
+            "two step turns",
+        ),
+        (_conversation(Q, ("gpt", "+")), "conversations[1]", "gpt turn without a step"),
+        (_conversation(Q, ("human", "s1")), "conversations[1]", "last step has no gpt"),
+        (
+            _conversation(("system", "sys"), ("human", "What?"), ("human", "s"), ("gpt", "+")),
+            "conversations[1]",
+            "must be human and start with '### Question:'",
+        ),
+        (_conversation(Q, ("human", "  "), ("gpt", "+")), "conversations[1]", "empty step"),
+        (_conversation(Q, ("assistant", "s")), "conversations[1]", "expected {from: system|human|gpt"),
+        ({"id": "x"}, "conversations", "missing required field"),
+        (
+            _conversation(Q, ("human", "s1"), ("gpt", "+"), true_false="no"),
+            "true_false",
+            "expected true/false",
+        ),
+        (
+            _conversation(Q, ("human", "s1"), ("gpt", "+"), image=["a.png", ""]),
+            "image",
+            "image 1 is not a non-empty",
+        ),
+    ],
+)
 def test_conversations_malformed(tmp_path, record, field, message):
     valid = _conversation(Q, ("human", "ok"), ("gpt", "+"))
     path = _write(tmp_path / "conv.jsonl", [valid, record], jsonl=True)
@@ -405,7 +472,10 @@ def test_bestofn_test_file(tmp_path):
     first, second = read_bestofn_test(OWN / "bestofn_test.json", data_root=tmp_path)
     assert isinstance(first, BestOfNProblem)
     assert (first.id, first.question, first.images) == (
-        "mmmu-1", "Which bar is tallest?\nOptions: (A) A (B) B (C) C", [str(tmp_path / "images/b1.png")])
+        "mmmu-1",
+        "Which bar is tallest?\nOptions: (A) A (B) B (C) C",
+        [str(tmp_path / "images/b1.png")],
+    )
     assert first.candidates == [
         Candidate(["Look at the chart.", "The bar for B is tallest.", "Answer: B"], "B", True),
         Candidate(["The chart shows A as tallest.", "So the answer is A.", "Answer: A"], "A", False),
@@ -425,13 +495,16 @@ def test_bestofn_missing_image_policies():
     assert (report.read, report.kept, dict(report.skipped)) == (2, 1, {"missing_image": 1})
 
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"true_false": [True]}, "true_false", "1 labels for 2 candidates"),
-    ({"candidates": ["a", 3]}, "candidates[1]", "expected a string, got 3"),
-    ({"true_false": [True, "false"]}, "true_false[1]", "expected a boolean"),
-    ({"candidates": [], "true_false": []}, "candidates", "no candidates"),
-    ({"question": KeyError}, "question", "missing required field"),
-])
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"true_false": [True]}, "true_false", "1 labels for 2 candidates"),
+        ({"candidates": ["a", 3]}, "candidates[1]", "expected a string, got 3"),
+        ({"true_false": [True, "false"]}, "true_false[1]", "expected a boolean"),
+        ({"candidates": [], "true_false": []}, "candidates", "no candidates"),
+        ({"question": KeyError}, "question", "missing required field"),
+    ],
+)
 def test_bestofn_malformed(tmp_path, changes, field, message):
     records = _break(copy.deepcopy(_own("bestofn_test.json")), 1, **changes)
     with pytest.raises(RecordError) as caught:
@@ -447,21 +520,27 @@ def test_mmprm_training_file(tmp_path):
     first, second = read_mmprm(OWN / "mmprm_train.jsonl", data_root=tmp_path)
     assert first.steps == ["The sides are 3 and 4.", "Area = 3 * 4 = 12.", "The answer is 12."]
     assert first.labels == [1.0, 0.875, 0.5]
-    assert (first.id, first.question, first.meta) == ("0", "<image>\nWhat is the area of the rectangle?",
-                                                      {"answer": "12"})
+    assert (first.id, first.question, first.meta) == (
+        "0",
+        "<image>\nWhat is the area of the rectangle?",
+        {"answer": "12"},
+    )
     assert (second.id, second.steps, second.labels) == ("m-1", ["x + 1 = 6.", "So x = 4."], [0.25, 0.0])
     assert second.images == [str(tmp_path / "images/m1.png")]
 
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"labels": [0.25]}, "labels", "1 labels for 2 <prm> markers"),
-    ({"labels": [0.25, 1.5]}, "labels[1]", "outside [0, 1]"),
-    ({"labels": [0.25, None]}, "labels[1]", "expected a number"),
-    ({"process": "x + 1 = 6.<prm>So x = 4.<prm>trailing"}, "process", "text after the last <prm>"),
-    ({"process": "x + 1 = 6.<prm> <prm>"}, "process", "step 1 is empty"),
-    ({"process": "no markers", "labels": []}, "process", "no <prm> marker"),
-    ({"process": KeyError}, "process", "missing required field"),
-])
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"labels": [0.25]}, "labels", "1 labels for 2 <prm> markers"),
+        ({"labels": [0.25, 1.5]}, "labels[1]", "outside [0, 1]"),
+        ({"labels": [0.25, None]}, "labels[1]", "expected a number"),
+        ({"process": "x + 1 = 6.<prm>So x = 4.<prm>trailing"}, "process", "text after the last <prm>"),
+        ({"process": "x + 1 = 6.<prm> <prm>"}, "process", "step 1 is empty"),
+        ({"process": "no markers", "labels": []}, "process", "no <prm> marker"),
+        ({"process": KeyError}, "process", "missing required field"),
+    ],
+)
 def test_mmprm_malformed(tmp_path, changes, field, message):
     records = _break(_own("mmprm_train.jsonl"), 1, **changes)
     with pytest.raises(RecordError) as caught:
@@ -477,7 +556,9 @@ def test_mmprm_seeds(tmp_path):
     _images(tmp_path, "images/s1.png")
     seeds = read_mmprm_seeds(OWN / "mmprm_seeds.json", data_root=tmp_path)
     assert [(s.id, s.correct_answer, s.images) for s in seeds] == [
-        ("seed-1", "B", [str(tmp_path / "images/s1.png")]), ("seed-2", "42", [])]
+        ("seed-1", "B", [str(tmp_path / "images/s1.png")]),
+        ("seed-2", "42", []),
+    ]
     broken = _break(_own("mmprm_seeds.json"), 1, correct_answer=KeyError)
     with pytest.raises(RecordError, match=r"record 1, field 'correct_answer': expected a string or a number"):
         read_mmprm_seeds(_write(tmp_path / "s.json", broken), data_root=tmp_path)
@@ -494,12 +575,15 @@ def test_trl_stepwise():
     assert (second.id, second.labels, second.domain) == ("1", [1.0, 1.0, 0.0], "trl_stepwise")
 
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"labels": [True, 1, False]}, "labels[1]", "expected a boolean, got 1"),
-    ({"labels": [True]}, "labels", "1 labels for 3 completions"),
-    ({"completions": ["a", " ", "c"]}, "completions[1]", "empty completion"),
-    ({"prompt": [{"role": "user", "content": "hi"}]}, "prompt", "expected a string, got list"),
-])
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"labels": [True, 1, False]}, "labels[1]", "expected a boolean, got 1"),
+        ({"labels": [True]}, "labels", "1 labels for 3 completions"),
+        ({"completions": ["a", " ", "c"]}, "completions[1]", "empty completion"),
+        ({"prompt": [{"role": "user", "content": "hi"}]}, "prompt", "expected a string, got list"),
+    ],
+)
 def test_trl_malformed(tmp_path, changes, field, message):
     records = _break(_own("trl_stepwise.jsonl"), 1, **changes)
     with pytest.raises(RecordError) as caught:
@@ -523,21 +607,30 @@ def test_processbench_real_sample():
 
 
 def test_processbench_right_answer_through_a_wrong_step_is_labelled_wrong(tmp_path):
-    record = {"id": "m-1", "generator": "g", "problem": "p", "steps": ["a", "b \\boxed{3}"],
-              "final_answer_correct": True, "label": 0}
-    chain, = read_processbench(_write(tmp_path / "math.json", [record]))
+    record = {
+        "id": "m-1",
+        "generator": "g",
+        "problem": "p",
+        "steps": ["a", "b \\boxed{3}"],
+        "final_answer_correct": True,
+        "label": 0,
+    }
+    (chain,) = read_processbench(_write(tmp_path / "math.json", [record]))
     assert (chain.label, chain.first_error, chain.final_answer, chain.domain) == (0, 0, "3", "math")
 
 
-@pytest.mark.parametrize("changes, field, message", [
-    ({"label": 8}, "label", "first wrong step 8 outside [-1, 6]"),
-    ({"label": -2}, "label", "first wrong step -2 outside [-1, 6]"),
-    ({"label": "1"}, "label", "expected an integer"),
-    ({"steps": []}, "steps", "no steps"),
-    ({"steps": ["a", 2]}, "steps[1]", "expected a string"),
-    ({"problem": KeyError}, "problem", "missing required field"),
-    ({"id": KeyError}, "id", "missing required field"),
-])
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"label": 8}, "label", "first wrong step 8 outside [-1, 6]"),
+        ({"label": -2}, "label", "first wrong step -2 outside [-1, 6]"),
+        ({"label": "1"}, "label", "expected an integer"),
+        ({"steps": []}, "steps", "no steps"),
+        ({"steps": ["a", 2]}, "steps[1]", "expected a string"),
+        ({"problem": KeyError}, "problem", "missing required field"),
+        ({"id": KeyError}, "id", "missing required field"),
+    ],
+)
 def test_processbench_malformed(tmp_path, changes, field, message):
     records = _break(load_json_records(PROCESSBENCH)[10:12], 1, **changes)
     with pytest.raises(RecordError) as caught:

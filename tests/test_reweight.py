@@ -1,4 +1,5 @@
 """Reweighting modules and the meta loss: exact values, detachment, sparse table updates."""
+
 import logging
 import math
 
@@ -36,12 +37,23 @@ def test_domain_table_starts_at_one_and_keeps_mean_one():
     sp = [math.log1p(math.exp(1.0)), math.log1p(math.exp(-1.0))]
     expected = [v / ((sp[0] + sp[1]) / 2) for v in sp]
     assert table.domain_weights() == pytest.approx({"clean": expected[0], "noisy": expected[1]}, rel=1e-6)
-    assert table(batch(), None, None).tolist() == pytest.approx([expected[0]] * 2 + [expected[1]] * 2, rel=1e-6)
+    assert table(batch(), None, None).tolist() == pytest.approx(
+        [expected[0]] * 2 + [expected[1]] * 2, rel=1e-6
+    )
     assert sum(table.domain_weights().values()) / 2 == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("activation, value", [(nn.Softplus(), 1.0), (nn.ReLU(), 1.0), (nn.Hardtanh(-1, 3), 1.0),
-                                               (nn.Sigmoid(), 0.5), (nn.LeakyReLU(0.01), 1.0), (nn.Identity(), 2.0)])
+@pytest.mark.parametrize(
+    "activation, value",
+    [
+        (nn.Softplus(), 1.0),
+        (nn.ReLU(), 1.0),
+        (nn.Hardtanh(-1, 3), 1.0),
+        (nn.Sigmoid(), 0.5),
+        (nn.LeakyReLU(0.01), 1.0),
+        (nn.Identity(), 2.0),
+    ],
+)
 def test_instance_table_initialization_is_the_initial_weight(activation, value):
     table = InstanceTable(SET, activation, initialization=value)
     assert table.instance_weights().tolist() == pytest.approx([value] * 4, abs=1e-6)
@@ -53,8 +65,16 @@ def test_initialization_outside_the_activation_range_is_refused():
 
 
 def test_activations_that_allow_negative_weights_warn(caplog):
-    assert can_be_negative(nn.Hardtanh(-1, 3)) and can_be_negative(nn.Identity()) and can_be_negative(nn.LeakyReLU(0.01))
-    assert not can_be_negative(nn.Softplus()) and not can_be_negative(nn.ReLU()) and not can_be_negative(nn.Sigmoid())
+    assert (
+        can_be_negative(nn.Hardtanh(-1, 3))
+        and can_be_negative(nn.Identity())
+        and can_be_negative(nn.LeakyReLU(0.01))
+    )
+    assert (
+        not can_be_negative(nn.Softplus())
+        and not can_be_negative(nn.ReLU())
+        and not can_be_negative(nn.Sigmoid())
+    )
     with caplog.at_level(logging.WARNING):
         InstanceTable(SET, nn.Softplus())
     assert "negative" not in caplog.text
@@ -100,7 +120,7 @@ def test_meta_loss_exact_values():
     mask = torch.tensor([[True, True], [True, False]])
     labels = torch.tensor([1, 0])
     plus = meta_losses(probs, mask, labels, Aggregation("mean"), "+")
-    assert plus.tolist() == pytest.approx([(0.7 - 1) ** 2, 0.2 ** 2])
+    assert plus.tolist() == pytest.approx([(0.7 - 1) ** 2, 0.2**2])
     both = meta_losses(probs, mask, labels, Aggregation("mean"), "both")
     # y=1 keeps r; y=0 scores 1 - r over its one step: (0.8 - 1)^2
     assert both.tolist() == pytest.approx([(0.7 - 1) ** 2, (0.8 - 1) ** 2])
@@ -116,7 +136,7 @@ def test_meta_loss_is_finite_with_gradients_at_saturated_scores():
     for name in ("log_mean", "prod", "mean", "min"):
         for target in ("+", "both"):
             loss = meta_losses(probs, mask, torch.tensor([1, 0]), Aggregation(name), target).sum()
-            grad, = torch.autograd.grad(loss, probs)
+            (grad,) = torch.autograd.grad(loss, probs)
             assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, target)
 
 
@@ -139,7 +159,9 @@ def test_sparse_adam_moves_only_rows_with_a_gradient():
         optimizer.zero_grad()
     weights = table.instance_weights()
     assert weights[0].item() == 1.0 and weights[3].item() == 1.0
-    assert weights[1].item() == pytest.approx(0.7, abs=1e-5) and weights[2].item() == pytest.approx(0.7, abs=1e-5)
+    assert weights[1].item() == pytest.approx(0.7, abs=1e-5) and weights[2].item() == pytest.approx(
+        0.7, abs=1e-5
+    )
 
 
 def test_weight_report_tables():

@@ -1,4 +1,5 @@
 """Step splitting on the real published samples and on the edge cases of each rule."""
+
 from __future__ import annotations
 
 import json
@@ -112,17 +113,27 @@ def test_candidate_split_does_not_cut_at_inline_numbers():
 def test_candidate_split_numbered_and_paragraph_modes():
     numbered = split_candidate(_load("dreamprm15_meta_sample.json")[1]["response"])
     assert [step[:20] for step in numbered.steps] == [
-        "The cartoon shows a ", "That imagery directl", "The core conflict is", "Answer: B"]
+        "The cartoon shows a ",
+        "That imagery directl",
+        "The core conflict is",
+        "Answer: B",
+    ]
     assert numbered.final_answer == "B"
     paragraphs = split_candidate("[Reasoning]\nFirst idea.\nSame paragraph.\n\n  \nSecond idea.\n\nAnswer: 7")
     assert paragraphs == (["First idea.\nSame paragraph.", "Second idea.", "Answer: 7"], "7")
 
 
 def test_candidate_split_preamble_step_markers_and_nested_numbers():
-    text = ("[Reasoning]\nLet me look.\n1. Count: 2) items\n   1. nested stays\nStep 2: Add.\n3) Done.\n"
-            "Answer: 5")
+    text = (
+        "[Reasoning]\nLet me look.\n1. Count: 2) items\n   1. nested stays\nStep 2: Add.\n3) Done.\nAnswer: 5"
+    )
     assert split_candidate(text).steps == [
-        "Let me look.", "Count: 2) items\n   1. nested stays", "Add.", "Done.", "Answer: 5"]
+        "Let me look.",
+        "Count: 2) items\n   1. nested stays",
+        "Add.",
+        "Done.",
+        "Answer: 5",
+    ]
 
 
 def test_candidate_single_numbered_line_is_paragraph_mode():
@@ -145,23 +156,28 @@ def test_candidate_answer_variants():
     assert split_candidate("[Reasoning]\nx\nAnswer:\nB") == (["x", "Answer: B"], "B")
     # The answer section starts at the first answer line and is kept whole; the last one is the answer.
     assert split_candidate("[Reasoning]\nx\nAnswer: A\nwait\nAnswer: B") == (
-        ["x", "Answer: A\nwait\nAnswer: B"], "B")
+        ["x", "Answer: A\nwait\nAnswer: B"],
+        "B",
+    )
 
 
 # --------------------------------------------------------------------------- final answers
 
 
-@pytest.mark.parametrize("text, answer", [
-    ("Step 1: x\nFinal answer: B", "B"),
-    ("Final answer: A\n(Note ...)\nFinal answer: C", "C"),
-    ("ANSWER: 42 ", "42"),
-    ("## Answer: **B**", "B"),
-    ("so the result is \\(\\boxed{\\frac{1}{2}}\\).", "\\frac{1}{2}"),
-    ("\\boxed{1} then \\boxed{2}", "2"),
-    ("Answer: 3\nbut also \\boxed{4}", "3"),
-    ("the answer is 5", None),
-    ("\\boxed{unclosed", None),
-    ("Answer:", None),
-])
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("Step 1: x\nFinal answer: B", "B"),
+        ("Final answer: A\n(Note ...)\nFinal answer: C", "C"),
+        ("ANSWER: 42 ", "42"),
+        ("## Answer: **B**", "B"),
+        ("so the result is \\(\\boxed{\\frac{1}{2}}\\).", "\\frac{1}{2}"),
+        ("\\boxed{1} then \\boxed{2}", "2"),
+        ("Answer: 3\nbut also \\boxed{4}", "3"),
+        ("the answer is 5", None),
+        ("\\boxed{unclosed", None),
+        ("Answer:", None),
+    ],
+)
 def test_extract_final_answer(text, answer):
     assert extract_final_answer(text) == answer

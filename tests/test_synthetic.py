@@ -1,4 +1,5 @@
 """The demo benchmark: deterministic, cached atomically, and its labels say what its steps do."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,10 +39,16 @@ def first_wrong_step(question: str, steps: list[str], tiles: list[str]) -> tuple
     stated_colours: list[str] = []
     last = None
     for index, step in enumerate(steps):
-        read = (re.fullmatch(r"The (?P<pos>\w+ \w+) tile is (?P<colour>\w+)(?:, worth (?P<worth>\d))?\.", step)
-                or re.fullmatch(r"(?P<pos>\w+ \w+) tile: (?P<colour>\w+)(?:, worth (?P<worth>\d))?\.", step)
-                or re.fullmatch(r"I see a (?P<colour>\w+) tile at the (?P<pos>\w+ \w+)(?:, worth (?P<worth>\d))?\.", step))
-        count = re.fullmatch(r"(?:So|Counting:|That makes) (\d) (?:tiles? (?:is|are) )?(\w+)(?: tiles?)?\.", step)
+        read = (
+            re.fullmatch(r"The (?P<pos>\w+ \w+) tile is (?P<colour>\w+)(?:, worth (?P<worth>\d))?\.", step)
+            or re.fullmatch(r"(?P<pos>\w+ \w+) tile: (?P<colour>\w+)(?:, worth (?P<worth>\d))?\.", step)
+            or re.fullmatch(
+                r"I see a (?P<colour>\w+) tile at the (?P<pos>\w+ \w+)(?:, worth (?P<worth>\d))?\.", step
+            )
+        )
+        count = re.fullmatch(
+            r"(?:So|Counting:|That makes) (\d) (?:tiles? (?:is|are) )?(\w+)(?: tiles?)?\.", step
+        )
         if read:
             position, colour, worth = read.group("pos").lower(), read.group("colour"), read.group("worth")
             stated_colours.append(colour)
@@ -138,8 +145,15 @@ def test_noisy_domain_corrupts_its_share_and_only_it(tmp_path):
 
 
 def test_false_positive_corruption_labels_wrong_chains_as_right(tmp_path):
-    files = build_demo(tmp_path, seed=1, train_per_domain=100, meta_size=2, test_problems=2, noise_rate=0.5,
-                       corruption="false_positive")
+    files = build_demo(
+        tmp_path,
+        seed=1,
+        train_per_domain=100,
+        meta_size=2,
+        test_problems=2,
+        noise_rate=0.5,
+        corruption="false_positive",
+    )
     noisy = [c for c in read_native(files.train) if c.domain == "noisy"]
     corrupted = [c for c in noisy if c.meta["corrupted"]]
     wrong = [c for c in noisy if c.meta["first_error"] >= 0]

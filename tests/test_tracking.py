@@ -1,5 +1,6 @@
 """Tracking and sweeps: a two-job multirun with offline wandb, read back from the run files; the sweep
 comparison of evaluate.py; launcher configs compose. wandb stays offline (never the network)."""
+
 import json
 import os
 import subprocess
@@ -25,9 +26,9 @@ def wandb_records(path: Path):
         if left < HEADER:
             position += left
             continue
-        length = int.from_bytes(data[position + 4:position + 6], "little")
+        length = int.from_bytes(data[position + 4 : position + 6], "little")
         kind = data[position + 6]
-        payload = data[position + HEADER:position + HEADER + length]
+        payload = data[position + HEADER : position + HEADER + length]
         position += HEADER + length
         if kind == 0:
             continue
@@ -54,23 +55,58 @@ def read_run(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_two_job_multirun_logs_two_offline_wandb_runs_in_one_group(tmp_path):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PRM_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        "PRM_CACHE_DIR": str(tmp_path / "cache"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "experiment=smoke", "logger=wandb", "reweight=instance_table",
-         "aggregation=mean,min", "seed=3", f"hydra.sweep.dir={sweep}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "experiment=smoke",
+            "logger=wandb",
+            "reweight=instance_table",
+            "aggregation=mean,min",
+            "seed=3",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
     runs = [read_run(job) for job in jobs]
     assert runs[0]["group"] == runs[1]["group"] and runs[0]["group"].startswith("sweep-")
-    assert {run["name"] for run in runs} == {"experiment=smoke,reweight=instance_table,aggregation=mean",
-                                             "experiment=smoke,reweight=instance_table,aggregation=min"}
-    expected = {"prm/loss", "prm/raw_loss", "prm/mean_weight", "prm/grad_norm", "prm/lr", "reweight/loss",
-                "reweight/lr", "reweight/grad_norm", "throughput/chains_per_s", "throughput/tokens_per_s",
-                "memory/peak_gb", "val/auroc", "val/weight/clean", "val/weight/noisy", "val/weight/easy",
-                "val/weight/corrupted_over_clean", "weights/instances"}
+    assert {run["name"] for run in runs} == {
+        "experiment=smoke,reweight=instance_table,aggregation=mean",
+        "experiment=smoke,reweight=instance_table,aggregation=min",
+    }
+    expected = {
+        "prm/loss",
+        "prm/raw_loss",
+        "prm/mean_weight",
+        "prm/grad_norm",
+        "prm/lr",
+        "reweight/loss",
+        "reweight/lr",
+        "reweight/grad_norm",
+        "throughput/chains_per_s",
+        "throughput/tokens_per_s",
+        "memory/peak_gb",
+        "val/auroc",
+        "val/weight/clean",
+        "val/weight/noisy",
+        "val/weight/easy",
+        "val/weight/corrupted_over_clean",
+        "weights/instances",
+    }
     for run, job in zip(runs, jobs):
         assert run["job_type"] == "train"
         assert expected <= run["keys"], expected - run["keys"]
@@ -79,8 +115,14 @@ def test_two_job_multirun_logs_two_offline_wandb_runs_in_one_group(tmp_path):
         assert (job / "weight_distributions.png").exists() and (job / "report.md").exists()
 
     # evaluate.py on the sweep: every job, one comparison table and plot
-    result = subprocess.run([sys.executable, "evaluate.py", f"checkpoint={sweep}", f"hydra.run.dir={sweep / 'eval'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", f"checkpoint={sweep}", f"hydra.run.dir={sweep / 'eval'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (sweep / "eval" / "comparison.md").read_text()
     assert "aggregation=mean" in table and "aggregation=min" in table and "random" in table
@@ -101,7 +143,9 @@ def test_tracker_writes_tables_and_histograms_to_jsonl(tmp_path):
     assert rows[2] == {**rows[2], "table": "t", "columns": ["m", "acc"], "rows": [["mean", 0.5]]}
 
 
-@pytest.mark.parametrize("launcher, target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")])
+@pytest.mark.parametrize(
+    "launcher, target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")]
+)
 def test_launcher_options_compose(launcher, target):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)

@@ -1,4 +1,5 @@
 """Training through Betty: checkpoints, resume equals an uninterrupted run, CLI train-then-evaluate."""
+
 import json
 import shutil
 import subprocess
@@ -34,8 +35,13 @@ def weights(checkpoint):
 def test_resume_matches_uninterrupted_run(cache, head):
     from train import train
 
-    overrides = ["train.steps=6", "train.save_every=3", "train.validate_every=3", f"prm.head={head}",
-                 "train.gradient_accumulation=2"]
+    overrides = [
+        "train.steps=6",
+        "train.save_every=3",
+        "train.validate_every=3",
+        f"prm.head={head}",
+        "train.gradient_accumulation=2",
+    ]
     full = cache / "full"
     train(config(*overrides), run_dir=full)
     assert latest_checkpoint(full).name == "step-0000012"  # 6 optimiser steps x 2 micro-batches
@@ -53,8 +59,10 @@ def test_resume_matches_uninterrupted_run(cache, head):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     if head == "value":
-        assert torch.equal(load_file(final_full / "head.safetensors")["value_head.weight"],
-                           load_file(final_resumed / "head.safetensors")["value_head.weight"])
+        assert torch.equal(
+            load_file(final_full / "head.safetensors")["value_head.weight"],
+            load_file(final_resumed / "head.safetensors")["value_head.weight"],
+        )
 
 
 def test_checkpoint_is_a_loadable_backbone_path(cache):
@@ -109,14 +117,32 @@ def _prm_from(checkpoint):
 def test_cli_train_then_evaluate(cache):
     env = {"PRM_CACHE_DIR": str(cache / "cache"), "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
     run = cache / "cli"
-    subprocess.run([sys.executable, "train.py", "experiment=smoke", f"hydra.run.dir={run}"], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "train.py", "experiment=smoke", f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert latest_checkpoint(run) is not None
-    result = subprocess.run([sys.executable, "evaluate.py", "data=demo",
-                             f"checkpoint={run}", "data.generator.train_per_domain=16",
-                             "data.generator.meta_size=16", "data.generator.test_problems=4",
-                             "data.generator.n_candidates=4", f"hydra.run.dir={run}/eval"],
-                            cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "data=demo",
+            f"checkpoint={run}",
+            "data.generator.train_per_domain=16",
+            "data.generator.meta_size=16",
+            "data.generator.test_problems=4",
+            "data.generator.n_candidates=4",
+            f"hydra.run.dir={run}/eval",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert any("mean" in row and "aggregation" in row for row in rows)
     assert any("random" in row and "baseline" in row for row in rows)
@@ -130,20 +156,48 @@ def test_evaluate_reads_published_test_formats(cache):
     """A text-only PRM evaluated on the DreamPRM-1.5 best-of-N sample and a ProcessBench sample."""
     env = {"PRM_CACHE_DIR": str(cache / "cache"), "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
     run = cache / "text"
-    subprocess.run([sys.executable, "train.py", "experiment=smoke", "backbone=tiny_qwen2", f"hydra.run.dir={run}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "train.py", "experiment=smoke", "backbone=tiny_qwen2", f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     fixtures = ROOT / "tests" / "fixtures"
     bestofn = subprocess.run(
-        [sys.executable, "evaluate.py", f"checkpoint={run}", "data=dreamprm15", "data.missing_image=blank",
-         f"data.test={fixtures / 'formats' / 'bestofn_test.json'}", f"hydra.run.dir={run}/eval_bon"],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        [
+            sys.executable,
+            "evaluate.py",
+            f"checkpoint={run}",
+            "data=dreamprm15",
+            "data.missing_image=blank",
+            f"data.test={fixtures / 'formats' / 'bestofn_test.json'}",
+            f"hydra.run.dir={run}/eval_bon",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert "pass_at_n" in bestofn.stdout
     report = json.loads((run / "eval_bon" / "best_of_n.json").read_text())
     assert report["problems"] > 0
     bench = subprocess.run(
-        [sys.executable, "evaluate.py", f"checkpoint={run}", "data=processbench",
-         f"data.test={fixtures / 'published' / 'processbench_gsm8k_sample.json'}", f"hydra.run.dir={run}/eval_pb"],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        [
+            sys.executable,
+            "evaluate.py",
+            f"checkpoint={run}",
+            "data=processbench",
+            f"data.test={fixtures / 'published' / 'processbench_gsm8k_sample.json'}",
+            f"hydra.run.dir={run}/eval_pb",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads((run / "eval_pb" / "processbench.json").read_text())["processbench"]
     assert (result["erroneous"], result["correct"]) == (10, 10)
     assert 0.0 <= result["f1"] <= 1.0
@@ -154,8 +208,14 @@ def test_evaluate_reads_published_test_formats(cache):
 def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
     from train import train
 
-    overrides = [f"reweight={strategy}", "train.steps=4", "train.save_every=2", "train.validate_every=2",
-                 "reweight.hypergradient.unroll_steps=2", "reweight.upper.lr=0.1"]
+    overrides = [
+        f"reweight={strategy}",
+        "train.steps=4",
+        "train.save_every=2",
+        "train.validate_every=2",
+        "reweight.hypergradient.unroll_steps=2",
+        "reweight.upper.lr=0.1",
+    ]
     full = cache / "full"
     metrics = train(config(*overrides), run_dir=full)
     assert "auroc" in metrics
@@ -178,7 +238,9 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
     train(config(*overrides, "resume=true"), run_dir=interrupted)
     a = torch.load(latest_checkpoint(full) / "training_state.pt", weights_only=False)["upper"]["module"]
-    b = torch.load(latest_checkpoint(interrupted) / "training_state.pt", weights_only=False)["upper"]["module"]
+    b = torch.load(latest_checkpoint(interrupted) / "training_state.pt", weights_only=False)["upper"][
+        "module"
+    ]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     for key, value in weights(latest_checkpoint(full)).items():

@@ -9,6 +9,7 @@ hooks never see those passes. The reweighter's parameters pick up gradients from
 hypergradient alone. Betty's own clipping, accumulation and precision stay off for this problem:
 the DeepSpeed config holds them.
 """
+
 from __future__ import annotations
 
 from prm.bilevel.lower import PRMLower
@@ -16,8 +17,15 @@ from prm.bilevel.lower import PRMLower
 
 class DeepSpeedLower(PRMLower):
     def __init__(self, name: str, config, engine, train_data_loader, precision: str = "fp32", weigh=None):
-        super().__init__(name=name, config=config, module=engine.module, optimizer=engine.optimizer,
-                         train_data_loader=train_data_loader, precision=precision, weigh=weigh)
+        super().__init__(
+            name=name,
+            config=config,
+            module=engine.module,
+            optimizer=engine.optimizer,
+            train_data_loader=train_data_loader,
+            precision=precision,
+            weigh=weigh,
+        )
         self.engine = engine
         self._own_step = False
 

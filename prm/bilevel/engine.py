@@ -3,12 +3,13 @@
 Validation and checkpoints are keyed on the global step (not on Betty's ``valid_step`` counter of
 the current ``run``), so a resumed run validates and saves at the same steps as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import logging
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -31,20 +32,38 @@ class PRMEngine(Engine):
     ``default`` so it wraps nothing itself; every rank validates (collectives inside a ZeRO-3
     forward would deadlock if only rank 0 did), only rank 0 shows progress and logs."""
 
-    def __init__(self, problems, config, dependencies=None, *, start_step: int = 0, total_steps: int,
-                 validate_every: int = 0, save_every: int = 0, validate: Callable[[], dict] | None = None,
-                 save: Callable[[int], None] | None = None, log_metrics: Callable[[dict, int], None] | None = None,
-                 progress: bool = True, device: str | None = None):
+    def __init__(
+        self,
+        problems,
+        config,
+        dependencies=None,
+        *,
+        start_step: int = 0,
+        total_steps: int,
+        validate_every: int = 0,
+        save_every: int = 0,
+        validate: Callable[[], dict] | None = None,
+        save: Callable[[int], None] | None = None,
+        log_metrics: Callable[[dict, int], None] | None = None,
+        progress: bool = True,
+        device: str | None = None,
+    ):
         self._device_choice = device
-        super().__init__(problems=problems, config=config, dependencies=dependencies or {"u2l": {}, "l2u": {}})
+        super().__init__(
+            problems=problems, config=config, dependencies=dependencies or {"u2l": {}, "l2u": {}}
+        )
         self.global_step = start_step
         self.total_steps = total_steps
         self.validate_every, self.save_every = validate_every, save_every
         self.validate_fn, self.save_fn, self.log_fn = validate, save, log_metrics
         self.last_validation: dict = {}
-        self.progress = tqdm(total=total_steps, initial=start_step, desc="train",
-                             disable=not progress or self._rank != 0,
-                             dynamic_ncols=True)
+        self.progress = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="train",
+            disable=not progress or self._rank != 0,
+            dynamic_ncols=True,
+        )
         self._tick = time.perf_counter()
 
     def configure_systems(self):
@@ -61,7 +80,9 @@ class PRMEngine(Engine):
         step = self.global_step
         metrics = {}
         for problem in self.problems:
-            metrics.update({f"{problem.name}/{k}": v for k, v in getattr(problem, "last_metrics", {}).items()})
+            metrics.update(
+                {f"{problem.name}/{k}": v for k, v in getattr(problem, "last_metrics", {}).items()}
+            )
             metrics[f"{problem.name}/lr"] = problem.optimizer.param_groups[0]["lr"]
         elapsed = time.perf_counter() - self._tick
         self._tick = time.perf_counter()
@@ -72,12 +93,16 @@ class PRMEngine(Engine):
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{lower.get('loss', float('nan')):.4f}")
         last = step == self.total_steps
-        if self.validate_fn is not None and (last or (self.validate_every and step % self.validate_every == 0)):
+        if self.validate_fn is not None and (
+            last or (self.validate_every and step % self.validate_every == 0)
+        ):
             self.eval()
             self.last_validation = self.validate_fn()
             self.train()
             metrics.update({f"val/{k}": v for k, v in self.last_validation.items()})
-            log.info("step %d validation: %s", step, {k: round(v, 4) for k, v in self.last_validation.items()})
+            log.info(
+                "step %d validation: %s", step, {k: round(v, 4) for k, v in self.last_validation.items()}
+            )
         if self.log_fn is not None and self._rank == 0:
             self.log_fn(metrics, step)
         if self.save_fn is not None and (last or (self.save_every and step % self.save_every == 0)):

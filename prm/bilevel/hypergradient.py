@@ -12,6 +12,7 @@
 All of it is registered into ``betty.hypergradient.jvp_fn_mapping`` under Betty's names; in a world of
 one without ZeRO-3 it is Betty's function unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,10 @@ def _is_zero3(problem) -> bool:
 
 def _whole(parameter) -> bool:
     """Is the full parameter present in ``.data``, in storage of its own (not the shard's)?"""
-    return (parameter.data.numel() == parameter.ds_numel
-            and parameter.data.data_ptr() != parameter.ds_tensor.data_ptr())
+    return (
+        parameter.data.numel() == parameter.ds_numel
+        and parameter.data.data_ptr() != parameter.ds_tensor.data_ptr()
+    )
 
 
 def _shard_of(vector: torch.Tensor, parameter) -> torch.Tensor:
@@ -38,7 +41,7 @@ def _shard_of(vector: torch.Tensor, parameter) -> torch.Tensor:
     shard = parameter.ds_tensor
     start = (dist.get_rank() if dist.is_initialized() else 0) * shard.numel()
     piece = torch.zeros(shard.numel(), dtype=shard.dtype, device=shard.device)
-    flat = vector.detach().reshape(-1)[start:start + shard.numel()]
+    flat = vector.detach().reshape(-1)[start : start + shard.numel()]
     piece[: flat.numel()] = flat.to(shard.dtype)
     return piece
 

@@ -11,9 +11,10 @@ clipping (``Config.gradient_clipping``) and the optimiser step. Two things are o
   ``cls(params, **defaults)``, which torch 2.13's AdamW refuses (``decoupled_weight_decay``), and
   which would drop any loaded state. Only the default single-process strategy needs no patching.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from betty.problems import ImplicitProblem
@@ -29,10 +30,20 @@ class PRMLower(ImplicitProblem):
     at least one step label.
     """
 
-    def __init__(self, name: str, config, module, optimizer, train_data_loader, precision: str = "fp32",
-                 lr_scheduler=None, weigh: Callable | None = None):
-        super().__init__(name=name, config=config, module=module, optimizer=optimizer,
-                         train_data_loader=train_data_loader)
+    def __init__(
+        self,
+        name: str,
+        config,
+        module,
+        optimizer,
+        train_data_loader,
+        precision: str = "fp32",
+        lr_scheduler=None,
+        weigh: Callable | None = None,
+    ):
+        super().__init__(
+            name=name, config=config, module=module, optimizer=optimizer, train_data_loader=train_data_loader
+        )
         self.precision_mode = precision
         self.lr_scheduler = lr_scheduler
         self.weigh = weigh
@@ -59,9 +70,13 @@ class PRMLower(ImplicitProblem):
         denominator = has_label.sum().clamp(min=1)
         loss = (weights * losses).sum() / denominator
         raw = (losses * has_label).sum().detach() / denominator
-        self._pending_metrics = {"loss": float(loss.detach()), "raw_loss": float(raw),
-                                 "mean_weight": float(weights.detach().sum() / denominator),
-                                 "tokens": int(batch["inputs"]["attention_mask"].sum()), "chains": len(losses)}
+        self._pending_metrics = {
+            "loss": float(loss.detach()),
+            "raw_loss": float(raw),
+            "mean_weight": float(weights.detach().sum() / denominator),
+            "tokens": int(batch["inputs"]["attention_mask"].sum()),
+            "chains": len(losses),
+        }
         return loss
 
     def grad_callback(self):

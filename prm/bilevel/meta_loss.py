@@ -5,6 +5,7 @@
 1 - r when y = 0), aggregate to p' and take (p' - 1)^2. DreamPRM's loss is ``+`` with log_mean.
 Aggregations clamp probabilities before any log or logit, so saturated scores stay finite.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,12 +19,15 @@ def check_meta_loss(aggregation: Aggregation, target: str) -> None:
     if target not in TARGETS:
         raise ValueError(f"prm.loss_target must be one of {TARGETS}, got {target!r}")
     if not aggregation.is_probability:
-        raise ValueError(f"aggregation={aggregation.name} is not a probability, so (p - y)^2 has no meaning; "
-                         f"the meta loss needs one of {sorted(PROBABILITY_VALUED)}")
+        raise ValueError(
+            f"aggregation={aggregation.name} is not a probability, so (p - y)^2 has no meaning; "
+            f"the meta loss needs one of {sorted(PROBABILITY_VALUED)}"
+        )
 
 
-def meta_losses(probs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, aggregation: Aggregation,
-                target: str = "+") -> torch.Tensor:
+def meta_losses(
+    probs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, aggregation: Aggregation, target: str = "+"
+) -> torch.Tensor:
     """Per-chain meta loss ``[chains]`` from step probabilities ``[chains, steps]`` and 0/1 labels."""
     labels = labels.to(probs.dtype)
     if target == "+":

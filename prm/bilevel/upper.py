@@ -10,6 +10,7 @@ neumann, cg or sama), never directly. Two things are ours:
 - with several ranks the gradient is averaged over them before the step, so the replicated
   reweighter stays identical on every rank.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,10 +22,22 @@ from prm.distributed import average
 
 
 class ReweightUpper(ImplicitProblem):
-    def __init__(self, name: str, config, module, optimizer, train_data_loader, lower_name: str, aggregation,
-                 loss_target: str = "+", precision: str = "fp32", lr_scheduler=None):
-        super().__init__(name=name, config=config, module=module, optimizer=optimizer,
-                         train_data_loader=train_data_loader)
+    def __init__(
+        self,
+        name: str,
+        config,
+        module,
+        optimizer,
+        train_data_loader,
+        lower_name: str,
+        aggregation,
+        loss_target: str = "+",
+        precision: str = "fp32",
+        lr_scheduler=None,
+    ):
+        super().__init__(
+            name=name, config=config, module=module, optimizer=optimizer, train_data_loader=train_data_loader
+        )
         self.lower_name = lower_name
         self.aggregation = aggregation
         self.loss_target = loss_target
@@ -42,8 +55,9 @@ class ReweightUpper(ImplicitProblem):
         batch = to_device(batch, self.device)
         with autocast(self.device, self.precision_mode):
             scores = prm(batch)
-        losses = meta_losses(scores.probs.float(), scores.mask, batch["chain_label"], self.aggregation,
-                             self.loss_target)
+        losses = meta_losses(
+            scores.probs.float(), scores.mask, batch["chain_label"], self.aggregation, self.loss_target
+        )
         loss = losses.mean()
         self.last_metrics = {"loss": float(loss.detach())}
         return loss
@@ -53,7 +67,9 @@ class ReweightUpper(ImplicitProblem):
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         average(grads)
         if grads:
-            self.last_metrics["grad_norm"] = float(torch.stack([g.detach().float().norm() for g in grads]).norm())
+            self.last_metrics["grad_norm"] = float(
+                torch.stack([g.detach().float().norm() for g in grads]).norm()
+            )
         if self.module.sparse_rows:
             for parameter in self.trainable_parameters():
                 if parameter.grad is not None and not parameter.grad.is_sparse:

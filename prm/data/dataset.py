@@ -6,11 +6,13 @@ chain, the positions of its step markers and a padded ``[batch, max_steps]`` tab
 the instance and domain indices the reweighting modules look up. Sequences are right-padded, so a
 chain's tokens and marker positions do not depend on what else is in the batch.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -28,12 +30,19 @@ def flatten_candidates(problems: Sequence[BestOfNProblem]) -> list[LabelledChain
     chains = []
     for problem in problems:
         for index, candidate in enumerate(problem.candidates):
-            chains.append(LabelledChain(
-                id=f"{problem.id}#{index}", question=problem.question, steps=candidate.steps,
-                label=int(candidate.correct), images=problem.images, domain=problem.domain,
-                final_answer=candidate.final_answer, first_error=candidate.first_error,
-                meta={"problem": problem.id, "candidate": index},
-            ))
+            chains.append(
+                LabelledChain(
+                    id=f"{problem.id}#{index}",
+                    question=problem.question,
+                    steps=candidate.steps,
+                    label=int(candidate.correct),
+                    images=problem.images,
+                    domain=problem.domain,
+                    final_answer=candidate.final_answer,
+                    first_error=candidate.first_error,
+                    meta={"problem": problem.id, "candidate": index},
+                )
+            )
     return chains
 
 
@@ -45,7 +54,9 @@ class ChainDataset(Dataset):
 
     def __init__(self, chains: Sequence[Chain], domains: Sequence[str] | None = None):
         self.chains = list(chains)
-        self.domains = list(domains) if domains is not None else sorted({chain.domain for chain in self.chains})
+        self.domains = (
+            list(domains) if domains is not None else sorted({chain.domain for chain in self.chains})
+        )
         self.domain_index = {name: index for index, name in enumerate(self.domains)}
         unknown = {chain.domain for chain in self.chains} - set(self.domain_index)
         if unknown:
@@ -56,8 +67,12 @@ class ChainDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         chain = self.chains[index]
-        return {"chain": chain, "instance": index, "domain": self.domain_index[chain.domain],
-                "images": list(chain.images)}
+        return {
+            "chain": chain,
+            "instance": index,
+            "domain": self.domain_index[chain.domain],
+            "images": list(chain.images),
+        }
 
 
 @dataclass
@@ -74,12 +89,20 @@ class PRMCollator:
             chain = item["chain"]
             if not backbone.is_multimodal and item["images"]:
                 item = {**item, "images": []}  # text-only backbone: images are not read
-            texts.append(format_chain(backbone.family, chain.question, chain.steps, backbone.step_marker,
-                                      len(item["images"])))
+            texts.append(
+                format_chain(
+                    backbone.family, chain.question, chain.steps, backbone.step_marker, len(item["images"])
+                )
+            )
             images.extend(load_image(path) for path in item["images"])
         if backbone.is_multimodal:
-            inputs = backbone.processor(text=texts, images=images or None, padding=True, return_tensors="pt",
-                                        **backbone.processor_kwargs)
+            inputs = backbone.processor(
+                text=texts,
+                images=images or None,
+                padding=True,
+                return_tensors="pt",
+                **backbone.processor_kwargs,
+            )
         else:
             inputs = backbone.tokenizer(texts, padding=True, return_tensors="pt")
         inputs = dict(inputs)

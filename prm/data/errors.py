@@ -4,6 +4,7 @@ Bad input must say where it is: every problem names the file, the record index a
 Records that a policy allows to skip (a missing image under ``missing_image=skip``) are counted by
 reason in a :class:`SkipReport`, which the caller logs, so nothing disappears silently.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,14 @@ class SkipReport:
     def summary(self) -> str:
         text = f"{self.path}: read {self.read} records, kept {self.kept}"
         if self.changed:
-            text += " (" + ", ".join(f"{count} {reason}, e.g. {self.examples[reason]}"
-                                     for reason, count in self.changed.items()) + ")"
+            text += (
+                " ("
+                + ", ".join(
+                    f"{count} {reason}, e.g. {self.examples[reason]}"
+                    for reason, count in self.changed.items()
+                )
+                + ")"
+            )
         if self.skipped:
             reasons = ", ".join(
                 f"{count} {reason} (e.g. {self.examples[reason]})" for reason, count in self.skipped.items()

@@ -13,6 +13,7 @@ folder) and then applies one policy to a record whose images are not there:
 A record with several images loses all of them under ``blank`` when any is missing: a partial set
 would no longer match the question's ``<image k>`` references.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,7 +72,9 @@ def resolve_images(
     raw, path = missing[0]
     if policy == "error":
         raise RecordError(
-            source_path, index, field,
+            source_path,
+            index,
+            field,
             f"image not found: {path} (from {raw!r}, {len(missing)} of {len(paths)} missing); "
             "pass the right data_root, or missing_image='skip' / 'blank'",
         )

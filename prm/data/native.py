@@ -3,13 +3,14 @@
 ``kind`` is ``step_chain`` (training), ``labelled_chain`` (meta / validation) or ``best_of_n``
 (test). Writes are atomic (temporary file + rename) so an interrupted write never leaves half a file.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from prm.data.errors import RecordError
 from prm.data.records import RECORD_TYPES, Record
@@ -20,7 +21,9 @@ def record_from_dict(obj: dict, path: object = "<memory>", index: int | None = N
         raise RecordError(path, index, None, f"expected a JSON object, got {type(obj).__name__}")
     kind = obj.get("kind")
     if kind not in RECORD_TYPES:
-        raise RecordError(path, index, "kind", f"unknown record kind {kind!r}; expected one of {sorted(RECORD_TYPES)}")
+        raise RecordError(
+            path, index, "kind", f"unknown record kind {kind!r}; expected one of {sorted(RECORD_TYPES)}"
+        )
     fields = {key: value for key, value in obj.items() if key != "kind"}
     try:
         return RECORD_TYPES[kind](**fields)

@@ -20,12 +20,14 @@ its own, accepts a JSON array or JSON Lines, and returns native records
 - Text-only formats (TRL, ProcessBench) accept ``data_root`` / ``missing_image`` for a uniform
   signature and ignore them.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prm.data.errors import RecordError, SkipReport
 from prm.data.images import check_policy, image_paths, resolve_images
@@ -34,9 +36,20 @@ from prm.data.records import BestOfNProblem, Candidate, LabelledChain, Record, S
 from prm.data.steps import extract_final_answer, split_candidate, split_dreamprm_input
 
 __all__ = [
-    "FORMATS", "SeedProblem", "detect_format", "load_json_records", "read_bestofn_test",
-    "read_conversations", "read_dreamprm_meta", "read_dreamprm_train", "read_mmprm",
-    "read_mmprm_seeds", "read_native", "read_processbench", "read_records", "read_trl",
+    "FORMATS",
+    "SeedProblem",
+    "detect_format",
+    "load_json_records",
+    "read_bestofn_test",
+    "read_conversations",
+    "read_dreamprm_meta",
+    "read_dreamprm_train",
+    "read_mmprm",
+    "read_mmprm_seeds",
+    "read_native",
+    "read_processbench",
+    "read_records",
+    "read_trl",
 ]
 
 PRM_MARKER = "<prm>"
@@ -104,8 +117,14 @@ def _is(value: Any, kind: type) -> bool:
 class _Source:
     """One file being read: its path, image policy, skip report, and the field checks."""
 
-    def __init__(self, path: str | Path, data_root: str | Path | None, missing_image: str,
-                 report: SkipReport | None, domain: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        data_root: str | Path | None,
+        missing_image: str,
+        report: SkipReport | None,
+        domain: str | None = None,
+    ):
         check_policy(missing_image)
         self.path, self.data_root, self.missing_image = Path(path), data_root, missing_image
         self.own_report = report is None
@@ -216,8 +235,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 # --------------------------------------------------------------------------- DreamPRM
 
 
-def read_dreamprm_train(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                        report: SkipReport | None = None) -> list[StepChain]:
+def read_dreamprm_train(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+) -> list[StepChain]:
     """DreamPRM training file: one record per solution prefix, grouped into one chain per ``id``.
 
     Fields ``id, sid, input, add, ground_truth, image_path, dataset, score, times, accuracy``;
@@ -290,7 +313,7 @@ def _dreamprm_chain(source: _Source, raw: list[dict], key: str, indices: list[in
     steps, labels, used, previous = [], [], [], ""
     for index in indices:
         add = raw[index]["add"]
-        step = add[len(previous):] if add.startswith(previous) else add
+        step = add[len(previous) :] if add.startswith(previous) else add
         if not step.strip():
             source.report.skip("empty_prefix", f"record {index}")
             continue
@@ -309,13 +332,26 @@ def _dreamprm_chain(source: _Source, raw: list[dict], key: str, indices: list[in
     if raw[first].get("ground_truth") is not None:
         meta["ground_truth"] = raw[first]["ground_truth"]
     chain_id = source.unique(key if raw[first].get("id") is not None else str(first), meta)
-    return StepChain(id=chain_id, question=raw[first]["input"], steps=steps, labels=labels, images=images,
-                     domain=raw[first]["dataset"], meta=meta)
+    return StepChain(
+        id=chain_id,
+        question=raw[first]["input"],
+        steps=steps,
+        labels=labels,
+        images=images,
+        domain=raw[first]["dataset"],
+        meta=meta,
+    )
 
 
-def read_dreamprm_meta(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                       report: SkipReport | None = None, *, no_steps: str = "skip",
-                       domain: str | None = None) -> list[LabelledChain]:
+def read_dreamprm_meta(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+    *,
+    no_steps: str = "skip",
+    domain: str | None = None,
+) -> list[LabelledChain]:
     """DreamPRM meta file: ``id, true_false, input, image_path`` -> whole-chain labelled chains.
 
     ``input`` (question + response) is split by :func:`prm.data.steps.split_dreamprm_input`. The
@@ -338,18 +374,34 @@ def read_dreamprm_meta(path: str | Path, data_root: str | Path | None = None, mi
             continue
         meta: dict[str, Any] = {}
         chain_id = source.unique(source.record_id(obj, index), meta)
-        chains.append(LabelledChain(id=chain_id, question=split.question, steps=split.steps, label=label,
-                                    images=images, domain=source.domain, final_answer=split.final_answer,
-                                    meta=meta))
+        chains.append(
+            LabelledChain(
+                id=chain_id,
+                question=split.question,
+                steps=split.steps,
+                label=label,
+                images=images,
+                domain=source.domain,
+                final_answer=split.final_answer,
+                meta=meta,
+            )
+        )
     return source.done(chains)
 
 
 # --------------------------------------------------------------------------- conversations
 
 
-def read_conversations(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                       report: SkipReport | None = None, *, kind: str = "auto", no_steps: str = "skip",
-                       domain: str | None = None) -> list[StepChain | LabelledChain]:
+def read_conversations(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+    *,
+    kind: str = "auto",
+    no_steps: str = "skip",
+    domain: str | None = None,
+) -> list[StepChain | LabelledChain]:
     """DreamPRM-1.5 / VisualPRM multi-turn records: ``id, image, conversations[{from, value}]``.
 
     System turns are ignored. The first other turn is human and starts with ``### Question:``; the
@@ -382,14 +434,35 @@ def read_conversations(path: str | Path, data_root: str | Path | None = None, mi
         meta: dict[str, Any] = {}
         record_id = source.unique(source.record_id(obj, index), meta)
         if label is None:
-            records.append(StepChain(id=record_id, question=question, steps=steps,
-                                     labels=[1.0 if mark == "+" else 0.0 for mark in marks],
-                                     images=images, domain=source.domain, meta=meta))
+            records.append(
+                StepChain(
+                    id=record_id,
+                    question=question,
+                    steps=steps,
+                    labels=[1.0 if mark == "+" else 0.0 for mark in marks],
+                    images=images,
+                    domain=source.domain,
+                    meta=meta,
+                )
+            )
             continue
-        final_answer = split_candidate(response).final_answer if response is not None else (
-            extract_final_answer(steps[-1]))
-        records.append(LabelledChain(id=record_id, question=question, steps=steps, label=label, images=images,
-                                     domain=source.domain, final_answer=final_answer, meta=meta))
+        final_answer = (
+            split_candidate(response).final_answer
+            if response is not None
+            else (extract_final_answer(steps[-1]))
+        )
+        records.append(
+            LabelledChain(
+                id=record_id,
+                question=question,
+                steps=steps,
+                label=label,
+                images=images,
+                domain=source.domain,
+                final_answer=final_answer,
+                meta=meta,
+            )
+        )
     return source.done(records)
 
 
@@ -397,17 +470,23 @@ def _parse_conversation(source: _Source, obj: dict, index: int) -> tuple[str, li
     """(question, steps, +/- marks) of one record, checking the turn structure."""
     turns = []
     for position, turn in enumerate(source.get(obj, index, "conversations", list)):
-        if not (isinstance(turn, dict) and turn.get("from") in ("system", "human", "gpt")
-                and isinstance(turn.get("value"), str)):
-            raise source.error(index, f"conversations[{position}]",
-                               f"expected {{from: system|human|gpt, value: string}}, got {turn!r}")
+        if not (
+            isinstance(turn, dict)
+            and turn.get("from") in ("system", "human", "gpt")
+            and isinstance(turn.get("value"), str)
+        ):
+            raise source.error(
+                index,
+                f"conversations[{position}]",
+                f"expected {{from: system|human|gpt, value: string}}, got {turn!r}",
+            )
         if turn["from"] != "system":
             turns.append((position, turn["from"], turn["value"]))
     if not turns or turns[0][1] != "human" or not turns[0][2].lstrip().startswith(QUESTION_HEADER):
         where = f"conversations[{turns[0][0]}]" if turns else "conversations"
         message = f"the first non-system turn must be human and start with {QUESTION_HEADER!r}"
         raise source.error(index, where, message)
-    question, _, first_step = turns[0][2].lstrip()[len(QUESTION_HEADER):].partition(SOLUTION_HEADER)
+    question, _, first_step = turns[0][2].lstrip()[len(QUESTION_HEADER) :].partition(SOLUTION_HEADER)
     pending: tuple[int, str] | None = (turns[0][0], first_step.strip()) if first_step.strip() else None
     steps, marks = [], []
     for position, role, value in turns[1:]:
@@ -435,8 +514,14 @@ def _parse_conversation(source: _Source, obj: dict, index: int) -> tuple[str, li
 # --------------------------------------------------------------------------- best-of-N test
 
 
-def read_bestofn_test(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                      report: SkipReport | None = None, *, domain: str | None = None) -> list[BestOfNProblem]:
+def read_bestofn_test(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+    *,
+    domain: str | None = None,
+) -> list[BestOfNProblem]:
     """DreamPRM-1.5 test file: ``question, image_path, candidates: [str], true_false: [bool]``.
 
     Each candidate is split by :func:`prm.data.steps.split_candidate`; ``candidates`` and
@@ -459,16 +544,30 @@ def read_bestofn_test(path: str | Path, data_root: str | Path | None = None, mis
         candidates = [Candidate(*split_candidate(text), correct=flag) for text, flag in zip(texts, correct)]
         meta: dict[str, Any] = {}
         problem_id = source.unique(source.record_id(obj, index), meta)
-        problems.append(BestOfNProblem(id=problem_id, question=question, candidates=candidates, images=images,
-                                       domain=source.domain, meta=meta))
+        problems.append(
+            BestOfNProblem(
+                id=problem_id,
+                question=question,
+                candidates=candidates,
+                images=images,
+                domain=source.domain,
+                meta=meta,
+            )
+        )
     return source.done(problems)
 
 
 # --------------------------------------------------------------------------- MM-PRM
 
 
-def read_mmprm(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-               report: SkipReport | None = None, *, domain: str | None = None) -> list[StepChain]:
+def read_mmprm(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+    *,
+    domain: str | None = None,
+) -> list[StepChain]:
     """MM-PRM training file: ``question, answer, image_path, process, labels: [float]``.
 
     ``process`` is the step chunks each ended by ``<prm>``: the number of markers must equal
@@ -480,8 +579,10 @@ def read_mmprm(path: str | Path, data_root: str | Path | None = None, missing_im
     for index, obj in enumerate(source.records()):
         question = source.get(obj, index, "question", str)
         process = source.get(obj, index, "process", str)
-        labels = [source.unit_label(value, index, f"labels[{position}]")
-                  for position, value in enumerate(source.get_list(obj, index, "labels", float))]
+        labels = [
+            source.unit_label(value, index, f"labels[{position}]")
+            for position, value in enumerate(source.get_list(obj, index, "labels", float))
+        ]
         answer = source.get(obj, index, "answer", str, required=False)
         *chunks, tail = process.split(PRM_MARKER)
         if not chunks:
@@ -499,13 +600,26 @@ def read_mmprm(path: str | Path, data_root: str | Path | None = None, missing_im
             continue
         meta: dict[str, Any] = {} if answer is None else {"answer": answer}
         chain_id = source.unique(source.record_id(obj, index), meta)
-        chains.append(StepChain(id=chain_id, question=question, steps=steps, labels=labels, images=images,
-                                domain=source.domain, meta=meta))
+        chains.append(
+            StepChain(
+                id=chain_id,
+                question=question,
+                steps=steps,
+                labels=labels,
+                images=images,
+                domain=source.domain,
+                meta=meta,
+            )
+        )
     return source.done(chains)
 
 
-def read_mmprm_seeds(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                     report: SkipReport | None = None) -> list[SeedProblem]:
+def read_mmprm_seeds(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+) -> list[SeedProblem]:
     """MM-PRM seed file for OmegaPRM: ``id, question, correct_answer, image_path``.
 
     ``id``, ``question`` and ``correct_answer`` are required (a number as answer is read as its text);
@@ -531,8 +645,14 @@ def read_mmprm_seeds(path: str | Path, data_root: str | Path | None = None, miss
 # --------------------------------------------------------------------------- text-only
 
 
-def read_trl(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-             report: SkipReport | None = None, *, domain: str | None = None) -> list[StepChain]:
+def read_trl(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+    *,
+    domain: str | None = None,
+) -> list[StepChain]:
     """TRL stepwise supervision: ``prompt, completions: [str], labels: [bool]`` -> text-only chains.
 
     Only the standard (string) prompt is read; one completion is one step, labelled 1.0 / 0.0.
@@ -552,13 +672,27 @@ def read_trl(path: str | Path, data_root: str | Path | None = None, missing_imag
             raise source.error(index, f"completions[{steps.index('')}]", "empty completion")
         meta: dict[str, Any] = {}
         chain_id = source.unique(source.record_id(obj, index), meta)
-        chains.append(StepChain(id=chain_id, question=prompt, steps=steps, labels=[float(x) for x in labels],
-                                domain=source.domain, meta=meta))
+        chains.append(
+            StepChain(
+                id=chain_id,
+                question=prompt,
+                steps=steps,
+                labels=[float(x) for x in labels],
+                domain=source.domain,
+                meta=meta,
+            )
+        )
     return source.done(chains)
 
 
-def read_processbench(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                      report: SkipReport | None = None, *, domain: str | None = None) -> list[LabelledChain]:
+def read_processbench(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+    *,
+    domain: str | None = None,
+) -> list[LabelledChain]:
     """ProcessBench: ``id, generator, problem, steps, final_answer_correct, label`` -> labelled chains.
 
     ``label`` is the index of the first wrong step, ``-1`` when all are right: it becomes
@@ -586,15 +720,27 @@ def read_processbench(path: str | Path, data_root: str | Path | None = None, mis
             if value is not None:
                 meta[name] = value
         chain_id = source.unique(source.record_id(obj, index), meta)
-        chains.append(LabelledChain(id=chain_id, question=problem, steps=list(steps),
-                                    label=int(first_error == -1), domain=source.domain,
-                                    final_answer=extract_final_answer(steps[-1]), first_error=first_error,
-                                    meta=meta))
+        chains.append(
+            LabelledChain(
+                id=chain_id,
+                question=problem,
+                steps=list(steps),
+                label=int(first_error == -1),
+                domain=source.domain,
+                final_answer=extract_final_answer(steps[-1]),
+                first_error=first_error,
+                meta=meta,
+            )
+        )
     return source.done(chains)
 
 
-def _read_native_resolved(path: str | Path, data_root: str | Path | None = None, missing_image: str = "error",
-                          report: SkipReport | None = None) -> list[Record]:
+def _read_native_resolved(
+    path: str | Path,
+    data_root: str | Path | None = None,
+    missing_image: str = "error",
+    report: SkipReport | None = None,
+) -> list[Record]:
     """Native records with their image paths resolved under the missing-image policy."""
     source = _Source(path, data_root, missing_image, report)
     records = read_native(path)

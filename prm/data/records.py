@@ -8,6 +8,7 @@ A step label is a float in [0, 1]: 1.0 / 0.0 for hard "+" / "-" labels, anything
 soft Monte Carlo value (the share of rollouts from that prefix that reached the right answer), and
 ``None`` for a step that carries no supervision (it is still scored, it just adds no loss).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -30,9 +31,7 @@ class StepChain:
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.steps):
-            raise ValueError(
-                f"chain {self.id!r}: {len(self.steps)} steps but {len(self.labels)} labels"
-            )
+            raise ValueError(f"chain {self.id!r}: {len(self.steps)} steps but {len(self.labels)} labels")
         for position, label in enumerate(self.labels):
             if label is not None and not 0.0 <= float(label) <= 1.0:
                 raise ValueError(f"chain {self.id!r}: label {label!r} of step {position} is outside [0, 1]")

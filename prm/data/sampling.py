@@ -5,17 +5,25 @@ and a run resumed at position ``k`` sees exactly the batches an uninterrupted ru
 ``world_size`` ranks, rank r takes stream items r, r + world_size, ...: the ranks' batches together
 are the global batch a single process would take, so runs agree across world sizes.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, start: int = 0, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if size <= 0:
             raise ValueError("cannot sample from an empty dataset")
         if not 0 <= rank < world_size:

@@ -6,6 +6,7 @@ Each split is a file in any supported format (``format: auto`` detects it), or c
 generator such as the demo benchmark, which writes its files on first use. Loading logs one line
 per file with the records read, kept and skipped (by reason), so nothing disappears silently.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,8 +73,13 @@ class DataSources:
         if not path.is_file():
             raise FileNotFoundError(f"data.{split}={path}: no such file")
         report = SkipReport(str(path))
-        records = read_records(path, getattr(self, f"{split}_format") or self.format, data_root=self.image_root,
-                               missing_image=self.missing_image, report=report)
+        records = read_records(
+            path,
+            getattr(self, f"{split}_format") or self.format,
+            data_root=self.image_root,
+            missing_image=self.missing_image,
+            report=report,
+        )
         self.reports[split] = report
         report.log()
         return records

@@ -9,6 +9,7 @@ Two published layouts need it (the other formats ship their steps already split)
 Both rules are plain functions of the text (no model, no randomness), so a chain is always split the
 same way at training, meta and test time.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,7 @@ def extract_final_answer(text: str) -> str | None:
         last = lines[-1]
         value = last.group("value").strip().strip("*").strip()
         if not value:
-            following = [line.strip() for line in text[last.end():].splitlines() if line.strip()]
+            following = [line.strip() for line in text[last.end() :].splitlines() if line.strip()]
             value = following[0].strip("*").strip() if following else ""
         return value or None
     return _last_boxed(text)
@@ -106,8 +107,8 @@ def split_dreamprm_input(text: str) -> DreamPRMInput:
     tail_start = headings[-1].start()
     answer_line = next((m for m in _ANSWER_LINE.finditer(text, tail_start) if m.group("final")), None)
     ends.append(answer_line.start() if answer_line else len(text))
-    steps = [text[heading.start():end].strip() for heading, end in zip(headings, ends)]
-    final_answer = extract_final_answer(text[answer_line.start():]) if answer_line else None
+    steps = [text[heading.start() : end].strip() for heading, end in zip(headings, ends)]
+    final_answer = extract_final_answer(text[answer_line.start() :]) if answer_line else None
     return DreamPRMInput(question, steps, final_answer)
 
 
@@ -134,7 +135,7 @@ def split_candidate(text: str) -> CandidateSteps:
     body = text
     tag = text.find(_REASONING_TAG)
     if tag >= 0:
-        body = text[tag + len(_REASONING_TAG):]
+        body = text[tag + len(_REASONING_TAG) :]
     answer_line = next(iter(_ANSWER_LINE.finditer(body)), None)
     if tag < 0 and answer_line is None and len(text.split()) == 1:
         return CandidateSteps([f"Answer: {text.strip()}"], text.strip())
@@ -142,10 +143,10 @@ def split_candidate(text: str) -> CandidateSteps:
     steps = _split_reasoning(reasoning)
     final_answer = None
     if answer_line:
-        answer_text = body[answer_line.start("value"):].strip().lstrip("*").strip()
+        answer_text = body[answer_line.start("value") :].strip().lstrip("*").strip()
         if answer_text:
             steps.append(f"Answer: {answer_text}")
-        final_answer = extract_final_answer(body[answer_line.start():])
+        final_answer = extract_final_answer(body[answer_line.start() :])
     return CandidateSteps(steps, final_answer)
 
 
@@ -159,7 +160,7 @@ def _split_reasoning(reasoning: str) -> list[str]:
         for i, line in enumerate(lines):
             if i in starts:
                 steps.append("\n".join(current))
-                current = [line[starts[i].end():]]
+                current = [line[starts[i].end() :]]
             else:
                 current.append(line)
         steps.append("\n".join(current))

@@ -57,6 +57,7 @@ problem-specific rate, so majority vote is a fair but beatable baseline. Meta an
 into ``root/<hash of the parameters>/``, once: a later call with the same parameters reuses them.
 The same parameters always give the same bytes in every file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -152,18 +153,26 @@ class Solution:
 # correct candidates of a problem are rarely the same text (identical candidates tie, which would
 # hand the multiplicity of correct answers to the random baseline and hide it from a PRM).
 TEMPLATES = {
-    "worth": ("The {pos} tile is {colour}, worth {worth}.", "{Pos} tile: {colour}, worth {worth}.",
-              "I see a {colour} tile at the {pos}, worth {worth}."),
+    "worth": (
+        "The {pos} tile is {colour}, worth {worth}.",
+        "{Pos} tile: {colour}, worth {worth}.",
+        "I see a {colour} tile at the {pos}, worth {worth}.",
+    ),
     "tile": ("The {pos} tile is {colour}.", "{Pos} tile: {colour}.", "I see a {colour} tile at the {pos}."),
     "add": ("{a} + {b} = {c}.", "Adding: {a} + {b} = {c}.", "So {a} + {b} = {c}."),
-    "count": ("So {n} {tiles} {target}.", "Counting: {n} {tiles} {target}.", "That makes {n} {target} {noun}."),
+    "count": (
+        "So {n} {tiles} {target}.",
+        "Counting: {n} {tiles} {target}.",
+        "That makes {n} {target} {noun}.",
+    ),
     "times": ("{a} x {b} = {c}.", "Multiplying: {a} x {b} = {c}.", "So {a} x {b} = {c}."),
     "final": ("Final answer: {answer}",),
 }
 
 
-def solve(problem: Problem, slip: Slip | None = None, style: random.Random | None = None,
-          later: Sequence[Slip] = ()) -> Solution:
+def solve(
+    problem: Problem, slip: Slip | None = None, style: random.Random | None = None, later: Sequence[Slip] = ()
+) -> Solution:
     """Write the chain for ``problem``, with ``slip`` applied and every later step computed from it.
 
     ``later`` are further slips after the first (errors compounding). Wrong alternatives are chosen
@@ -208,8 +217,14 @@ def solve(problem: Problem, slip: Slip | None = None, style: random.Random | Non
             emit("tile", ("misread",), pos=POSITIONS[tile], colour=colour)
             count += colour == target
         count = state("count", count, [n for n in range(len(POSITIONS) + 1) if n != count])
-        emit("count", ("count",), n=count, tiles="tile is" if count == 1 else "tiles are", target=target,
-             noun="tile" if count == 1 else "tiles")
+        emit(
+            "count",
+            ("count",),
+            n=count,
+            tiles="tile is" if count == 1 else "tiles are",
+            target=target,
+            noun="tile" if count == 1 else "tiles",
+        )
         result = state("arithmetic", count * problem.factor, _near(count * problem.factor))
         emit("times", ("arithmetic",), a=count, b=problem.factor, c=result)
     answer = state("answer", result, _near(result))
@@ -236,11 +251,14 @@ def _layout_pools(seed: int) -> dict[str, list[Problem]]:
     }
 
 
-def _sample_slip(problem: Problem, kinds: Sequence[str], rng: random.Random,
-                 weights: Mapping[str, float] | None = None) -> Slip | None:
+def _sample_slip(
+    problem: Problem, kinds: Sequence[str], rng: random.Random, weights: Mapping[str, float] | None = None
+) -> Slip | None:
     """A (step, kind) pair among those the chain can carry, drawn with probability proportional to the
     kind's weight (uniform without weights); None when no step can carry any of ``kinds``."""
-    options = [(step, kind) for step, slot in enumerate(solve(problem).slots) for kind in slot if kind in kinds]
+    options = [
+        (step, kind) for step, slot in enumerate(solve(problem).slots) for kind in slot if kind in kinds
+    ]
     odds = [1.0 if weights is None else float(weights.get(kind, 1.0)) for _, kind in options]
     if not options or sum(odds) <= 0:
         return None
@@ -257,7 +275,7 @@ def _write(problem: Problem, slip: Slip | None, cascade: float, rng: random.Rand
     land on the right final answer are dropped, so a chain is wrong exactly when it has a slip."""
     later = []
     if slip is not None and cascade > 0:
-        for step, slot in enumerate(solve(problem).slots[slip.step + 1:], start=slip.step + 1):
+        for step, slot in enumerate(solve(problem).slots[slip.step + 1 :], start=slip.step + 1):
             kinds = [kind for kind in slot if kind in TEXT_KINDS]
             if kinds and rng.random() < cascade:
                 later.append(Slip(step, rng.choice(kinds), rng.randrange(1 << 16)))
@@ -285,8 +303,9 @@ def _mask(values: list[float], first_error: int) -> list[float]:
 CORRUPTIONS = ("mixed", "false_positive")
 
 
-def _corrupt(values: list[float], first_error: int, rng: random.Random,
-             mode: str = "mixed") -> tuple[str, list[float]] | None:
+def _corrupt(
+    values: list[float], first_error: int, rng: random.Random, mode: str = "mixed"
+) -> tuple[str, list[float]] | None:
     """Flipped labels, or the labels of another first error (or of none) that differ from the true ones;
     with ``mode="false_positive"`` the labels of no error, and None for a chain that has none."""
     if mode == "false_positive":
@@ -399,8 +418,8 @@ class DemoBenchmark:
             "0 <= success_min <= 1": 0.0 <= success_min <= 1.0,
             "0 <= cascade <= 1": 0.0 <= cascade <= 1.0,
             f"corruption in {CORRUPTIONS}": corruption in CORRUPTIONS,
-            "kind_weights >= 0 with known kinds": kind_weights is None or (
-                set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
+            "kind_weights >= 0 with known kinds": kind_weights is None
+            or (set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
         }
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
@@ -421,7 +440,9 @@ class DemoBenchmark:
             "success_min": float(success_min),
             "cascade": float(cascade),
             "corruption": str(corruption),
-            "kind_weights": {kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS},
+            "kind_weights": {
+                kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS
+            },
         }
         self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
         self.directory = self.root / self.key
@@ -574,14 +595,19 @@ class DemoBenchmark:
         rng.shuffle(successes)
         records = []
         for index, (problem, success) in enumerate(zip(problems, successes)):
-            typical = _sample_slip(problem, ERROR_KINDS, rng, p["kind_weights"])  # the mistake wrong candidates tend to share
+            typical = _sample_slip(
+                problem, ERROR_KINDS, rng, p["kind_weights"]
+            )  # the mistake wrong candidates tend to share
             shared = rng.random()
             candidates = []
             for _ in range(p["n_candidates"]):
                 slip = None
                 if rng.random() >= success:
-                    slip = typical if rng.random() < shared else _sample_slip(problem, ERROR_KINDS, rng,
-                                                                               p["kind_weights"])
+                    slip = (
+                        typical
+                        if rng.random() < shared
+                        else _sample_slip(problem, ERROR_KINDS, rng, p["kind_weights"])
+                    )
                 solution = _write(problem, slip, p["cascade"], rng)
                 candidates.append(
                     Candidate(

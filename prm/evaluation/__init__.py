@@ -1,4 +1,5 @@
 """Evaluation metrics: best-of-N selection, chain-level metrics, ProcessBench, and their reports."""
+
 from prm.evaluation.best_of_n import (
     AccuracyCurve,
     BestOfNResult,
@@ -20,7 +21,20 @@ from prm.evaluation.processbench import (
 from prm.evaluation.report import write_best_of_n, write_processbench
 
 __all__ = [
-    "AccuracyCurve", "BestOfNResult", "ChainMetrics", "MethodResult", "ProcessBenchResult",
-    "accuracy_vs_n", "auroc", "best_of_n", "chain_metrics", "choose_threshold", "meta_metrics",
-    "normalise_answer", "predict_first_error", "processbench", "write_best_of_n", "write_processbench",
+    "AccuracyCurve",
+    "BestOfNResult",
+    "ChainMetrics",
+    "MethodResult",
+    "ProcessBenchResult",
+    "accuracy_vs_n",
+    "auroc",
+    "best_of_n",
+    "chain_metrics",
+    "choose_threshold",
+    "meta_metrics",
+    "normalise_answer",
+    "predict_first_error",
+    "processbench",
+    "write_best_of_n",
+    "write_processbench",
 ]

@@ -16,13 +16,15 @@ its aggregate ``EMPTY_SCORE`` is the lowest value, but a real chain can reach it
 holding a 0). Infinite aggregates (-inf for empty chains under sum_logprob) compare as usual. NaN or
 out-of-range step scores raise ``ValueError``, since a silent NaN would make every comparison false.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,12 +181,14 @@ def _prepare(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> lis
                 f"problem {problem.id!r}: {len(problem.candidates)} candidates but {len(scores)} score lists"
             )
         chains = [as_step_scores(s, f"problem {problem.id!r} candidate {i}") for i, s in enumerate(scores)]
-        scored.append(_Scored(
-            correct=torch.tensor([float(c.correct) for c in problem.candidates], dtype=torch.float64),
-            nonempty=torch.tensor([len(chain) > 0 for chain in chains], dtype=torch.bool),
-            values=aggregate_all(chains),
-            answers=[normalise_answer(c.final_answer) for c in problem.candidates],
-        ))
+        scored.append(
+            _Scored(
+                correct=torch.tensor([float(c.correct) for c in problem.candidates], dtype=torch.float64),
+                nonempty=torch.tensor([len(chain) > 0 for chain in chains], dtype=torch.bool),
+                values=aggregate_all(chains),
+                answers=[normalise_answer(c.final_answer) for c in problem.candidates],
+            )
+        )
     return scored
 
 
@@ -248,8 +252,9 @@ def best_of_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> Be
     max_candidates = max(len(problem.candidates) for problem in problems)
     aggregations, baselines = _evaluate(scored, max_candidates)
     top = max(result.accuracy for result in aggregations.values())
-    best = [name for name, result in aggregations.items()
-            if math.isclose(result.accuracy, top, rel_tol=1e-12)]
+    best = [
+        name for name, result in aggregations.items() if math.isclose(result.accuracy, top, rel_tol=1e-12)
+    ]
     return BestOfNResult(len(problems), max_candidates, aggregations, baselines, best)
 
 
@@ -261,8 +266,11 @@ def accuracy_vs_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -
     """
     scored = _prepare(problems, step_scores)
     max_candidates = max(len(problem.candidates) for problem in problems)
-    curve = AccuracyCurve(list(range(1, max_candidates + 1)), {name: [] for name in AGGREGATIONS},
-                          {name: [] for name in BASELINES})
+    curve = AccuracyCurve(
+        list(range(1, max_candidates + 1)),
+        {name: [] for name in AGGREGATIONS},
+        {name: [] for name in BASELINES},
+    )
     for n in curve.n:
         aggregations, baselines = _evaluate(scored, n)
         for name, result in aggregations.items():

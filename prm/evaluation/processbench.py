@@ -6,11 +6,13 @@ threshold, or -1 when no score is. Accuracy is measured separately on erroneous 
 (F1), so a PRM cannot score well by flagging everything or nothing. The threshold is tuned on one
 split with :func:`choose_threshold` and reused unchanged on the others.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +46,9 @@ def harmonic_mean(a: float, b: float) -> float:
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-def _checked(step_scores: Sequence[ScoreLike],
-             first_errors: Sequence[int | None]) -> list[tuple[torch.Tensor, int]]:
+def _checked(
+    step_scores: Sequence[ScoreLike], first_errors: Sequence[int | None]
+) -> list[tuple[torch.Tensor, int]]:
     if len(step_scores) != len(first_errors):
         raise ValueError(f"{len(step_scores)} chains but {len(first_errors)} first errors")
     chains = []
@@ -57,8 +60,9 @@ def _checked(step_scores: Sequence[ScoreLike],
     return chains
 
 
-def processbench(step_scores: Sequence[ScoreLike], first_errors: Sequence[int | None],
-                 threshold: float) -> ProcessBenchResult:
+def processbench(
+    step_scores: Sequence[ScoreLike], first_errors: Sequence[int | None], threshold: float
+) -> ProcessBenchResult:
     """ProcessBench accuracies and F1 of step scores at ``threshold``.
 
     ``first_errors[i]`` is the index of chain i's first wrong step, -1 for a correct chain.
@@ -69,13 +73,21 @@ def processbench(step_scores: Sequence[ScoreLike], first_errors: Sequence[int | 
         hits[error >= 0].append(predict_first_error(scores, threshold) == error)
     error_accuracy = float(np.mean(hits[True])) if hits[True] else math.nan
     correct_accuracy = float(np.mean(hits[False])) if hits[False] else math.nan
-    return ProcessBenchResult(threshold, error_accuracy, correct_accuracy,
-                              harmonic_mean(error_accuracy, correct_accuracy),
-                              erroneous=len(hits[True]), correct=len(hits[False]))
+    return ProcessBenchResult(
+        threshold,
+        error_accuracy,
+        correct_accuracy,
+        harmonic_mean(error_accuracy, correct_accuracy),
+        erroneous=len(hits[True]),
+        correct=len(hits[False]),
+    )
 
 
-def choose_threshold(step_scores: Sequence[ScoreLike], first_errors: Sequence[int | None],
-                     candidates: Sequence[float] | None = None) -> float:
+def choose_threshold(
+    step_scores: Sequence[ScoreLike],
+    first_errors: Sequence[int | None],
+    candidates: Sequence[float] | None = None,
+) -> float:
     """The threshold with the highest F1 on this split; ties go to the smallest threshold.
 
     ``candidates`` defaults to every distinct step score plus the next float above the largest:

@@ -4,12 +4,14 @@ Files are written to a temporary file in the target folder and moved into place 
 ``os.replace``, so a reader (or a crashed run) never sees a half-written report. Non-finite numbers
 become JSON ``null``: strict JSON has no NaN.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from prm.data.native import atomic_write_text
 from prm.evaluation.best_of_n import AccuracyCurve, BestOfNResult, MethodResult
@@ -48,8 +50,10 @@ def best_of_n_markdown(result: BestOfNResult) -> str:
         "| method | kind | accuracy (%) | ties |",
         "|---|---|---:|---:|",
     ]
-    lines += [_row(name, "aggregation", method, name in result.best_aggregations)
-              for name, method in result.aggregations.items()]
+    lines += [
+        _row(name, "aggregation", method, name in result.best_aggregations)
+        for name, method in result.aggregations.items()
+    ]
     lines += [_row(name, "baseline", method, False) for name, method in result.baselines.items()]
     lines += ["", f"Tie rule: {result.tie_rule}."]
     return "\n".join(lines) + "\n"
@@ -62,13 +66,19 @@ def processbench_markdown(results: Mapping[str, ProcessBenchResult]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for subset, r in results.items():
-        lines.append(f"| {subset} | {r.threshold:.4g} | {_percent(r.error_accuracy)} | "
-                     f"{_percent(r.correct_accuracy)} | {_percent(r.f1)} | {r.erroneous} | {r.correct} |")
+        lines.append(
+            f"| {subset} | {r.threshold:.4g} | {_percent(r.error_accuracy)} | "
+            f"{_percent(r.correct_accuracy)} | {_percent(r.f1)} | {r.erroneous} | {r.correct} |"
+        )
     if len(results) > 1:
-        mean = {field: sum(getattr(r, field) for r in results.values()) / len(results)
-                for field in ("error_accuracy", "correct_accuracy", "f1")}
-        lines.append(f"| mean | | {_percent(mean['error_accuracy'])} | "
-                     f"{_percent(mean['correct_accuracy'])} | {_percent(mean['f1'])} | | |")
+        mean = {
+            field: sum(getattr(r, field) for r in results.values()) / len(results)
+            for field in ("error_accuracy", "correct_accuracy", "f1")
+        }
+        lines.append(
+            f"| mean | | {_percent(mean['error_accuracy'])} | "
+            f"{_percent(mean['correct_accuracy'])} | {_percent(mean['f1'])} | | |"
+        )
     return "\n".join(lines) + "\n"
 
 

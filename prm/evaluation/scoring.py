@@ -3,9 +3,10 @@
 Batches are sorted by length so padding stays small; the scores come back in the input order as one
 list of 1-D tensors (a chain's step probabilities), ready for any aggregation.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -16,15 +17,23 @@ from prm.device import autocast, to_device
 
 
 @torch.no_grad()
-def score_chains(prm, chains: Sequence, batch_size: int = 16, max_length: int | None = None, device="cpu",
-                 precision: str = "fp32", progress: bool = False) -> list[torch.Tensor]:
+def score_chains(
+    prm,
+    chains: Sequence,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    device="cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+) -> list[torch.Tensor]:
     """Step probabilities of every chain, in the order given."""
     was_training = prm.training
     prm.eval()
     order = sorted(range(len(chains)), key=lambda i: sum(len(step) for step in chains[i].steps))
     dataset = ChainDataset([chains[i] for i in order])
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=PRMCollator(prm.backbone, max_length))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=PRMCollator(prm.backbone, max_length)
+    )
     sorted_scores: list[torch.Tensor] = []
     for batch in tqdm(loader, desc="score", disable=not progress, dynamic_ncols=True):
         batch = to_device(batch, device)
@@ -38,4 +47,3 @@ def score_chains(prm, chains: Sequence, batch_size: int = 16, max_length: int | 
     for position, index in enumerate(order):
         result[index] = sorted_scores[position]
     return result
-

@@ -9,6 +9,7 @@ Config: ``conf/generate.yaml``. Examples:
     OPENAI_API_KEY=... python -m prm.generate seeds=seeds.json policy=openai \\
         policy.client.base_url=http://localhost:8000/v1 policy.client.model=Qwen2.5-VL-7B-Instruct
 """
+
 from __future__ import annotations
 
 import json

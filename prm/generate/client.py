@@ -6,6 +6,7 @@ backoff on connection errors, timeouts, 429 and 5xx answers; ``max_concurrency``
 requests (``map``). Images go as ``data:`` URLs in ``image_url`` content parts, the form vLLM and
 OpenAI accept.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,9 +17,9 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -41,8 +42,16 @@ def user_message(text: str, images: Sequence[str | Path] = ()) -> dict:
 
 
 class ChatClient:
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 1.0, max_concurrency: int = 8):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        max_concurrency: int = 8,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env = model, api_key_env
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
@@ -58,8 +67,14 @@ class ChatClient:
 
     def complete(self, messages: list[dict], n: int = 1, **sampling) -> list[str]:
         """``n`` completions of ``messages``; sampling: temperature, top_p, top_k, max_tokens, stop."""
-        body = json.dumps({"model": self.model, "messages": messages, "n": n,
-                           **{k: v for k, v in sampling.items() if v is not None}}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": messages,
+                "n": n,
+                **{k: v for k, v in sampling.items() if v is not None},
+            }
+        ).encode()
         for attempt in range(self.retries + 1):
             self.requests += 1
             request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
@@ -73,9 +88,11 @@ class ChatClient:
                 reason = f"HTTP {error.code}"
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
                 if attempt == self.retries:
-                    raise ServerError(f"{self.url}: {type(error).__name__} after {attempt + 1} attempts") from None
+                    raise ServerError(
+                        f"{self.url}: {type(error).__name__} after {attempt + 1} attempts"
+                    ) from None
                 reason = type(error).__name__
-            delay = self.backoff * 2 ** attempt
+            delay = self.backoff * 2**attempt
             log.warning("%s: %s, retry %d/%d in %.1fs", self.url, reason, attempt + 1, self.retries, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")

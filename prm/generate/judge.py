@@ -6,6 +6,7 @@ comparable form it returns ``None`` (undecided) rather than guessing. ``LLMJudge
 OpenAI-compatible chat endpoint for Yes/No. ``Judge`` combines them: ``rule``, ``llm`` or
 ``rule_then_llm`` (the LLM only for undecided pairs); undecided at the end counts as wrong.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ def _clean(text: str) -> str:
     text = ANSWER_PREFIX.sub("", str(text).strip())
     text = text.strip().strip("$").strip()
     if text.startswith("\\boxed{") and text.endswith("}"):
-        text = text[len("\\boxed{"):-1].strip()
+        text = text[len("\\boxed{") : -1].strip()
     return text.rstrip(".").strip()
 
 
@@ -80,15 +81,25 @@ class RuleJudge:
 class LLMJudge:
     """Yes/No from an OpenAI-compatible chat endpoint (see :class:`prm.generate.client.ChatClient`)."""
 
-    PROMPT = ("Question: {question}\nReference answer: {reference}\nCandidate answer: {answer}\n"
-              "Is the candidate answer equivalent to the reference answer? Reply with Yes or No only.")
+    PROMPT = (
+        "Question: {question}\nReference answer: {reference}\nCandidate answer: {answer}\n"
+        "Is the candidate answer equivalent to the reference answer? Reply with Yes or No only."
+    )
 
     def __init__(self, client):
         self.client = client
 
     def __call__(self, answer: str | None, reference: str, question: str = "") -> bool | None:
-        reply = self.client.chat([{"role": "user", "content": self.PROMPT.format(
-            question=question, reference=reference, answer=answer)}], max_tokens=3, temperature=0.0)
+        reply = self.client.chat(
+            [
+                {
+                    "role": "user",
+                    "content": self.PROMPT.format(question=question, reference=reference, answer=answer),
+                }
+            ],
+            max_tokens=3,
+            temperature=0.0,
+        )
         word = reply.strip().lower()
         if word.startswith("yes"):
             return True

@@ -8,12 +8,13 @@ continuations of the steps ``prefix``, each a list of steps whose last one state
   sampling with temperature / top-p / top-k / max new tokens.
 - :class:`OpenAIPolicy`: any OpenAI-compatible server (vLLM, ...) through :class:`ChatClient`.
 """
+
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image
 
@@ -21,8 +22,7 @@ from prm.data import synthetic
 from prm.data.readers import SeedProblem
 
 FINAL = re.compile(r"(?:final answer|answer is)\s*[:=]?\s*(.+?)\s*$", re.IGNORECASE)
-INSTRUCTION = ("Solve the problem step by step, one step per line. "
-               "End with a line 'Final answer: <answer>'.")
+INSTRUCTION = "Solve the problem step by step, one step per line. End with a line 'Final answer: <answer>'."
 
 
 def extract_answer(steps: Sequence[str]) -> str | None:
@@ -98,9 +98,10 @@ class SimulatedPolicy:
         if not self.truth(seed, prefix):  # gone wrong: finish with a wrong answer
             if len(prefix) >= len(slots):
                 return Rollout([], extract_answer(prefix))
-            wrong = synthetic.solve(problem, synthetic.Slip(len(slots) - 1, "answer", self.rng.randrange(1 << 16)),
-                                    style=self.rng)
-            return Rollout(wrong.steps[len(prefix):], str(wrong.answer))
+            wrong = synthetic.solve(
+                problem, synthetic.Slip(len(slots) - 1, "answer", self.rng.randrange(1 << 16)), style=self.rng
+            )
+            return Rollout(wrong.steps[len(prefix) :], str(wrong.answer))
         slip, later = None, []
         for step in range(len(prefix), len(slots)):
             if slip is None and self.rng.random() < self.error_rate:
@@ -112,7 +113,7 @@ class SimulatedPolicy:
         solution = synthetic.solve(problem, slip, style=self.rng, later=later)
         if slip is not None and solution.answer == problem.answer:  # compounded back onto the answer
             solution = synthetic.solve(problem, slip, style=self.rng)
-        return Rollout(solution.steps[len(prefix):], str(solution.answer))
+        return Rollout(solution.steps[len(prefix) :], str(solution.answer))
 
     def rollouts(self, seed: SeedProblem, prefix: Sequence[str], n: int) -> list[Rollout]:
         self.calls += n
@@ -128,7 +129,9 @@ def read_tiles(path: str) -> tuple[str, ...]:
         x = (index % 2) * width // 2 + width // 4
         y = (index // 2) * height // 2 + height // 4
         pixel = image.getpixel((x, y))
-        tiles.append(min(synthetic.RGB, key=lambda c: sum((a - b) ** 2 for a, b in zip(synthetic.RGB[c], pixel))))
+        tiles.append(
+            min(synthetic.RGB, key=lambda c: sum((a - b) ** 2 for a, b in zip(synthetic.RGB[c], pixel)))
+        )
     return tuple(tiles)
 
 
@@ -148,8 +151,16 @@ def parse_demo_problem(seed: SeedProblem) -> synthetic.Problem:
 class TransformersPolicy:
     """Continuations sampled from a local causal LM (``path``), or the tiny offline Qwen2 by default."""
 
-    def __init__(self, path: str | None = None, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 50,
-                 max_new_tokens: int = 256, device: str = "cpu", seed: int = 0):
+    def __init__(
+        self,
+        path: str | None = None,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 50,
+        max_new_tokens: int = 256,
+        device: str = "cpu",
+        seed: int = 0,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,8 +174,9 @@ class TransformersPolicy:
             backbone = build_backbone("qwen2", seed=seed)
             self.tokenizer, self.model = backbone.tokenizer, backbone.model.to(device)
         self.tokenizer.padding_side = "left"
-        self.sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
-                             max_new_tokens=max_new_tokens)
+        self.sampling = dict(
+            do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens
+        )
         self.device = device
         self.base_seed = seed
         self.calls = 0
@@ -172,7 +184,7 @@ class TransformersPolicy:
     def reseed(self, key: str) -> None:
         import torch
 
-        torch.manual_seed(int(key, 16) % (2 ** 63) ^ self.base_seed)
+        torch.manual_seed(int(key, 16) % (2**63) ^ self.base_seed)
 
     def rollouts(self, seed: SeedProblem, prefix: Sequence[str], n: int) -> list[Rollout]:
         import torch
@@ -181,17 +193,26 @@ class TransformersPolicy:
         prompt = f"{INSTRUCTION}\n{seed.question}\n" + "".join(f"{step}\n" for step in prefix)
         inputs = self.tokenizer([prompt], return_tensors="pt").to(self.device)
         with torch.no_grad():
-            output = self.model.generate(**inputs, num_return_sequences=n, pad_token_id=self.tokenizer.eos_token_id,
-                                         **self.sampling)
-        texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            output = self.model.generate(
+                **inputs, num_return_sequences=n, pad_token_id=self.tokenizer.eos_token_id, **self.sampling
+            )
+        texts = self.tokenizer.batch_decode(
+            output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
         return [Rollout(split_steps(text), extract_answer(split_steps(text))) for text in texts]
 
 
 class OpenAIPolicy:
     """Continuations from an OpenAI-compatible chat server; the prefix goes in the user turn."""
 
-    def __init__(self, client, temperature: float = 0.8, top_p: float = 0.95, top_k: int | None = None,
-                 max_tokens: int = 512):
+    def __init__(
+        self,
+        client,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int | None = None,
+        max_tokens: int = 512,
+    ):
         self.client = client
         self.sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens)
         self.calls = 0

@@ -6,14 +6,15 @@ and produces the same files. ``shard=k num_shards=n`` keeps the seeds whose key 
 several processes or machines split one seed file without coordination. The training files are
 rebuilt from all tree files present (every shard's), with balanced, seeded path sampling.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -37,15 +38,22 @@ def in_shard(seed: SeedProblem, shard: int, num_shards: int) -> bool:
     return int(seed_key(seed), 16) % num_shards == shard
 
 
-def grow_trees(seeds: Sequence[SeedProblem], search, policy, judge, out: Path, shard: int = 0,
-               num_shards: int = 1) -> dict[str, int]:
+def grow_trees(
+    seeds: Sequence[SeedProblem], search, policy, judge, out: Path, shard: int = 0, num_shards: int = 1
+) -> dict[str, int]:
     """Search every seed of this shard that has no tree file yet; returns counts."""
     trees = out / "trees"
     trees.mkdir(parents=True, exist_ok=True)
     mine = [seed for seed in seeds if in_shard(seed, shard, num_shards)]
     todo = [seed for seed in mine if not (trees / f"{seed_key(seed)}.json").exists()]
-    log.info("shard %d/%d: %d of %d seeds, %d already done", shard, num_shards, len(mine), len(seeds),
-             len(mine) - len(todo))
+    log.info(
+        "shard %d/%d: %d of %d seeds, %d already done",
+        shard,
+        num_shards,
+        len(mine),
+        len(seeds),
+        len(mine) - len(todo),
+    )
     rollouts = 0
     for seed in tqdm(todo, desc="search", dynamic_ncols=True):
         if hasattr(policy, "reseed"):
@@ -73,16 +81,36 @@ def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> d
             images = [str(Path(image).resolve()) for image in problem.images]
             # native: one step per policy step; a chunk's value labels its last step, the others none
             flat = [step for chunk in chunks for step in chunk]
-            step_labels = [label if i == len(chunk) - 1 else None
-                           for chunk, label in zip(chunks, labels) for i in range(len(chunk))]
-            chains.append(StepChain(id=f"{problem.id}-{number}", question=problem.question, steps=flat,
-                                    labels=step_labels, images=images, domain="generated",
-                                    meta={"answer": problem.correct_answer, "seed_key": seed_key(problem)}))
-            mmprm.append({"id": f"{problem.id}-{number}", "question": problem.question,
-                          "answer": problem.correct_answer, "image_path": images[0] if images else None,
-                          "process": "".join(f"{step}{PRM_MARKER}" for step in steps), "labels": labels})
+            step_labels = [
+                label if i == len(chunk) - 1 else None
+                for chunk, label in zip(chunks, labels)
+                for i in range(len(chunk))
+            ]
+            chains.append(
+                StepChain(
+                    id=f"{problem.id}-{number}",
+                    question=problem.question,
+                    steps=flat,
+                    labels=step_labels,
+                    images=images,
+                    domain="generated",
+                    meta={"answer": problem.correct_answer, "seed_key": seed_key(problem)},
+                )
+            )
+            mmprm.append(
+                {
+                    "id": f"{problem.id}-{number}",
+                    "question": problem.question,
+                    "answer": problem.correct_answer,
+                    "image_path": images[0] if images else None,
+                    "process": "".join(f"{step}{PRM_MARKER}" for step in steps),
+                    "labels": labels,
+                }
+            )
     write_native(out / "train.jsonl", chains)
-    atomic_write_text(out / "train_mmprm.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mmprm))
+    atomic_write_text(
+        out / "train_mmprm.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mmprm)
+    )
     positives = sum(chain.labels[-1] > 0 for chain in chains)  # a path's last step is always labelled
     return {"chains": len(chains), "positive": positives, "negative": len(chains) - positives}
 
@@ -100,9 +128,14 @@ def demo_seeds(out: Path, count: int, seed: int = 0, image_size: int = 56) -> Pa
     for index, problem in enumerate(problems):
         relative = f"seed_images/seed-{index:05d}.png"
         synthetic._save_image(problem, relative.split("/", 1)[1], images, image_size, rng)
-        records.append({"id": f"seed-{index:05d}", "question": problem.question,
-                        "correct_answer": str(problem.answer), "image_path": relative})
+        records.append(
+            {
+                "id": f"seed-{index:05d}",
+                "question": problem.question,
+                "correct_answer": str(problem.answer),
+                "image_path": relative,
+            }
+        )
     path = out / "seeds.json"
     atomic_write_text(path, json.dumps(records, indent=1) + "\n")
     return path
-

@@ -17,26 +17,27 @@ the share of rollouts from it that the judge accepts. OmegaPRM:
 ``MonteCarloLabeller`` is the DreamPRM-style baseline: every prefix of given chains gets its own
 estimate. Both count the rollouts they spend.
 """
+
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 from prm.data.readers import SeedProblem
 
 
 @dataclass
 class Node:
-    steps: list[str]              # the whole prefix
+    steps: list[str]  # the whole prefix
     parent: int | None
-    chunk_start: int              # where this node's chunk starts in ``steps``
+    chunk_start: int  # where this node's chunk starts in ``steps``
     correct: int = 0
     total: int = 0
     visits: int = 0
     children: list[int] = field(default_factory=list)
-    leaf: bool = False            # a complete solution (a correct rollout)
+    leaf: bool = False  # a complete solution (a correct rollout)
 
     @property
     def value(self) -> float | None:
@@ -57,8 +58,9 @@ class Estimator:
         return results, verdicts
 
 
-def locate_first_error(value_of: Callable[[int], float], length: int,
-                       can_spend: Callable[[], bool] = lambda: True) -> int | None:
+def locate_first_error(
+    value_of: Callable[[int], float], length: int, can_spend: Callable[[], bool] = lambda: True
+) -> int | None:
     """Binary search for the first wrong step of a rollout of ``length`` steps whose own end is wrong,
     from a prefix whose value is above 0: ``value_of(m)`` estimates the prefix plus the rollout's
     first m steps. Returns the index of the first wrong step (None when the budget ran out first);
@@ -76,8 +78,16 @@ def locate_first_error(value_of: Callable[[int], float], length: int,
 
 
 class OmegaPRM:
-    def __init__(self, rollouts: int = 16, alpha: float = 0.5, beta: float = 0.9, length_scale: float = 500,
-                 c_puct: float = 0.125, max_search_count: int = 20, rollout_budget: int = 200):
+    def __init__(
+        self,
+        rollouts: int = 16,
+        alpha: float = 0.5,
+        beta: float = 0.9,
+        length_scale: float = 500,
+        c_puct: float = 0.125,
+        max_search_count: int = 20,
+        rollout_budget: int = 200,
+    ):
         self.k, self.alpha, self.beta, self.L, self.c_puct = rollouts, alpha, beta, length_scale, c_puct
         self.max_search_count, self.rollout_budget = max_search_count, rollout_budget
 
@@ -118,21 +128,28 @@ class OmegaPRM:
             index, rollout = pool.pop(best)
             base, state = nodes[index].steps, {"parent": index}
 
+            # Called only within this iteration (by locate_first_error below): the loop variables are current.
             def value_of(length: int) -> float:  # estimate base + rollout[:length], hanging it in the tree
-                child = add(state["parent"], base + rollout[:length])
+                child = add(state["parent"], base + rollout[:length])  # noqa: B023
                 value = expand(child)
                 if value > 0:
-                    state["parent"] = child
+                    state["parent"] = child  # noqa: B023
                 return value
 
-            first_wrong = locate_first_error(value_of, len(rollout), lambda: estimate.spent < self.rollout_budget)
+            first_wrong = locate_first_error(
+                value_of, len(rollout), lambda: estimate.spent < self.rollout_budget
+            )
             if first_wrong == len(rollout) - 1:  # never estimated: the judged-wrong rollout itself, value 0
                 end = add(state["parent"], base + rollout)
                 nodes[end].total = 1
             nodes[index].visits += 1
             searches += 1
-        return {"seed": asdict(seed), "nodes": [asdict(n) for n in nodes], "rollouts": estimate.spent,
-                "searches": searches}
+        return {
+            "seed": asdict(seed),
+            "nodes": [asdict(n) for n in nodes],
+            "rollouts": estimate.spent,
+            "searches": searches,
+        }
 
 
 class MonteCarloLabeller:
@@ -158,7 +175,12 @@ class MonteCarloLabeller:
                 nodes.append(node)
                 nodes[parent].children.append(len(nodes) - 1)
                 parent = len(nodes) - 1
-        return {"seed": asdict(seed), "nodes": [asdict(n) for n in nodes], "rollouts": estimate.spent, "searches": 0}
+        return {
+            "seed": asdict(seed),
+            "nodes": [asdict(n) for n in nodes],
+            "rollouts": estimate.spent,
+            "searches": 0,
+        }
 
 
 def node_value(node: dict) -> float | None:
@@ -177,7 +199,7 @@ def sample_paths(tree: dict, rng: random.Random, per_seed: int) -> list[tuple[li
         if index != 0:
             if value is None:
                 return
-            chunks = chunks + [node["steps"][node["chunk_start"]:]]
+            chunks = chunks + [node["steps"][node["chunk_start"] :]]
             labels = labels + [value]
             if value == 0:
                 negatives.append((chunks, labels))

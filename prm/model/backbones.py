@@ -7,6 +7,7 @@ randomly initialised tiny model of ``family`` with the offline tokenizer and ima
 way the step marker is one token (added and the embeddings resized when missing) and the label
 words are looked up in the tokenizer. Nothing here touches the network.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,7 +104,9 @@ def build_backbone(
     torch_dtype = getattr(torch, dtype)
     if path is None:
         tiny = tiny if isinstance(tiny, TinySize) else TinySize(**(tiny or {}))
-        model, processor = _build_tiny(family, tiny, step_marker, min_pixels, max_pixels, seed, attn_implementation)
+        model, processor = _build_tiny(
+            family, tiny, step_marker, min_pixels, max_pixels, seed, attn_implementation
+        )
         model = model.to(torch_dtype)
     else:
         model, processor = _load_from_path(family, Path(path), torch_dtype, attn_implementation)
@@ -163,7 +166,10 @@ def _build_tiny(family, size, step_marker, min_pixels, max_pixels, seed, attn_im
     if family == "internvl":
         side = size.image_size
         config = InternVLConfig(
-            text_config={"model_type": "qwen2", **_text_config(size, vocab, mrope=False, eos_token_id=tokenizer.eos_token_id)},
+            text_config={
+                "model_type": "qwen2",
+                **_text_config(size, vocab, mrope=False, eos_token_id=tokenizer.eos_token_id),
+            },
             vision_config={
                 "hidden_size": size.vision_hidden_size,
                 "num_hidden_layers": size.vision_layers,
@@ -176,9 +182,13 @@ def _build_tiny(family, size, step_marker, min_pixels, max_pixels, seed, attn_im
             downsample_ratio=0.5,
             tie_word_embeddings=True,
         )
-        image_processor = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=False)
+        image_processor = GotOcr2ImageProcessorPil(
+            size={"height": side, "width": side}, crop_to_patches=False
+        )
         image_seq_length = int((side // 14) ** 2 * 0.25)
-        processor = PROCESSOR_FOR_MODEL_TYPE["internvl"](image_processor, tokenizer, image_seq_length=image_seq_length)
+        processor = PROCESSOR_FOR_MODEL_TYPE["internvl"](
+            image_processor, tokenizer, image_seq_length=image_seq_length
+        )
     else:
         vision_ids = dict(
             image_token_id=tokenizer.image_token_id,
@@ -187,23 +197,40 @@ def _build_tiny(family, size, step_marker, min_pixels, max_pixels, seed, attn_im
             vision_end_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_end_token),
         )
         if family == "qwen2_vl":
-            vision = {"depth": size.vision_layers, "embed_dim": size.vision_hidden_size,
-                      "hidden_size": size.hidden_size, "num_heads": size.vision_heads, "mlp_ratio": 2,
-                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+            vision = {
+                "depth": size.vision_layers,
+                "embed_dim": size.vision_hidden_size,
+                "hidden_size": size.hidden_size,
+                "num_heads": size.vision_heads,
+                "mlp_ratio": 2,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            }
             config_class = Qwen2VLConfig
         else:
-            vision = {"depth": size.vision_layers, "hidden_size": size.vision_hidden_size,
-                      "out_hidden_size": size.hidden_size, "intermediate_size": 2 * size.vision_hidden_size,
-                      "num_heads": size.vision_heads, "patch_size": 14, "spatial_merge_size": 2,
-                      "temporal_patch_size": 2, "window_size": 56,
-                      "fullatt_block_indexes": list(range(size.vision_layers))}
+            vision = {
+                "depth": size.vision_layers,
+                "hidden_size": size.vision_hidden_size,
+                "out_hidden_size": size.hidden_size,
+                "intermediate_size": 2 * size.vision_hidden_size,
+                "num_heads": size.vision_heads,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 56,
+                "fullatt_block_indexes": list(range(size.vision_layers)),
+            }
             config_class = Qwen2_5_VLConfig
         config = config_class(
-            text_config=_text_config(size, vocab, mrope=True, eos_token_id=tokenizer.eos_token_id), vision_config=vision, tie_word_embeddings=True,
+            text_config=_text_config(size, vocab, mrope=True, eos_token_id=tokenizer.eos_token_id),
+            vision_config=vision,
+            tie_word_embeddings=True,
             **vision_ids,
         )
-        image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
-                                                   merge_size=2, temporal_patch_size=2)
+        image_processor = Qwen2VLImageProcessorPil(
+            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+        )
         processor = PROCESSOR_FOR_MODEL_TYPE[family](image_processor, tokenizer)
     model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
     return model, processor
@@ -211,10 +238,14 @@ def _build_tiny(family, size, step_marker, min_pixels, max_pixels, seed, attn_im
 
 def _load_from_path(family, path: Path, torch_dtype, attn_implementation):
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"backbone.path={path}: no config.json there (expected a save_pretrained directory)")
+        raise FileNotFoundError(
+            f"backbone.path={path}: no config.json there (expected a save_pretrained directory)"
+        )
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     if config.model_type != family and not (family == "qwen2" and config.model_type in ("qwen2", "llama")):
-        raise ValueError(f"backbone.path={path} holds a {config.model_type!r} model but backbone.family is {family!r}")
+        raise ValueError(
+            f"backbone.path={path} holds a {config.model_type!r} model but backbone.family is {family!r}"
+        )
     kwargs = dict(local_files_only=True, dtype=torch_dtype, attn_implementation=attn_implementation)
     if family in VISION_FAMILIES:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
@@ -230,6 +261,12 @@ def _load_from_path(family, path: Path, torch_dtype, attn_implementation):
 
 
 def describe(backbone: Backbone) -> str:
-    return json.dumps({"family": backbone.family, "parameters": backbone.num_parameters(),
-                       "vocab": len(backbone.tokenizer), "step_marker_id": backbone.step_marker_id,
-                       "label_token_ids": backbone.label_token_ids})
+    return json.dumps(
+        {
+            "family": backbone.family,
+            "parameters": backbone.num_parameters(),
+            "vocab": len(backbone.tokenizer),
+            "step_marker_id": backbone.step_marker_id,
+            "label_token_ids": backbone.label_token_ids,
+        }
+    )

@@ -6,6 +6,7 @@ so every step of a chain is scored in one forward pass. The layout follows each 
 conversation format, with the family's image placeholder (which the processor expands into the
 right number of image tokens).
 """
+
 from __future__ import annotations
 
 IMAGE_PLACEHOLDER = {

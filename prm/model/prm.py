@@ -15,6 +15,7 @@ bi-level run can weight each instance; a chain with no labelled step has loss 0 
 False. Padding never changes a chain's result: sequences are right-padded and the markers are
 gathered by position.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,7 +89,11 @@ class ProcessRewardModel(nn.Module):
         return per_step.sum(-1) / counts.clamp(min=1), counts > 0
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
-        return {} if self.value_head is None else {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+        return (
+            {}
+            if self.value_head is None
+            else {f"value_head.{k}": v for k, v in self.value_head.state_dict().items()}
+        )
 
     def load_head_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a saved value head; an empty state (a plain backbone checkpoint) keeps the fresh head."""

@@ -7,6 +7,7 @@ builds nor saves a video processor. They are registered with ``AutoProcessor`` f
 so ``AutoProcessor.from_pretrained(dir)`` works on our checkpoints and on real checkpoint layouts.
 Image processors are the PIL backends (no torchvision either).
 """
+
 from __future__ import annotations
 
 from transformers import (
@@ -37,9 +38,17 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
 class InternVLImageOnlyProcessor(InternVLProcessor):
     """InternVL (-hf layout) processor with images only (no video processor, so no torchvision)."""
 
-    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, image_seq_length=image_seq_length,
-                         chat_template=chat_template, **kwargs)
+    def __init__(
+        self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs
+    ):
+        super().__init__(
+            image_processor,
+            tokenizer,
+            None,
+            image_seq_length=image_seq_length,
+            chat_template=chat_template,
+            **kwargs,
+        )
 
 
 PROCESSOR_FOR_MODEL_TYPE = {

@@ -11,6 +11,7 @@ Special tokens are added per family, named the way the real processors look them
 suite's dedicated step marker. Label words ("+", "-") are looked up through the tokenizer, never by
 hard-coded ids: :func:`single_token_id` fails loudly when a word is not one token.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,12 +83,16 @@ def load_shipped_vocab(folder: Path = SHIPPED_VOCAB) -> tuple[dict[str, int], li
 def build_tokenizer(family: str = "qwen2_vl", step_marker: str = DEFAULT_STEP_MARKER) -> Qwen2Tokenizer:
     """The offline tokenizer of a tiny backbone of ``family`` (qwen2, qwen2_vl, qwen2_5_vl, internvl)."""
     if family not in FAMILY_SPECIAL_TOKENS:
-        raise ValueError(f"unknown tokenizer family {family!r}; expected one of {sorted(FAMILY_SPECIAL_TOKENS)}")
+        raise ValueError(
+            f"unknown tokenizer family {family!r}; expected one of {sorted(FAMILY_SPECIAL_TOKENS)}"
+        )
     vocab, merges = load_shipped_vocab()
     named = FAMILY_SPECIAL_TOKENS[family]
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=dict(named))
     extra = _QWEN_CHAT + list(named.values())
-    tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in extra], special_tokens=True)
+    tokenizer.add_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in extra], special_tokens=True
+    )
     add_step_marker(tokenizer, step_marker)
     return tokenizer
 
@@ -117,7 +122,10 @@ def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
 def _corpus() -> list[str]:
     from prm.data.synthetic import corpus_text
 
-    base = "0123456789 +-*/=()[]{}.,:;!?'\"%$#@&_<>|\\^~`\n\t" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    base = (
+        "0123456789 +-*/=()[]{}.,:;!?'\"%$#@&_<>|\\^~`\n\t"
+        + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    )
     return [base, corpus_text(seed=0)]
 
 
@@ -125,7 +133,9 @@ def main() -> None:
     """Regenerate the shipped vocabulary from the project's own corpus."""
     vocab, merges = train_bpe(_corpus())
     SHIPPED_VOCAB.mkdir(parents=True, exist_ok=True)
-    (SHIPPED_VOCAB / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+    (SHIPPED_VOCAB / "vocab.json").write_text(
+        json.dumps(vocab, ensure_ascii=False, sort_keys=True), encoding="utf-8"
+    )
     (SHIPPED_VOCAB / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
     print(f"wrote {len(vocab)} tokens and {len(merges)} merges to {SHIPPED_VOCAB}")
 

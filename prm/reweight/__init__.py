@@ -7,6 +7,7 @@ weight per chain. ``none`` has no module; the others are built from ``conf/rewei
 - :class:`InstanceTable` (DreamPRM-1.5): one weight per training instance;
 - :class:`InstanceNet` (DreamPRM-1.5): a small net from detached features of the chain to its weight.
 """
+
 from prm.reweight.base import Reweighter, TrainingSet
 from prm.reweight.domain_table import DomainTable
 from prm.reweight.instance_net import InstanceNet

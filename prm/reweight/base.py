@@ -1,9 +1,10 @@
 """What every reweighter shares: the training set it weighs, per-batch normalisation, weight reports."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -18,8 +19,8 @@ class TrainingSet:
     """Ids and domains of the training chains, in dataset order (``batch["instance"]`` indexes them)."""
 
     ids: list[str]
-    domains: list[str]            # sorted domain names (``batch["domain"]`` indexes them)
-    instance_domain: list[int]    # domain index of each instance
+    domains: list[str]  # sorted domain names (``batch["domain"]`` indexes them)
+    instance_domain: list[int]  # domain index of each instance
 
     @classmethod
     def of(cls, chains: Sequence, domains: Sequence[str]) -> TrainingSet:
@@ -35,9 +36,13 @@ def can_be_negative(activation: nn.Module) -> bool:
 
 def warn_if_negative(activation: nn.Module, where: str) -> None:
     if can_be_negative(activation):
-        log.warning("%s: activation %s allows negative weights, which turn the lower level into gradient "
-                    "ascent on those chains (published DreamPRM-1.5 used clip); softplus, relu or sigmoid "
-                    "keep weights >= 0", where, activation)
+        log.warning(
+            "%s: activation %s allows negative weights, which turn the lower level into gradient "
+            "ascent on those chains (published DreamPRM-1.5 used clip); softplus, relu or sigmoid "
+            "keep weights >= 0",
+            where,
+            activation,
+        )
 
 
 class Reweighter(nn.Module):

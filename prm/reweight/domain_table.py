@@ -4,6 +4,7 @@ theta in R^K starts at 0; w_d = softplus(theta_d) / mean_k softplus(theta_k), so
 starts at 1 and the mean over domains stays 1 (METHODS.md section 5). Dense updates are right here:
 every domain's weight depends on every theta through the normalisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,9 @@ from prm.reweight.base import Reweighter, TrainingSet
 
 
 class DomainTable(Reweighter):
-    def __init__(self, training_set: TrainingSet, activation: nn.Module | None = None, normalize: str = "none"):
+    def __init__(
+        self, training_set: TrainingSet, activation: nn.Module | None = None, normalize: str = "none"
+    ):
         super().__init__(training_set, normalize)
         self.theta = nn.Parameter(torch.zeros(len(training_set.domains)))
 

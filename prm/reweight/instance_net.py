@@ -6,6 +6,7 @@ published net saw neither). Linear(features, h) + LeakyReLU, ``layers - 1`` more
 Linear(h, 1); the mean over the chain's labelled steps goes through the activation. Everything the
 net reads is detached, so the PRM cannot lower its own loss by lowering its weight.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,12 +19,22 @@ FEATURES = ("probs", "label", "loss")
 
 class InstanceNet(Reweighter):
     needs_data_pass = True
-    def __init__(self, training_set: TrainingSet, activation: nn.Module, hidden_size: int = 10, layers: int = 1,
-                 features: list[str] | tuple[str, ...] = FEATURES, normalize: str = "none"):
+
+    def __init__(
+        self,
+        training_set: TrainingSet,
+        activation: nn.Module,
+        hidden_size: int = 10,
+        layers: int = 1,
+        features: list[str] | tuple[str, ...] = FEATURES,
+        normalize: str = "none",
+    ):
         super().__init__(training_set, normalize)
         unknown = [name for name in features if name not in FEATURES]
         if unknown or not features:
-            raise ValueError(f"instance_net features must be a non-empty subset of {FEATURES}, got {list(features)}")
+            raise ValueError(
+                f"instance_net features must be a non-empty subset of {FEATURES}, got {list(features)}"
+            )
         if layers < 1 or hidden_size < 1:
             raise ValueError("instance_net needs layers >= 1 and hidden_size >= 1")
         warn_if_negative(activation, "reweight=instance_net")

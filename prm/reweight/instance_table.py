@@ -9,6 +9,7 @@ row at every step (a defect of the published code). The upper problem therefore 
 with torch's lazy ``SparseAdam`` on the rows with a gradient; there is no weight decay on tables
 (decay would pull every weight toward act(0), not toward 1).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,16 +32,23 @@ def inverse(activation: nn.Module, value: float, low: float = -50.0, high: float
         reached = abs(f(theta) - value) <= 1e-6 * max(1.0, abs(value)) and abs(theta) < bound - 1e-3
         flat = f(theta) - f(theta - 0.5) < 1e-6  # e.g. sigmoid at 1 or relu at 0: no gradient to learn from
     if not reached or flat:
-        raise ValueError(f"initialization {value} is outside the range of {activation} ({lo:.3g} to {hi:.3g}) "
-                         "or where it is flat, so the weight could never move")
+        raise ValueError(
+            f"initialization {value} is outside the range of {activation} ({lo:.3g} to {hi:.3g}) "
+            "or where it is flat, so the weight could never move"
+        )
     return theta
 
 
 class InstanceTable(Reweighter):
     sparse_rows = True
 
-    def __init__(self, training_set: TrainingSet, activation: nn.Module, initialization: float = 1.0,
-                 normalize: str = "none"):
+    def __init__(
+        self,
+        training_set: TrainingSet,
+        activation: nn.Module,
+        initialization: float = 1.0,
+        normalize: str = "none",
+    ):
         super().__init__(training_set, normalize)
         warn_if_negative(activation, "reweight=instance_table")
         self.activation = activation

@@ -5,11 +5,12 @@ modules the distribution of instance weights per domain, the lowest and highest 
 with their ids, and, where the chains say which were corrupted (the demo benchmark), the mean weight
 of corrupted and clean chains, their ratio and the AUROC of weight as a detector of clean chains.
 """
+
 from __future__ import annotations
 
 import json
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,8 +21,9 @@ from prm.evaluation.best_of_n import auroc
 
 
 @torch.no_grad()
-def instance_weights(reweighter, prm=None, chains=None, collator=None, batch_size: int = 16,
-                     device="cpu") -> torch.Tensor:
+def instance_weights(
+    reweighter, prm=None, chains=None, collator=None, batch_size: int = 16, device="cpu"
+) -> torch.Tensor:
     """Weight of every training instance (before per-batch normalisation), in dataset order.
 
     Tables answer directly; a net is run over the training chains with the PRM's current scores.
@@ -46,10 +48,16 @@ def instance_weights(reweighter, prm=None, chains=None, collator=None, batch_siz
 def _summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     quantile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"count": len(values), "mean": statistics.fmean(values),
-            "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "min": ordered[0], "p10": quantile(0.1), "median": quantile(0.5), "p90": quantile(0.9),
-            "max": ordered[-1]}
+    return {
+        "count": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "min": ordered[0],
+        "p10": quantile(0.1),
+        "median": quantile(0.5),
+        "p90": quantile(0.9),
+        "max": ordered[-1],
+    }
 
 
 def weight_report(reweighter, weights: torch.Tensor, chains: Sequence, extremes: int = 10) -> dict:
@@ -65,8 +73,15 @@ def weight_report(reweighter, weights: torch.Tensor, chains: Sequence, extremes:
         per_domain[training_set.domains[domain]].append(value)
     report["per_domain"] = {name: _summary(v) for name, v in per_domain.items() if v}
     order = sorted(range(len(values)), key=lambda i: values[i])
-    describe = lambda i: {"id": training_set.ids[i], "domain": chains[i].domain, "weight": values[i],  # noqa: E731
-                          **({"corrupted": chains[i].meta["corrupted"]} if "corrupted" in chains[i].meta else {})}
+
+    def describe(i: int) -> dict:
+        return {
+            "id": training_set.ids[i],
+            "domain": chains[i].domain,
+            "weight": values[i],
+            **({"corrupted": chains[i].meta["corrupted"]} if "corrupted" in chains[i].meta else {}),
+        }
+
     report["lowest"] = [describe(i) for i in order[:extremes]]
     report["highest"] = [describe(i) for i in reversed(order[-extremes:])]
     flags = [chain.meta.get("corrupted") for chain in chains]
@@ -74,10 +89,14 @@ def weight_report(reweighter, weights: torch.Tensor, chains: Sequence, extremes:
         corrupted = [v for v, flag in zip(values, flags) if flag]
         clean = [v for v, flag in zip(values, flags) if not flag]
         report["corruption"] = {
-            "corrupted_mean": statistics.fmean(corrupted), "clean_mean": statistics.fmean(clean),
-            "ratio": statistics.fmean(corrupted) / statistics.fmean(clean) if statistics.fmean(clean) else float("nan"),
+            "corrupted_mean": statistics.fmean(corrupted),
+            "clean_mean": statistics.fmean(clean),
+            "ratio": statistics.fmean(corrupted) / statistics.fmean(clean)
+            if statistics.fmean(clean)
+            else float("nan"),
             "auroc_clean_vs_corrupted": auroc(values, [0 if flag else 1 for flag in flags]),
-            "corrupted": len(corrupted), "clean": len(clean),
+            "corrupted": len(corrupted),
+            "clean": len(clean),
         }
     return report
 
@@ -95,17 +114,30 @@ def weights_markdown(report: dict) -> str:
         lines += ["| domain | weight |", "|---|---:|"]
         lines += [f"| {name} | {weight:.4f} |" for name, weight in report["domain_weights"].items()]
         lines.append("")
-    lines += ["Instance weights per domain:", "",
-              "| domain | chains | mean | std | min | p10 | median | p90 | max |", "|---|---:|" + "---:|" * 7]
+    lines += [
+        "Instance weights per domain:",
+        "",
+        "| domain | chains | mean | std | min | p10 | median | p90 | max |",
+        "|---|---:|" + "---:|" * 7,
+    ]
     for name, s in report["per_domain"].items():
-        lines.append(f"| {name} | {s['count']} | {s['mean']:.4f} | {s['std']:.4f} | {s['min']:.4f} | {s['p10']:.4f} "
-                     f"| {s['median']:.4f} | {s['p90']:.4f} | {s['max']:.4f} |")
+        lines.append(
+            f"| {name} | {s['count']} | {s['mean']:.4f} | {s['std']:.4f} | {s['min']:.4f} | {s['p10']:.4f} "
+            f"| {s['median']:.4f} | {s['p90']:.4f} | {s['max']:.4f} |"
+        )
     if "corruption" in report:
         c = report["corruption"]
-        lines += ["", f"Corrupted chains (known in the demo): mean weight {c['corrupted_mean']:.4f} over {c['corrupted']}, "
-                      f"clean {c['clean_mean']:.4f} over {c['clean']}; ratio {c['ratio']:.3f}; "
-                      f"AUROC of weight for clean vs corrupted {c['auroc_clean_vs_corrupted']:.3f}."]
+        lines += [
+            "",
+            f"Corrupted chains (known in the demo): mean weight {c['corrupted_mean']:.4f} "
+            f"over {c['corrupted']}, "
+            f"clean {c['clean_mean']:.4f} over {c['clean']}; ratio {c['ratio']:.3f}; "
+            f"AUROC of weight for clean vs corrupted {c['auroc_clean_vs_corrupted']:.3f}.",
+        ]
     for title, key in (("Lowest weighted", "lowest"), ("Highest weighted", "highest")):
         lines += ["", f"{title}:", "", "| id | domain | weight | corrupted |", "|---|---|---:|---|"]
-        lines += [f"| {r['id']} | {r['domain']} | {r['weight']:.4f} | {r.get('corrupted', '')} |" for r in report[key]]
+        lines += [
+            f"| {r['id']} | {r['domain']} | {r['weight']:.4f} | {r.get('corrupted', '')} |"
+            for r in report[key]
+        ]
     return "\n".join(lines) + "\n"
