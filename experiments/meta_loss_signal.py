@@ -4,7 +4,7 @@
                                            [--targets + both] [--out signal.json]
 
 The DARTS hypergradient of instance i's weight is -lr * g_i . G, where g_i is the gradient of chain i's
-training loss and G the gradient of the meta loss, both at the current PRM (METHODS.md section 4): a
+training loss and G the gradient of the meta loss, both at the current PRM (docs/methods.md#bi-level-objective): a
 chain gains weight when its own gradient points where the meta loss wants to go. So at a checkpoint
 one can ask, for every meta loss (aggregation x target), how well the sign and size of g_i . G tell
 clean chains from corrupted ones: this script computes G on the whole meta set for each candidate

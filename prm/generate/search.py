@@ -1,4 +1,4 @@
-"""OmegaPRM tree search and plain Monte Carlo labelling (METHODS.md section 8).
+"""OmegaPRM tree search and plain Monte Carlo labelling (docs/methods.md#omegaprm-and-monte-carlo-labels).
 
 A tree node is a prefix of steps (its parent's prefix plus a chunk) with a Monte Carlo value:
 the share of rollouts from it that the judge accepts. OmegaPRM:

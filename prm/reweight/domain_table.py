@@ -1,7 +1,7 @@
 """DreamPRM's domain table: one weight per data domain.
 
 theta in R^K starts at 0; w_d = softplus(theta_d) / mean_k softplus(theta_k), so every weight
-starts at 1 and the mean over domains stays 1 (METHODS.md section 5). Dense updates are right here:
+starts at 1 and the mean over domains stays 1 (docs/methods.md#reweighting-modules). Dense updates are right here:
 every domain's weight depends on every theta through the normalisation.
 """
 
