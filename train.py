@@ -83,7 +83,8 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     return make(optimizer, total_steps=total_steps) if "name" in cfg.schedule else make(optimizer)
 
 
-HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in 0.2.1 (docs/methods.md#betty-021)
+# Betty's reinforce crashes in 0.2.1 (docs/methods.md#betty-021)
+HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
 
 
 def darts_alpha(configured: float | None, precision: str) -> float:

@@ -1,4 +1,4 @@
-"""Best-of-N selection and chain-level metrics from step scores (docs/methods.md#aggregations-and-best-of-n).
+"""Best-of-N selection and chain-level metrics from step scores (docs/methods.md#aggregations).
 
 The PRM scores each candidate's steps once; everything here is a pure function of those scores, so
 every aggregation, every baseline and the accuracy-against-N curve come from one scoring pass.
