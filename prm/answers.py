@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import threading
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -156,8 +157,15 @@ def choice_letter(text: str) -> str | None:
 
 
 def _timeout() -> int | None:
-    # math-verify's timeouts use signal.alarm, which works only in the main thread; elsewhere none.
-    return 5 if threading.current_thread() is threading.main_thread() else None
+    """math-verify's time limit per parse/compare: 5 s, or none where its alarm cannot be used.
+
+    math-verify times out with ``signal.alarm``, which works only in the main thread and, when it
+    finishes, cancels any alarm already pending (a test runner's timeout, a caller's watchdog); so
+    no limit is set outside the main thread or while another alarm is pending.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "getitimer"):
+        return None
+    return None if signal.getitimer(signal.ITIMER_REAL)[0] > 0 else 5
 
 
 @functools.lru_cache(maxsize=65536)

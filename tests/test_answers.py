@@ -1,6 +1,7 @@
 """prm.answers: extraction, voting keys, equivalence (math-verify and the string fallback), and the
 demo benchmark's checker and majority vote unchanged by them."""
 
+import signal
 import sys
 import threading
 
@@ -89,6 +90,17 @@ def test_answers_match_works_outside_the_main_thread():
     thread.start()
     thread.join()
     assert results == [True]
+
+
+def test_a_pending_alarm_survives_answer_matching():
+    # math-verify cancels any pending alarm after its own; prm.answers must not let it
+    previous = signal.signal(signal.SIGALRM, lambda *args: None)
+    try:
+        signal.alarm(100)
+        assert answers_match("\\frac{2}{8}", "0.25") is True
+        assert 95 <= signal.alarm(0) <= 100
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_choice_letters():
