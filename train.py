@@ -83,12 +83,13 @@ def build_scheduler(cfg: DictConfig, optimizer, total_steps: int):
     return make(optimizer, total_steps=total_steps) if "name" in cfg.schedule else make(optimizer)
 
 
-HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in 0.2.1 (STACK.md)
+# Betty's reinforce crashes in 0.2.1 (docs/methods.md#betty-021)
+HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
 
 
 def darts_alpha(configured: float | None, precision: str) -> float:
     """``null``: 0.01 in fp32, 0.1 in bf16 (a smaller finite-difference radius drowns in bf16 rounding:
-    the estimate comes out 20-30% too small, STACK.md)."""
+    the estimate comes out 20-30% too small, docs/methods.md#deepspeed-on-cpu)."""
     if configured is not None:
         return float(configured)
     return 0.1 if precision == "bf16" else 0.01

@@ -4,11 +4,12 @@
                                            [--targets + both] [--out signal.json]
 
 The DARTS hypergradient of instance i's weight is -lr * g_i . G, where g_i is the gradient of chain i's
-training loss and G the gradient of the meta loss, both at the current PRM (METHODS.md section 4): a
-chain gains weight when its own gradient points where the meta loss wants to go. So at a checkpoint
-one can ask, for every meta loss (aggregation x target), how well the sign and size of g_i . G tell
-clean chains from corrupted ones: this script computes G on the whole meta set for each candidate
-meta loss, then g_i . G for every training chain in one pass, and prints per meta loss
+training loss and G the gradient of the meta loss, both at the current PRM
+(docs/methods.md#bi-level-objective): a chain gains weight when its own gradient points where the
+meta loss wants to go. So at a checkpoint one can ask, for every meta loss (aggregation x target),
+how well the sign and size of g_i . G tell clean chains from corrupted ones: this script computes G
+on the whole meta set for each candidate meta loss, then g_i . G for every training chain in one
+pass, and prints per meta loss
 
 - AUROC of g_i . G as a detector of clean chains (1: every clean chain above every corrupted one;
   below 0.5: the meta loss asks for the corruption), overall and per kind of corruption;

@@ -1,4 +1,4 @@
-"""Aggregations: step scores of a chain -> one chain score (METHODS.md section 7).
+"""Aggregations: step scores of a chain -> one chain score (docs/methods.md#aggregations).
 
 Each function takes ``scores`` of shape ``[chains, max_steps]`` with values in [0, 1] and a boolean
 ``mask`` of the same shape (True where a step exists) and returns ``[chains]``. They are

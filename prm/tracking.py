@@ -57,10 +57,6 @@ class Tracker:
         self._file = None
         self._wandb_run = None
 
-    @property
-    def uses_wandb(self) -> bool:
-        return self._wandb_run is not None
-
     def start(
         self,
         run_dir: str | Path,

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from prm.data.readers import SeedProblem, read_mmprm, read_mmprm_seeds, read_native
 from prm.generate.client import ChatClient, ServerError
-from prm.generate.judge import Judge, RuleJudge
+from prm.generate.judge import Judge, LLMJudge, RuleJudge
 from prm.generate.policy import OpenAIPolicy, SimulatedPolicy, extract_answer
 from prm.generate.run import demo_seeds, grow_trees, in_shard, write_training_files
 from prm.generate.search import MonteCarloLabeller, OmegaPRM, locate_first_error, node_value
@@ -169,7 +169,8 @@ def test_judge_modes_fall_back_to_the_llm_only_when_undecided():
 
 def test_extract_answer():
     assert extract_answer(["2 + 2 = 4.", "Final answer: 4"]) == "4"
-    assert extract_answer(["So the answer is (C)."]) == "(C)"
+    assert extract_answer(["So the answer is (C)."]) == "(C)"  # lenient: prose counts for a policy
+    assert extract_answer(["Final answer: 3", "so \\boxed{4}"]) == "3"
     assert extract_answer(["no answer here"]) is None
 
 
@@ -188,6 +189,7 @@ class SimulatedServer(BaseHTTPRequestHandler):
     def do_POST(self):
         cls = type(self)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls.last_body = body
         cls.seen_keys.append(self.headers.get("Authorization"))
         if cls.behaviour == "hang":
             time.sleep(1.0)
@@ -237,9 +239,7 @@ def server(seeds):
 def test_openai_policy_over_loopback_labels_like_the_simulated_one(seeds, server, monkeypatch, caplog):
     monkeypatch.setenv("TEST_PRM_KEY", "sk-secret-123")
     seeds = seeds[:6]
-    client = ChatClient(
-        server, model="simulated", api_key_env="TEST_PRM_KEY", timeout=5, retries=1, backoff=0.01
-    )
+    client = ChatClient(server, model="simulated", api_key_env="TEST_PRM_KEY", timeout=5, retries=1)
     policy = OpenAIPolicy(client)
     unique = {seed.question: seed for seed in seeds}
     with caplog.at_level(logging.DEBUG):
@@ -255,7 +255,7 @@ def test_openai_policy_over_loopback_labels_like_the_simulated_one(seeds, server
 
 def test_client_retries_a_failing_server_then_succeeds(seeds, server, caplog):
     SimulatedServer.behaviour = "fail_twice"
-    client = ChatClient(server, model="simulated", api_key_env=None, timeout=5, retries=3, backoff=0.01)
+    client = ChatClient(server, model="simulated", api_key_env=None, timeout=5, retries=3)
     with caplog.at_level(logging.WARNING):
         rollouts = OpenAIPolicy(client).rollouts(seeds[0], [], 2)
     assert len(rollouts) == 2 and client.requests == 3 and "HTTP 503" in caplog.text
@@ -263,10 +263,73 @@ def test_client_retries_a_failing_server_then_succeeds(seeds, server, caplog):
 
 def test_client_gives_up_on_a_hanging_server_with_a_clear_error(seeds, server):
     SimulatedServer.behaviour = "hang"
-    client = ChatClient(server, model="simulated", api_key_env=None, timeout=0.2, retries=1, backoff=0.01)
+    client = ChatClient(server, model="simulated", api_key_env=None, timeout=0.2, retries=1)
     with pytest.raises(ServerError, match="after 2 attempts"):
         client.chat([{"role": "user", "content": "hi"}])
     assert client.requests == 2
+
+
+class JudgeServer(BaseHTTPRequestHandler):
+    """A Yes/No judge endpoint: Yes exactly when the candidate answer is "7"; records concurrency."""
+
+    active = peak = 0
+    lock = threading.Lock()
+    bodies: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        cls = type(self)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with cls.lock:
+            cls.active += 1
+            cls.peak = max(cls.peak, cls.active)
+            cls.bodies.append(body)
+        time.sleep(0.1)
+        with cls.lock:
+            cls.active -= 1
+        verdict = "Yes" if "Candidate answer: 7\n" in body["messages"][0]["content"] else "No"
+        data = json.dumps(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_llm_judge_sends_undecided_answers_concurrently_within_the_limit():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), JudgeServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = ChatClient(
+            f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+            model="judge",
+            api_key_env=None,
+            max_concurrency=2,
+        )
+        judge = Judge("rule_then_llm", llm=LLMJudge(client))
+        answers = ["7", "seven", "sept", "sieben", "siete", "seven!", None]
+        verdicts = judge.many(answers, "7", "How many?")
+    finally:
+        httpd.shutdown()
+    # "7" and None are decided by the rules; five words go to the LLM, at most two at a time
+    assert verdicts == [True, False, False, False, False, False, False]
+    assert judge.counts == {"rule": 2, "llm": 5, "undecided": 0}
+    assert client.requests == 5 and JudgeServer.peak == 2
+    assert all(
+        b["max_tokens"] == 3 and b["temperature"] == 0.0 and b["model"] == "judge" for b in JudgeServer.bodies
+    )
+
+
+def test_client_passes_non_standard_sampling_in_the_body(seeds, server):
+    client = ChatClient(server, model="simulated", api_key_env=None, timeout=5, retries=0)
+    policy = OpenAIPolicy(client, top_k=20, max_tokens=64)
+    assert len(policy.rollouts(seeds[0], [], 3)) == 3
+    assert SimulatedServer.last_body["top_k"] == 20 and SimulatedServer.last_body["n"] == 3
+    assert SimulatedServer.last_body["max_tokens"] == 64 and SimulatedServer.seen_keys == ["Bearer EMPTY"]
 
 
 @pytest.mark.parametrize(

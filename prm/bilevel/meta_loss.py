@@ -1,4 +1,4 @@
-"""The upper level's loss on the meta set (METHODS.md section 4), per chain.
+"""The upper level's loss on the meta set (docs/methods.md#bi-level-objective), per chain.
 
 ``target="+"``: aggregate the step probabilities r to p = agg(r) and take (p - y)^2.
 ``target="both"``: score each step by the probability of the label that matches y (r when y = 1,

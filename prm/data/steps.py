@@ -15,16 +15,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, TypeVar
 
+from prm.answers import ANSWER_LINE, extract_answer
+
 T = TypeVar("T")
 
 # A DreamPRM step heading: "Step 3: ...", "### Step 3", "**Step 3:**", at the start of a line.
 _STEP_HEADING = re.compile(
     r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?step[ \t]*(\d+)\b", re.IGNORECASE | re.MULTILINE
-)
-# An answer line: "Answer: X", "Final answer: X", "**Final answer:** X", "## Answer: X".
-_ANSWER_LINE = re.compile(
-    r"^[ \t]*(?:[#*]+[ \t]*)?(?P<final>final[ \t]+)?answer[ \t]*(?:\*\*)?[ \t]*:(?P<value>.*)$",
-    re.IGNORECASE | re.MULTILINE,
 )
 # A numbered step line of a candidate: "1. ...", "2) ...", "Step 3: ...", at column 0.
 _NUMBERED_LINE = re.compile(r"^(?:step[ \t]*(\d+)[ \t]*[:.)]?|(\d+)[.)])(?:[ \t]+|$)", re.IGNORECASE)
@@ -44,38 +41,8 @@ class CandidateSteps(NamedTuple):
 
 
 def extract_final_answer(text: str) -> str | None:
-    """The answer a solution commits to, or None when it states none.
-
-    Rule: the last line that starts with ``Answer:`` or ``Final answer:`` (any case, optional markdown
-    ``#`` / ``**``) gives the text after the colon, or the next non-empty line when nothing follows the
-    colon; without such a line, the content of the last ``\\boxed{...}``. The last line wins because a
-    model that restates its answer commits to the restatement. Surrounding whitespace and ``*`` are
-    stripped; nothing else is normalised (answer matching is the judge's job).
-    """
-    lines = list(_ANSWER_LINE.finditer(text))
-    if lines:
-        last = lines[-1]
-        value = last.group("value").strip().strip("*").strip()
-        if not value:
-            following = [line.strip() for line in text[last.end() :].splitlines() if line.strip()]
-            value = following[0].strip("*").strip() if following else ""
-        return value or None
-    return _last_boxed(text)
-
-
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for position in range(begin, len(text)):
-        if text[position] == "{":
-            depth += 1
-        elif text[position] == "}":
-            if depth == 0:
-                return text[begin:position].strip() or None
-            depth -= 1
-    return None
+    """The answer a solution commits to, or None: :func:`prm.answers.extract_answer` (strict)."""
+    return extract_answer(text)
 
 
 def _in_sequence(numbered: list[tuple[int, T]]) -> list[T]:
@@ -105,7 +72,7 @@ def split_dreamprm_input(text: str) -> DreamPRMInput:
     question = text[: headings[0].start()].strip()
     ends = [heading.start() for heading in headings[1:]]
     tail_start = headings[-1].start()
-    answer_line = next((m for m in _ANSWER_LINE.finditer(text, tail_start) if m.group("final")), None)
+    answer_line = next((m for m in ANSWER_LINE.finditer(text, tail_start) if m.group("final")), None)
     ends.append(answer_line.start() if answer_line else len(text))
     steps = [text[heading.start() : end].strip() for heading, end in zip(headings, ends)]
     final_answer = extract_final_answer(text[answer_line.start() :]) if answer_line else None
@@ -136,7 +103,7 @@ def split_candidate(text: str) -> CandidateSteps:
     tag = text.find(_REASONING_TAG)
     if tag >= 0:
         body = text[tag + len(_REASONING_TAG) :]
-    answer_line = next(iter(_ANSWER_LINE.finditer(body)), None)
+    answer_line = next(iter(ANSWER_LINE.finditer(body)), None)
     if tag < 0 and answer_line is None and len(text.split()) == 1:
         return CandidateSteps([f"Answer: {text.strip()}"], text.strip())
     reasoning = body[: answer_line.start()] if answer_line else body

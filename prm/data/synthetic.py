@@ -73,6 +73,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from prm.answers import is_correct
 from prm.data.native import atomic_write_text, write_native
 from prm.data.records import BestOfNProblem, Candidate, LabelledChain, StepChain
 
@@ -613,7 +614,7 @@ class DemoBenchmark:
                     Candidate(
                         steps=solution.steps,
                         final_answer=str(solution.answer),
-                        correct=solution.answer == problem.answer,
+                        correct=is_correct(str(solution.answer), str(problem.answer)),
                         first_error=-1 if slip is None else slip.step,
                     )
                 )

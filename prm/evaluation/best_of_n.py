@@ -1,4 +1,4 @@
-"""Best-of-N selection and chain-level metrics from step scores (METHODS.md section 7).
+"""Best-of-N selection and chain-level metrics from step scores (docs/methods.md#aggregations).
 
 The PRM scores each candidate's steps once; everything here is a pure function of those scores, so
 every aggregation, every baseline and the accuracy-against-N curve come from one scoring pass.
@@ -9,7 +9,8 @@ highest aggregate (equal up to a relative ``TIE_RTOL``, i.e. float rounding), th
 ``correct_tied / k``: the expected accuracy of a uniform pick among them. That is exact,
 deterministic and unbiased, and each accuracy comes with the number of problems that had a tie.
 The majority vote uses the same rule over the tied answers, each answer earning the share of its
-voters that are correct.
+voters that are correct. Answers vote together when :func:`prm.answers.vote_keys` gives them one key:
+the same normalised form, or equivalent by math-verify (``\\frac{1}{2}`` and ``0.5``).
 
 An empty candidate (no scored step) is left out of the selection unless every candidate is empty:
 its aggregate ``EMPTY_SCORE`` is the lowest value, but a real chain can reach it too (min of a chain
@@ -20,16 +21,16 @@ out-of-range step scores raise ``ValueError``, since a silent NaN would make eve
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
 import torch
 
 from prm.aggregation import AGGREGATIONS, PROBABILITY_VALUED, Aggregation, pad_ragged
+from prm.answers import answer_key as normalise_answer  # noqa: F401 (re-exported)
+from prm.answers import vote_keys
 from prm.data.records import BestOfNProblem
 
 ScoreLike = torch.Tensor | Sequence[float]
@@ -105,7 +106,7 @@ class _Scored:
     correct: torch.Tensor  # [N] float64, 1.0 where right
     nonempty: torch.Tensor  # [N] bool
     values: dict[str, torch.Tensor]  # aggregation -> [N]
-    answers: list[str | None]  # normalised final answers
+    answers: list[str | None]  # voting keys of the final answers (prm.answers.vote_keys)
 
 
 def as_step_scores(scores: ScoreLike, where: str) -> torch.Tensor:
@@ -132,41 +133,6 @@ def aggregate_all(chains: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     return values
 
 
-_BOXED = re.compile(r"^\\boxed\{(.*)\}$")
-_TEXT = re.compile(r"\\text\{([^{}]*)\}")
-_CHOICE = re.compile(r"^\(?([a-z])[).:]?$")
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
-
-
-def normalise_answer(answer: str | None) -> str | None:
-    """A voting key for a final answer, so that "$1,000$", "1000.0" and "\\boxed{1000}" agree.
-
-    Lower case; ``$``, an outer ``\\boxed{}``, ``\\text{}`` wrappers, whitespace and a trailing
-    period removed; choice letters "(B)", "B)", "b." become "b"; numbers get one decimal form.
-    This only groups votes: correctness still comes from the candidates' labels.
-    """
-    if answer is None:
-        return None
-    text = answer.strip().replace("$", "").strip()
-    boxed = _BOXED.match(text)
-    if boxed:
-        text = boxed.group(1)
-    text = _TEXT.sub(r"\1", text)
-    text = re.sub(r"\s+", "", text.lower()).rstrip(".")
-    choice = _CHOICE.match(text)
-    if choice:
-        return choice.group(1)
-    if _THOUSANDS.match(text):
-        text = text.replace(",", "")
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return text or None
-    if not number.is_finite():
-        return text
-    return format(number.normalize(), "f") if number != 0 else "0"
-
-
 def _prepare(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> list[_Scored]:
     if len(problems) != len(step_scores):
         raise ValueError(f"{len(problems)} problems but step scores for {len(step_scores)}")
@@ -186,7 +152,7 @@ def _prepare(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> lis
                 correct=torch.tensor([float(c.correct) for c in problem.candidates], dtype=torch.float64),
                 nonempty=torch.tensor([len(chain) > 0 for chain in chains], dtype=torch.bool),
                 values=aggregate_all(chains),
-                answers=[normalise_answer(c.final_answer) for c in problem.candidates],
+                answers=vote_keys([c.final_answer for c in problem.candidates]),
             )
         )
     return scored

@@ -1,4 +1,4 @@
-"""The ProcessBench metric: locate the first wrong step (METHODS.md section 7).
+"""The ProcessBench metric: locate the first wrong step (docs/methods.md#aggregations).
 
 A PRM predicts the first wrong step of a chain as the first step whose score is strictly below a
 threshold, or -1 when no score is. Accuracy is measured separately on erroneous chains (prediction

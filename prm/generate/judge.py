@@ -1,81 +1,31 @@
 """Is a rollout's final answer the reference answer? Rule-based first, an LLM only where rules cannot say.
 
-``RuleJudge`` compares numbers (with a relative tolerance, fractions and percentages included),
-choice letters ("(B)", "B.", "answer: b") and normalised strings; when neither side parses into a
-comparable form it returns ``None`` (undecided) rather than guessing. ``LLMJudge`` asks an
-OpenAI-compatible chat endpoint for Yes/No. ``Judge`` combines them: ``rule``, ``llm`` or
-``rule_then_llm`` (the LLM only for undecided pairs); undecided at the end counts as wrong.
+``RuleJudge`` is :func:`prm.answers.answers_match`: math-verify for mathematical answers (numbers
+with a relative tolerance, fractions, percentages, LaTeX), choice letters ("(B)", "B.", "answer: b")
+and normalised strings; when the rules cannot compare the two sides it returns ``None``
+(undecided) rather than guessing. ``LLMJudge`` asks an OpenAI-compatible chat endpoint for Yes/No.
+``Judge`` combines them: ``rule``, ``llm`` or ``rule_then_llm`` (the LLM only for undecided pairs);
+undecided at the end counts as wrong.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from fractions import Fraction
+from collections.abc import Sequence
+
+from prm.answers import answers_match
 
 log = logging.getLogger(__name__)
 
-NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)(e[-+]?\d+)?$", re.IGNORECASE)
-CHOICE = re.compile(r"^\(?([A-Ha-h])\)?[.):]?$")
-ANSWER_PREFIX = re.compile(r"^(the\s+)?(final\s+)?answer\s*(is)?\s*[:=]?\s*", re.IGNORECASE)
-
-
-def _clean(text: str) -> str:
-    text = ANSWER_PREFIX.sub("", str(text).strip())
-    text = text.strip().strip("$").strip()
-    if text.startswith("\\boxed{") and text.endswith("}"):
-        text = text[len("\\boxed{") : -1].strip()
-    return text.rstrip(".").strip()
-
-
-def parse_number(text: str) -> float | None:
-    """A number from "12", "1,234", "3/4", "-2.5", "40%" (as 0.4), "\\frac{3}{4}"; else None."""
-    text = _clean(text).replace(",", "").replace(" ", "")
-    frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(-?\d+)\}", text)
-    if frac:
-        text = f"{frac.group(1)}/{frac.group(2)}"
-    percent = text.endswith("%")
-    text = text.rstrip("%")
-    try:
-        if "/" in text:
-            value = float(Fraction(text))
-        elif NUMBER.match(text):
-            value = float(text)
-        else:
-            return None
-    except (ValueError, ZeroDivisionError):
-        return None
-    return value / 100 if percent else value
-
-
-def parse_choice(text: str) -> str | None:
-    match = CHOICE.match(_clean(text))
-    return match.group(1).upper() if match else None
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s.-]", "", _clean(text).lower())).strip()
-
 
 class RuleJudge:
+    """``(answer, reference, question) -> True | False | None``; ``tolerance`` relative, for numbers."""
+
     def __init__(self, tolerance: float = 1e-6):
         self.tolerance = tolerance
 
     def __call__(self, answer: str | None, reference: str, question: str = "") -> bool | None:
-        if answer is None or not str(answer).strip():
-            return False
-        a, b = parse_number(answer), parse_number(reference)
-        if a is not None and b is not None:
-            return abs(a - b) <= self.tolerance * max(1.0, abs(b))
-        ca, cb = parse_choice(answer), parse_choice(reference)
-        if ca is not None and cb is not None:
-            return ca == cb
-        if (a is None) != (b is None):
-            return None  # a number against words: undecided, not wrong
-        na, nb = normalise(answer), normalise(reference)
-        if na and na == nb:
-            return True
-        return None if len(nb.split()) > 3 else False
+        return answers_match(answer, reference, self.tolerance)
 
 
 class LLMJudge:
@@ -89,23 +39,29 @@ class LLMJudge:
     def __init__(self, client):
         self.client = client
 
-    def __call__(self, answer: str | None, reference: str, question: str = "") -> bool | None:
-        reply = self.client.chat(
-            [
-                {
-                    "role": "user",
-                    "content": self.PROMPT.format(question=question, reference=reference, answer=answer),
-                }
-            ],
-            max_tokens=3,
-            temperature=0.0,
-        )
+    def _messages(self, answer: str | None, reference: str, question: str) -> list[dict]:
+        content = self.PROMPT.format(question=question, reference=reference, answer=answer)
+        return [{"role": "user", "content": content}]
+
+    @staticmethod
+    def _verdict(reply: str) -> bool | None:
         word = reply.strip().lower()
         if word.startswith("yes"):
             return True
         if word.startswith("no"):
             return False
         return None
+
+    def __call__(self, answer: str | None, reference: str, question: str = "") -> bool | None:
+        return self._verdict(
+            self.client.chat(self._messages(answer, reference, question), max_tokens=3, temperature=0.0)
+        )
+
+    def many(self, answers: Sequence[str | None], reference: str, question: str = "") -> list[bool | None]:
+        """Verdicts for several answers to one question, requested concurrently."""
+        conversations = [self._messages(answer, reference, question) for answer in answers]
+        replies = self.client.complete_many(conversations, max_tokens=3, temperature=0.0)
+        return [self._verdict(texts[0]) for texts in replies]
 
 
 class Judge:
@@ -120,16 +76,24 @@ class Judge:
         self.counts = {"rule": 0, "llm": 0, "undecided": 0}
 
     def __call__(self, answer: str | None, reference: str, question: str = "") -> bool:
-        verdict = None
+        return self.many([answer], reference, question)[0]
+
+    def many(self, answers: Sequence[str | None], reference: str, question: str = "") -> list[bool]:
+        """Verdicts for several answers to one question; the LLM gets the undecided ones in one batch
+        (concurrent requests when it has ``many``). Undecided at the end counts as wrong."""
+        verdicts: list[bool | None] = [None] * len(answers)
         if self.mode in ("rule", "rule_then_llm"):
-            verdict = self.rule(answer, reference, question)
-            if verdict is not None:
-                self.counts["rule"] += 1
-                return verdict
-        if self.mode in ("llm", "rule_then_llm"):
-            verdict = self.llm(answer, reference, question)
-            if verdict is not None:
-                self.counts["llm"] += 1
-                return verdict
-        self.counts["undecided"] += 1
-        return False
+            verdicts = [self.rule(answer, reference, question) for answer in answers]
+            self.counts["rule"] += sum(v is not None for v in verdicts)
+        open_ = [i for i, v in enumerate(verdicts) if v is None]
+        if open_ and self.mode in ("llm", "rule_then_llm"):
+            asked = [answers[i] for i in open_]
+            if hasattr(self.llm, "many"):
+                replies = self.llm.many(asked, reference, question)
+            else:
+                replies = [self.llm(answer, reference, question) for answer in asked]
+            for i, verdict in zip(open_, replies):
+                verdicts[i] = verdict
+            self.counts["llm"] += sum(v is not None for v in replies)
+        self.counts["undecided"] += sum(v is None for v in verdicts)
+        return [bool(v) for v in verdicts]

@@ -18,20 +18,16 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from prm import answers
 from prm.data import synthetic
 from prm.data.readers import SeedProblem
 
-FINAL = re.compile(r"(?:final answer|answer is)\s*[:=]?\s*(.+?)\s*$", re.IGNORECASE)
 INSTRUCTION = "Solve the problem step by step, one step per line. End with a line 'Final answer: <answer>'."
 
 
 def extract_answer(steps: Sequence[str]) -> str | None:
-    """The answer stated by the last step that states one ("Final answer: X", "the answer is X")."""
-    for step in reversed(list(steps)):
-        match = FINAL.search(step.strip())
-        if match:
-            return match.group(1).strip().rstrip(".")
-    return None
+    """The answer the steps state: :func:`prm.answers.extract_answer`, lenient ("the answer is X" too)."""
+    return answers.extract_answer(steps, lenient=True)
 
 
 def split_steps(text: str) -> list[str]:
@@ -161,10 +157,9 @@ class TransformersPolicy:
         device: str = "cpu",
         seed: int = 0,
     ):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-        torch.manual_seed(seed)
+        set_seed(seed)
         if path:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path).to(device)
@@ -182,9 +177,10 @@ class TransformersPolicy:
         self.calls = 0
 
     def reseed(self, key: str) -> None:
-        import torch
+        """Seed every generator (Python, NumPy, torch) from the seed's key, so a resumed run redoes it."""
+        from transformers import set_seed
 
-        torch.manual_seed(int(key, 16) % (2**63) ^ self.base_seed)
+        set_seed((int(key, 16) ^ self.base_seed) % 2**32)
 
     def rollouts(self, seed: SeedProblem, prefix: Sequence[str], n: int) -> list[Rollout]:
         import torch

@@ -1,4 +1,4 @@
-"""OmegaPRM tree search and plain Monte Carlo labelling (METHODS.md section 8).
+"""OmegaPRM tree search and plain Monte Carlo labelling (docs/methods.md#omegaprm-and-monte-carlo-labels).
 
 A tree node is a prefix of steps (its parent's prefix plus a chunk) with a Monte Carlo value:
 the share of rollouts from it that the judge accepts. OmegaPRM:
@@ -54,7 +54,11 @@ class Estimator:
     def __call__(self, seed: SeedProblem, prefix: Sequence[str]):
         results = self.policy.rollouts(seed, list(prefix), self.k)
         self.spent += len(results)
-        verdicts = [self.judge(r.answer, seed.correct_answer, seed.question) for r in results]
+        answers = [r.answer for r in results]
+        if hasattr(self.judge, "many"):  # one batch: an LLM judge sends its requests concurrently
+            verdicts = self.judge.many(answers, seed.correct_answer, seed.question)
+        else:
+            verdicts = [self.judge(a, seed.correct_answer, seed.question) for a in answers]
         return results, verdicts
 
 

@@ -3,7 +3,7 @@
 The tiny backbones need a real tokenizer of the real class (``Qwen2Tokenizer``, which InternVL-hf
 checkpoints use too) without touching a hub. The vocabulary is a byte-level BPE trained by the
 project on its own corpus (the demo benchmark's text) and shipped as ``prm/assets/tiny_bpe``
-(``vocab.json`` + ``merges.txt``); ``python -m prm.model.tokenizer`` regenerates it. All 256 bytes
+(``vocab.json`` + ``merges.txt``); ``python scripts/build_tiny_bpe.py`` regenerates it. All 256 bytes
 are in the initial alphabet, so no text is ever unknown.
 
 Special tokens are added per family, named the way the real processors look them up (for example
@@ -117,28 +117,3 @@ def single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
             "choose label words / a step marker that are single tokens"
         )
     return ids[0]
-
-
-def _corpus() -> list[str]:
-    from prm.data.synthetic import corpus_text
-
-    base = (
-        "0123456789 +-*/=()[]{}.,:;!?'\"%$#@&_<>|\\^~`\n\t"
-        + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    )
-    return [base, corpus_text(seed=0)]
-
-
-def main() -> None:
-    """Regenerate the shipped vocabulary from the project's own corpus."""
-    vocab, merges = train_bpe(_corpus())
-    SHIPPED_VOCAB.mkdir(parents=True, exist_ok=True)
-    (SHIPPED_VOCAB / "vocab.json").write_text(
-        json.dumps(vocab, ensure_ascii=False, sort_keys=True), encoding="utf-8"
-    )
-    (SHIPPED_VOCAB / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    print(f"wrote {len(vocab)} tokens and {len(merges)} merges to {SHIPPED_VOCAB}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,13 @@
 """DreamPRM's domain table: one weight per data domain.
 
 theta in R^K starts at 0; w_d = softplus(theta_d) / mean_k softplus(theta_k), so every weight
-starts at 1 and the mean over domains stays 1 (METHODS.md section 5). Dense updates are right here:
-every domain's weight depends on every theta through the normalisation.
+starts at 1 and the mean over domains stays 1 (docs/methods.md#reweighting-modules). Dense updates
+are right here: every domain's weight depends on every theta through the normalisation.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +15,23 @@ from torch import nn
 
 from prm.reweight.base import Reweighter, TrainingSet
 
+log = logging.getLogger(__name__)
+
 
 class DomainTable(Reweighter):
+    """``activation`` is accepted because train.py passes the activation group to every strategy, but
+    the domain weight is always the normalised softplus above; any other activation is reported."""
+
     def __init__(
         self, training_set: TrainingSet, activation: nn.Module | None = None, normalize: str = "none"
     ):
         super().__init__(training_set, normalize)
+        if activation is not None and not isinstance(activation, nn.Softplus):
+            log.warning(
+                "reweight=domain_table ignores activation=%s: its weights are softplus(theta_d) / "
+                "mean_k softplus(theta_k)",
+                type(activation).__name__,
+            )
         self.theta = nn.Parameter(torch.zeros(len(training_set.domains)))
 
     def weights(self) -> torch.Tensor:
