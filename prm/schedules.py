@@ -26,7 +26,9 @@ def warmup_schedule(
     )
 
 
-def step_schedule(optimizer: Optimizer, total_steps: int, step_size: int = 100, gamma: float = 0.5) -> LRScheduler:
+def step_schedule(
+    optimizer: Optimizer, total_steps: int, step_size: int = 100, gamma: float = 0.5
+) -> LRScheduler:
     """torch's StepLR: the learning rate is multiplied by ``gamma`` every ``step_size`` optimiser steps
     (``total_steps`` is accepted for the common signature and not needed). Raises ValueError when
     ``step_size`` < 1."""

@@ -55,7 +55,9 @@ class DeepSpeedLower(PRMLower):
         # Gradients are partitioned: the engine reports the global norm after its step.
         loss = self.last_metrics.get("loss", 0.0)
         if not math.isfinite(loss):
-            raise NonFiniteError(f"{self.name}: non-finite loss {loss} at micro-batch {self._count} under DeepSpeed")
+            raise NonFiniteError(
+                f"{self.name}: non-finite loss {loss} at micro-batch {self._count} under DeepSpeed"
+            )
 
     def optimizer_step(self, *args, **kwargs):
         self.engine.step()

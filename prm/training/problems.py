@@ -71,7 +71,9 @@ def build_schedule(node: DictConfig, optimizer, total_steps: int):
     return instantiate(node, _convert_="all")(optimizer, total_steps=total_steps)
 
 
-def chain_loader(run: TrainingRun, chains, batch_size: int, seed: int, start: int, domains=None) -> DataLoader:
+def chain_loader(
+    run: TrainingRun, chains, batch_size: int, seed: int, start: int, domains=None
+) -> DataLoader:
     """A resumable loader over ``chains``: ``start`` batches already drawn (per rank) are skipped."""
     world = run.world
     sampler = ResumableSampler(
@@ -93,7 +95,12 @@ def setup_lower(run: TrainingRun) -> None:
     reweighting = cfg.reweight.name != "none"
     bilevel = hypergradient_config(cfg.reweight, cfg.train.precision) if reweighting else {}
     loader = chain_loader(
-        run, data.train_chains, data.config.batch_size, cfg.seed, run.start_step * run.accumulation, data.domains
+        run,
+        data.train_chains,
+        data.config.batch_size,
+        cfg.seed,
+        run.start_step * run.accumulation,
+        data.domains,
     )
     optimizer = build_optimizer(cfg.train.optimizer, run.prm.parameters())
     common = dict(name=LOWER, train_data_loader=loader, precision=cfg.train.precision)

@@ -68,7 +68,9 @@ def setup_model(run: TrainingRun) -> None:
     else from ``backbone.path`` (a checkpoint folder or a run directory: its latest checkpoint), else
     from the backbone config (a random tiny model or a pretrained one)."""
     cfg = run.cfg
-    start_from = run.checkpoint or (resolve_checkpoint(cfg.backbone.path) if cfg.backbone.get("path") else None)
+    start_from = run.checkpoint or (
+        resolve_checkpoint(cfg.backbone.path) if cfg.backbone.get("path") else None
+    )
     run.backbone = instantiate(cfg.backbone, **({"path": str(start_from)} if start_from is not None else {}))
     run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
     if start_from:
