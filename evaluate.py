@@ -1,10 +1,10 @@
 """Evaluate a PRM checkpoint: python evaluate.py checkpoint=<run dir or checkpoint> [data=<test set>]
 
-Every candidate is scored once (all steps in one forward pass); best-of-N accuracy is then computed
-for every aggregation at once from those scores, beside the baselines (random expectation, first
-candidate, majority vote, pass@N). A ProcessBench test file gives the first-error metric instead.
-Results go to best_of_n.{json,md} / processbench.{json,md} in the evaluation's run directory
-(default: <checkpoint>/eval/<time>) and the table is printed. Examples:
+Runs prm/evaluation/run.py's ``evaluate``: every candidate is scored once, best-of-N accuracy is
+computed for every aggregation beside the baselines (random expectation, first candidate, majority
+vote, pass@N); a ProcessBench test file gives the first-error metric instead. Results go to
+best_of_n.{json,md} / processbench.{json,md} in the evaluation's run directory (default:
+<checkpoint>/eval/<time>) and the table is printed. Examples:
     python evaluate.py checkpoint=outputs/2026-11-21/12-00-00
     python evaluate.py checkpoint=<dir> data=dreamprm15 data.test=<best-of-n.json> data.image_root=<images>
     python evaluate.py checkpoint=<dir> data=processbench data.test=<gsm8k.json> backbone=...
@@ -13,201 +13,10 @@ Results go to best_of_n.{json,md} / processbench.{json,md} in the evaluation's r
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from prm import plots
-from prm.checkpoint import latest_checkpoint, load_head, resolve_checkpoint
-from prm.data.dataset import flatten_candidates
-from prm.data.readers import read_records
-from prm.data.records import BestOfNProblem, LabelledChain
-from prm.device import pick_device
-from prm.evaluation import (
-    accuracy_vs_n,
-    best_of_n,
-    choose_threshold,
-    processbench,
-    write_best_of_n,
-    write_processbench,
-)
-from prm.evaluation.scoring import score_chains
-from prm.model.prm import ProcessRewardModel
-from prm.tracking import Tracker
-
-log = logging.getLogger("evaluate")
-
-
-def load_prm(checkpoint: Path) -> ProcessRewardModel:
-    """The PRM of a checkpoint, built as the run that saved it configured it."""
-    saved = OmegaConf.load(checkpoint / "config.yaml")
-    backbone = instantiate(saved.backbone, path=str(checkpoint))
-    prm = ProcessRewardModel(backbone, head=saved.prm.head)
-    prm.load_head_state_dict(load_head(checkpoint))
-    return prm
-
-
-def detect_mode(records: list) -> str:
-    if records and all(isinstance(record, BestOfNProblem) for record in records):
-        return "best_of_n"
-    if records and all(
-        isinstance(record, LabelledChain) and record.first_error is not None for record in records
-    ):
-        return "processbench"
-    raise ValueError("the test split holds neither best-of-N problems nor chains with known first errors")
-
-
-def load_test(cfg: DictConfig):
-    """The data config and its test records (read once, however many checkpoints are scored)."""
-    data = instantiate(cfg.data)
-    return data, data.load("test")
-
-
-def evaluate_checkpoint(
-    cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker, test=None
-) -> dict:
-    """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``.
-    ``test``: (data, records) from :func:`load_test`, read here when not given."""
-    device = pick_device(cfg.device)
-    prm = load_prm(checkpoint).to(device)
-    data, records = test if test is not None else load_test(cfg)
-    mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
-    log.info("evaluating %s on %d %s records (%s)", checkpoint, len(records), data.name, mode)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    def score(chains):
-        return score_chains(
-            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True
-        )
-
-    if mode == "best_of_n":
-        chains = flatten_candidates(records)
-        flat = score(chains)
-        grouped, start = [], 0
-        for problem in records:
-            grouped.append(flat[start : start + len(problem.candidates)])
-            start += len(problem.candidates)
-        result = best_of_n(records, grouped)
-        curve = accuracy_vs_n(records, grouped)
-        table = write_best_of_n(result, out_dir, curve)
-        summary = result.to_dict()
-        rows = [[name, "aggregation", r.accuracy, r.ties] for name, r in result.aggregations.items()]
-        rows += [[name, "baseline", r.accuracy, r.ties] for name, r in result.baselines.items()]
-        tracker.log_table("best_of_n/accuracy", ["method", "kind", "accuracy", "ties"], rows)
-        curve_dict = curve.to_dict()
-        methods = {**curve_dict["aggregations"], **curve_dict["baselines"]}
-        tracker.log_table(
-            "best_of_n/accuracy_vs_n",
-            ["n", *methods],
-            [[n, *(values[i] for values in methods.values())] for i, n in enumerate(curve_dict["n"])],
-        )
-        image = plots.plot_accuracy_vs_n(
-            curve_dict, out_dir / "accuracy_vs_n.png", highlight=cfg.aggregation.name
-        )
-        plots.write_report(out_dir, f"Evaluation of {checkpoint}", [("Best-of-N", table)], [image])
-    else:
-        scores = score(records)
-        first_errors = [record.first_error for record in records]
-        threshold = cfg.processbench.threshold
-        if threshold is None:
-            split = cfg.processbench.threshold_split
-            tune = records if split is None else read_records(split, "processbench")
-            tune_scores = scores if split is None else score(tune)
-            threshold = choose_threshold(tune_scores, [record.first_error for record in tune])
-            log.info("threshold %.4f chosen on %s", threshold, split or "the test split itself")
-        result = processbench(scores, first_errors, threshold)
-        table = write_processbench({data.name: result}, out_dir)
-        summary = result.to_dict()
-        tracker.log_table("processbench", ["subset", *summary], [[data.name, *summary.values()]])
-        plots.write_report(out_dir, f"Evaluation of {checkpoint}", [("ProcessBench", table)], [])
-    print(table)
-    log.info("results written to %s", out_dir)
-    return summary
-
-
-def sweep_jobs(path: Path) -> list[Path]:
-    """The job directories of a Hydra multirun directory (those with a checkpoint), else []."""
-    if not (path / "multirun.yaml").exists():
-        return []
-    jobs = [job for job in path.iterdir() if (job / ".hydra" / "overrides.yaml").exists()]
-    return sorted(
-        (job for job in jobs if latest_checkpoint(job) is not None),
-        key=lambda job: int(job.name) if job.name.isdigit() else job.name,
-    )
-
-
-def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tracker) -> dict:
-    """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot."""
-    results, test = {}, load_test(cfg)
-    for job in jobs:
-        overrides = [
-            o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
-        ]
-        summary = evaluate_checkpoint(cfg, resolve_checkpoint(job), out_dir / job.name, tracker, test)
-        results[job.name] = {"overrides": " ".join(overrides) or "(defaults)", **summary}
-    if not all("aggregations" in r for r in results.values()):
-        raise ValueError("sweep comparison needs best-of-N test records")
-    headline = cfg.aggregation.name
-    names = list(next(iter(results.values()))["aggregations"])
-    lines = [
-        f"# Sweep comparison: best-of-N accuracy (%) of {len(jobs)} jobs",
-        "",
-        "| job | overrides | " + " | ".join(names) + " | random | majority_vote | pass_at_n |",
-        "|---|---|" + "---:|" * (len(names) + 3),
-    ]
-    for job, r in results.items():
-        cells = [f"{100 * r['aggregations'][n]['accuracy']:.2f}" for n in names]
-        cells += [
-            f"{100 * r['baselines'][b]['accuracy']:.2f}" for b in ("random", "majority_vote", "pass_at_n")
-        ]
-        lines.append(f"| {job} | {r['overrides']} | " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
-    (out_dir / "comparison.md").write_text(markdown, encoding="utf-8")
-    (out_dir / "comparison.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    first = next(iter(results.values()))
-    image = plots.plot_comparison(
-        [r["overrides"] for r in results.values()],
-        [r["aggregations"][headline]["accuracy"] for r in results.values()],
-        {b: first["baselines"][b]["accuracy"] for b in ("random", "majority_vote", "pass_at_n")},
-        out_dir / "comparison.png",
-        title=f"Best-of-N, {headline} aggregation",
-    )
-    plots.write_report(
-        out_dir, "Sweep comparison", [("Best-of-N per job", markdown.split("\n", 2)[2])], [image]
-    )
-    tracker.log_table(
-        "sweep/best_of_n",
-        ["job", "overrides", *names],
-        [
-            [job, r["overrides"], *(r["aggregations"][n]["accuracy"] for n in names)]
-            for job, r in results.items()
-        ],
-    )
-    print(markdown)
-    return results
-
-
-def evaluate(cfg: DictConfig) -> dict:
-    """One checkpoint (or run directory), or every job of a multirun directory."""
-    target = Path(cfg.checkpoint)
-    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else target / "eval"
-    tracker = instantiate(cfg.logger)
-    tracker.start(
-        out_dir, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate", name=f"eval-{target.name}"
-    )
-    try:
-        jobs = sweep_jobs(target)
-        if jobs:
-            log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))
-            return compare_sweep(cfg, jobs, out_dir, tracker)
-        return evaluate_checkpoint(cfg, resolve_checkpoint(target), out_dir, tracker)
-    finally:
-        tracker.finish()
+from prm.evaluation.run import evaluate
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")

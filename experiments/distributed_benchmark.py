@@ -49,7 +49,7 @@ def launch(run_dir: Path, processes: int, overrides: list[str], steps: int, thre
         f"train.steps={steps}",
         "train.save_every=0",
         "train.validate_every=0",
-        "reweight.upper.lr=0.1",
+        "reweight.upper.optimizer.lr=0.1",
         "logger=jsonl",
         *overrides,
     ]

@@ -141,3 +141,26 @@ def load_training_state(checkpoint: str | Path) -> dict[str, Any]:
 def load_head(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     file = Path(checkpoint) / HEAD_FILE
     return load_file(file) if file.is_file() else {}
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``run_dir`` (the one ``checkpoints/latest`` names), or None."""
+    return latest_checkpoint(run_dir)
+
+
+def load_prm(checkpoint: str | Path, device=None):
+    """The ProcessRewardModel a checkpoint's config.yaml describes, with its weights and head, on
+    ``device`` (None: where it was built). Raises FileNotFoundError when config.yaml is missing."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from prm.model.prm import ProcessRewardModel
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.yaml").is_file():
+        raise FileNotFoundError(f"{checkpoint}: no config.yaml (not a checkpoint folder)")
+    saved = OmegaConf.load(checkpoint / "config.yaml")
+    backbone = instantiate(saved.backbone, path=str(checkpoint))
+    prm = ProcessRewardModel(backbone, head=saved.prm.head)
+    prm.load_head_state_dict(load_head(checkpoint))
+    return prm if device is None else prm.to(device)

@@ -118,7 +118,7 @@ def test_aggregations_instantiate(name):
 def test_schedules_instantiate(name):
     make = instantiate(composed(f"schedule={name}").schedule)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = make(optimizer, total_steps=100) if name != "step" else make(optimizer)
+    scheduler = make(optimizer, total_steps=100)
     for _ in range(100):
         optimizer.step()
         scheduler.step()

@@ -25,7 +25,7 @@ COMMON = [
     "train.steps=4",
     "train.save_every=4",
     "train.validate_every=0",
-    "reweight.upper.lr=0.5",
+    "reweight.upper.optimizer.lr=0.5",
     "logger=jsonl",
 ]
 TOLERANCE = 1e-5  # float32 reductions in a different order across world sizes and stages

@@ -85,6 +85,7 @@ def build(
         module=prm,
         optimizer=torch.optim.SGD(prm.parameters(), lr=lower_lr),
         train_data_loader=Loop(lower_batches),
+        reweighter="reweight",
         config=Config(type=hypergradient, darts_alpha=alpha, unroll_steps=unroll, log_step=-1),
     )
     if isinstance(reweighter, InstanceTable):
@@ -100,7 +101,6 @@ def build(
         aggregation=Aggregation("mean"),
         config=Config(log_step=-1),
     )
-    lower.weigh = lambda *args: upper.module(*args)
     return prm, lower, upper
 
 

@@ -33,7 +33,7 @@ def weights(checkpoint):
 
 @pytest.mark.parametrize("head", ["token", "value"])
 def test_resume_matches_uninterrupted_run(cache, head):
-    from train import train
+    from prm.training import train
 
     overrides = [
         "train.steps=6",
@@ -44,12 +44,12 @@ def test_resume_matches_uninterrupted_run(cache, head):
     ]
     full = cache / "full"
     train(config(*overrides), run_dir=full)
-    assert latest_checkpoint(full).name == "step-0000012"  # 6 optimiser steps x 2 micro-batches
+    assert latest_checkpoint(full).name == "step-0000006"  # optimiser steps (12 micro-batches)
 
     # An interrupted copy: only the checkpoint at step 3 survived.
     interrupted = cache / "interrupted"
-    shutil.copytree(full / "checkpoints" / "step-0000006", interrupted / "checkpoints" / "step-0000006")
-    (interrupted / "checkpoints" / LATEST).write_text("step-0000006\n")
+    shutil.copytree(full / "checkpoints" / "step-0000003", interrupted / "checkpoints" / "step-0000003")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000003\n")
     train(config(*overrides, "resume=true"), run_dir=interrupted)
 
     final_full, final_resumed = latest_checkpoint(full), latest_checkpoint(interrupted)
@@ -66,7 +66,7 @@ def test_resume_matches_uninterrupted_run(cache, head):
 
 
 def test_checkpoint_is_a_loadable_backbone_path(cache):
-    from train import train
+    from prm.training import train
 
     first = cache / "first"
     train(config("train.steps=2"), run_dir=first)
@@ -81,7 +81,7 @@ def test_checkpoint_is_a_loadable_backbone_path(cache):
 
 def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
     from prm import checkpoint as ckpt
-    from train import train
+    from prm.training import train
 
     run = cache / "run"
     train(config("train.steps=2", "train.save_every=1"), run_dir=run)
@@ -108,7 +108,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
 
 
 def _prm_from(checkpoint):
-    from evaluate import load_prm
+    from prm.checkpoint import load_prm
 
     return load_prm(checkpoint)
 
@@ -206,7 +206,7 @@ def test_evaluate_reads_published_test_formats(cache):
 
 @pytest.mark.parametrize("strategy", ["domain_table", "instance_table", "instance_net"])
 def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
-    from train import train
+    from prm.training import train
 
     overrides = [
         f"reweight={strategy}",
@@ -214,7 +214,7 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         "train.save_every=2",
         "train.validate_every=2",
         "reweight.hypergradient.unroll_steps=2",
-        "reweight.upper.lr=0.1",
+        "reweight.upper.optimizer.lr=0.1",
     ]
     full = cache / "full"
     metrics = train(config(*overrides), run_dir=full)
@@ -248,7 +248,98 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
 
 
 def test_meta_loss_refuses_a_non_probability_aggregation(cache):
-    from train import train
+    from prm.training import train
 
     with pytest.raises(ValueError, match="not a probability"):
         train(config("reweight=domain_table", "aggregation=sum_logit"), run_dir=cache / "run")
+
+
+def _nan_loss_at(micro_batches):
+    """A PRMLower.training_step that returns NaN on the given micro-batches (Betty's 1-based count)."""
+    from prm.bilevel.lower import PRMLower
+
+    original = PRMLower.training_step
+
+    def training_step(self, batch):
+        loss = original(self, batch)
+        if self._count in micro_batches:
+            loss = loss * float("nan")
+            self._pending_metrics["loss"] = float("nan")
+        return loss
+
+    return training_step
+
+
+def test_nonfinite_step_is_skipped_and_counted(cache, monkeypatch):
+    from prm.bilevel.lower import PRMLower
+    from prm.training import train
+
+    monkeypatch.setattr(PRMLower, "training_step", _nan_loss_at({3}))  # optimiser step 2 of 2 micro-batches
+    run = cache / "run"
+    overrides = ["train.steps=4", "train.save_every=1", "train.keep_last_n_checkpoints=4"]
+    train(config(*overrides, "train.gradient_accumulation=2"), run_dir=run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if "prm/loss" in row]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert [row["prm/nonfinite_steps"] for row in rows] == [0, 1, 1, 1]
+    assert [row["prm/lr"] for row in rows] == sorted((row["prm/lr"] for row in rows), reverse=True)
+    step1, step2, step3 = (weights(run / "checkpoints" / f"step-000000{i}") for i in (1, 2, 3))
+    assert all(torch.equal(step1[k], step2[k]) for k in step1)  # the skipped step changed nothing
+    assert not all(torch.equal(step2[k], step3[k]) for k in step2)  # and training went on
+    assert all(torch.isfinite(v).all() for v in step3.values())
+
+
+def test_nonfinite_steps_in_a_row_stop_the_run(cache, monkeypatch):
+    from prm.bilevel.lower import PRMLower
+    from prm.bilevel.nonfinite import NonFiniteError
+    from prm.training import train
+
+    monkeypatch.setattr(PRMLower, "training_step", _nan_loss_at({2, 3, 4}))
+    with pytest.raises(NonFiniteError, match="3 optimiser steps in a row .the last: step 4."):
+        train(config("train.steps=6", "train.max_nonfinite_steps=3"), run_dir=cache / "run")
+    # Two in a row, then a finite step: the streak starts again.
+    monkeypatch.undo()
+    monkeypatch.setenv("PRM_CACHE_DIR", str(cache / "cache"))
+    monkeypatch.setattr(PRMLower, "training_step", _nan_loss_at({2, 3, 5, 6}))
+    train(config("train.steps=6", "train.max_nonfinite_steps=3"), run_dir=cache / "ok")
+
+
+def test_a_nonfinite_model_is_never_saved(cache, monkeypatch):
+    from prm.bilevel.lower import PRMLower
+    from prm.bilevel.nonfinite import NonFiniteError
+    from prm.training import train
+
+    def poison(self):
+        if self._count == 2:
+            next(self.module.parameters()).data.fill_(float("nan"))
+
+    monkeypatch.setattr(PRMLower, "param_callback", poison)
+    run = cache / "run"
+    with pytest.raises(NonFiniteError, match="step 2: the model holds non-finite parameters"):
+        train(config("train.steps=4", "train.save_every=1", "train.validate_every=0"), run_dir=run)
+    assert latest_checkpoint(run).name == "step-0000001"
+
+
+def test_optimisers_and_schedules_come_from_config(cache):
+    from prm.training import train
+
+    run = cache / "run"
+    overrides = ["train.steps=4", "schedule=step", "schedule.step_size=2", "schedule.gamma=0.1"]
+    overrides += [
+        "train.optimizer._target_=torch.optim.SGD",
+        "~train.optimizer.betas",
+        "train.optimizer.lr=0.5",
+    ]
+    overrides += [
+        "reweight=instance_table",
+        "reweight.upper.optimizer.lr=0.25",
+        "reweight.upper.sampler_seed=7",
+    ]
+    train(config(*overrides), run_dir=run)
+    state = torch.load(latest_checkpoint(run) / "training_state.pt", weights_only=False)
+    assert "momentum" in state["optimizer"]["param_groups"][0]  # SGD
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 0.1**2)  # StepLR(2, 0.1) x 4
+    upper = state["upper"]["optimizer"]["param_groups"][0]
+    assert upper["lr"] == 0.25 and "weight_decay" not in upper  # SparseAdam from instance_table.yaml
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["prm/lr"] for row in rows if "prm/lr" in row] == pytest.approx([0.5, 0.05, 0.05, 0.005])

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/aggregation_study}
 [ -e "$OUT/coldstart/checkpoints/latest" ] || $PY train.py "hydra.run.dir=$OUT/coldstart" logger=jsonl
-$PY train.py -m experiment=aggregation_sweep seed=0,1 train.steps=400 reweight.upper.lr=0.1 \
+$PY train.py -m experiment=aggregation_sweep seed=0,1 train.steps=400 reweight.upper.optimizer.lr=0.1 \
     "backbone.path=$OUT/coldstart" "hydra.sweep.dir=$OUT/sweep" "$@"
 $PY evaluate.py "checkpoint=$OUT/sweep" "hydra.run.dir=$OUT/sweep/eval"

@@ -41,9 +41,9 @@ STRATEGIES = ("none", "domain_table", "instance_table", "instance_net", "oracle"
 # min and 0.17 for mean: mean spreads a wrong meta chain's 0 over every step, its correct prefix
 # included, which is what the corrupted labels do, so it upweights them.
 UPPER = {
-    "domain_table": ["reweight.upper.lr=0.01"],
-    "instance_table": ["reweight.upper.lr=0.1"],
-    "instance_net": ["reweight.upper.lr=1e-3", "activation=softplus"],
+    "domain_table": ["reweight.upper.optimizer.lr=0.01"],
+    "instance_table": ["reweight.upper.optimizer.lr=0.1"],
+    "instance_net": ["reweight.upper.optimizer.lr=1e-3", "activation=softplus"],
 }
 
 

@@ -7,16 +7,22 @@ clipping) and ``engine.step`` (optimiser and schedule). Everything Betty runs fo
 hooks never see those passes. The reweighter's parameters pick up gradients from ``engine.backward``
 (the weights are in the loss); they are dropped, since the upper problem gets its gradient from the
 hypergradient alone. Betty's own clipping, accumulation and precision stay off for this problem:
-the DeepSpeed config holds them.
+the DeepSpeed config holds them. DeepSpeed steps inside ``engine.backward``/``engine.step`` on its own
+accumulation boundaries, so a non-finite step cannot be skipped here: a non-finite loss stops the run.
 """
 
 from __future__ import annotations
 
+import math
+
 from prm.bilevel.lower import PRMLower
+from prm.bilevel.nonfinite import NonFiniteError
 
 
 class DeepSpeedLower(PRMLower):
-    def __init__(self, name: str, config, engine, train_data_loader, precision: str = "fp32", weigh=None):
+    def __init__(
+        self, name: str, config, engine, train_data_loader, precision: str = "fp32", reweighter=None
+    ):
         super().__init__(
             name=name,
             config=config,
@@ -24,7 +30,7 @@ class DeepSpeedLower(PRMLower):
             optimizer=engine.optimizer,
             train_data_loader=train_data_loader,
             precision=precision,
-            weigh=weigh,
+            reweighter=reweighter,
         )
         self.engine = engine
         self._own_step = False
@@ -46,10 +52,16 @@ class DeepSpeedLower(PRMLower):
                 parameter.grad = None
 
     def grad_callback(self):
-        pass  # gradients are partitioned: the engine reports the global norm after its step
+        # Gradients are partitioned: the engine reports the global norm after its step.
+        loss = self.last_metrics.get("loss", 0.0)
+        if not math.isfinite(loss):
+            raise NonFiniteError(
+                f"{self.name}: non-finite loss {loss} at micro-batch {self._count} under DeepSpeed"
+            )
 
     def optimizer_step(self, *args, **kwargs):
         self.engine.step()
+        self.last_metrics["nonfinite_steps"] = 0
         norm = self.engine.get_global_grad_norm()
         if norm is not None:
             self.last_metrics["grad_norm"] = float(norm)

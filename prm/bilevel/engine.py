@@ -1,7 +1,10 @@
 """The Engine: Betty's loop plus progress, validation on the meta set, metrics and checkpoints.
 
-Validation and checkpoints are keyed on the global step (not on Betty's ``valid_step`` counter of
-the current ``run``), so a resumed run validates and saves at the same steps as an uninterrupted one.
+Betty counts micro-batches (``Engine.global_step``); everything this engine shows counts optimiser
+steps (micro-batches / ``accumulation``): progress, logged steps, validation and checkpoint cadence, the
+step handed to ``save``. This is the one place where the two are converted. Validation and checkpoints
+are keyed on the global step (not on Betty's ``valid_step`` counter of the current ``run``), so a
+resumed run validates and saves at the same steps as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ def peak_memory_gb() -> float:
 
 
 class PRMEngine(Engine):
-    """``device``: where the problems live (Betty's own choice is CUDA whenever it exists). Rank and
+    """``start_step``, ``total_steps``, ``validate_every``, ``save_every``: optimiser steps;
+    ``accumulation``: micro-batches per optimiser step. ``validate(step)`` returns metrics,
+    ``save(step)`` writes a checkpoint, ``log_metrics(metrics, step)`` logs (steps: optimiser steps).
+    ``device``: where the problems live (Betty's own choice is CUDA whenever it exists). Rank and
     world size come from an existing process group (DeepSpeed's), with Betty's strategy left at
     ``default`` so it wraps nothing itself; every rank validates (collectives inside a ZeRO-3
     forward would deadlock if only rank 0 did), only rank 0 shows progress and logs."""
@@ -40,6 +46,7 @@ class PRMEngine(Engine):
         *,
         start_step: int = 0,
         total_steps: int,
+        accumulation: int = 1,
         validate_every: int = 0,
         save_every: int = 0,
         validate: Callable[[], dict] | None = None,
@@ -52,7 +59,8 @@ class PRMEngine(Engine):
         super().__init__(
             problems=problems, config=config, dependencies=dependencies or {"u2l": {}, "l2u": {}}
         )
-        self.global_step = start_step
+        self.accumulation = accumulation
+        self.global_step = start_step * accumulation  # Betty's counter: micro-batches
         self.total_steps = total_steps
         self.validate_every, self.save_every = validate_every, save_every
         self.validate_fn, self.save_fn, self.log_fn = validate, save, log_metrics
@@ -77,7 +85,9 @@ class PRMEngine(Engine):
 
     def train_step(self):
         super().train_step()
-        step = self.global_step
+        if self.global_step % self.accumulation:
+            return  # inside an accumulation window: no optimiser step yet
+        step = self.optimizer_step
         metrics = {}
         for problem in self.problems:
             metrics.update(
@@ -97,7 +107,7 @@ class PRMEngine(Engine):
             last or (self.validate_every and step % self.validate_every == 0)
         ):
             self.eval()
-            self.last_validation = self.validate_fn()
+            self.last_validation = self.validate_fn(step)
             self.train()
             metrics.update({f"val/{k}": v for k, v in self.last_validation.items()})
             log.info(
@@ -107,6 +117,11 @@ class PRMEngine(Engine):
             self.log_fn(metrics, step)
         if self.save_fn is not None and (last or (self.save_every and step % self.save_every == 0)):
             self.save_fn(step)
+
+    @property
+    def optimizer_step(self) -> int:
+        """Optimiser steps taken so far (Betty's micro-batch counter / accumulation)."""
+        return self.global_step // self.accumulation
 
     def cleanup(self):
         self.progress.close()

@@ -1,33 +1,40 @@
 """The lower problem: the PRM trained on (weighted) per-example losses, as a Betty ImplicitProblem.
 
 Betty owns the step: loss, backward, gradient accumulation (``Config.gradient_accumulation``),
-clipping (``Config.gradient_clipping``) and the optimiser step. Two things are ours:
+clipping (``Config.gradient_clipping``) and the optimiser step. What is ours:
 
+- the reweighter: with an upper level, Betty sets the upper problem as an attribute of this one under
+  its name (``Engine.set_problem_attr``), and the loss weighs every chain by ``<reweighter>.module``;
 - precision: Betty's bf16 switch wraps the forward in CUDA-only autocast (a no-op on CPU), so the
   problem keeps Betty at fp32 and wraps its own forward in ``torch.autocast`` on the real device;
-- the learning-rate schedule steps once per optimiser step (in ``param_callback``), not once per
-  micro-batch as Betty's built-in scheduler hook would under gradient accumulation;
+- the learning-rate schedule is built with the problem and steps once per optimiser step (in
+  ``param_callback``). It is not handed to Betty's ``scheduler=``: Betty steps that one after every
+  micro-batch (``Problem.step_normal``), i.e. ``gradient_accumulation`` times per optimiser step;
 - the optimiser is kept as built: Betty's ``patch_optimizer`` rebuilds it as
   ``cls(params, **defaults)``, which torch 2.13's AdamW refuses (``decoupled_weight_decay``), and
-  which would drop any loaded state. Only the default single-process strategy needs no patching.
+  which would drop any loaded state. Only the default single-process strategy needs no patching;
+- a step whose loss or gradient is not finite is skipped and counted (``prm/nonfinite_steps``), and
+  ``max_nonfinite_steps`` of them in a row stop the run (prm/bilevel/nonfinite.py);
+- metrics of an optimiser step cover its whole accumulation window: loss, raw_loss and mean_weight
+  are means over the micro-batches, tokens and chains sums, grad_norm that of the summed gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from betty.problems import ImplicitProblem
 
+from prm.bilevel.nonfinite import NonFiniteGuard
 from prm.device import autocast, to_device
+
+SUMMED = ("tokens", "chains")
 
 
 class PRMLower(ImplicitProblem):
-    """Lower level: ``module`` is a ProcessRewardModel; ``weigh`` maps (batch, scores, losses, has_label)
-    to one weight per chain (the upper problem's reweighter).
+    """Lower level: ``module`` is a ProcessRewardModel; ``reweighter`` names the upper problem whose
+    module maps (batch, scores, losses, has_label) to one weight per chain (None: every weight is 1).
 
-    Without an upper level every weight is 1 and the loss is the plain mean over chains that carry
-    at least one step label.
+    The loss is the weighted mean over chains that carry at least one step label.
     """
 
     def __init__(
@@ -38,16 +45,19 @@ class PRMLower(ImplicitProblem):
         optimizer,
         train_data_loader,
         precision: str = "fp32",
-        lr_scheduler=None,
-        weigh: Callable | None = None,
+        schedule=None,
+        reweighter: str | None = None,
+        max_nonfinite_steps: int = 10,
     ):
         super().__init__(
             name=name, config=config, module=module, optimizer=optimizer, train_data_loader=train_data_loader
         )
         self.precision_mode = precision
-        self.lr_scheduler = lr_scheduler
-        self.weigh = weigh
+        self.lr_scheduler = schedule
+        self.reweighter = reweighter
+        self.nonfinite = NonFiniteGuard(name, max_nonfinite_steps)
         self.last_metrics: dict[str, float] = {}
+        self._window: list[dict] = []
 
     def patch_optimizer(self):
         if self._strategy not in (None, "default"):
@@ -57,16 +67,18 @@ class PRMLower(ImplicitProblem):
         """The PRM's forward on a training batch (the DeepSpeed problem routes it through its engine)."""
         return self.module(batch)
 
+    def weigh(self, batch, scores, losses, has_label) -> torch.Tensor:
+        """One weight per chain, shape (chains,): the upper problem's reweighter, or ones."""
+        if self.reweighter is None:
+            return torch.ones_like(losses)
+        return getattr(self, self.reweighter).module(batch, scores, losses, has_label)
+
     def training_step(self, batch):
         batch = to_device(batch, self.device)
         with autocast(self.device, self.precision_mode):
             scores = self.score(batch)
         losses, has_label = self.module.losses(scores, batch["step_labels"])
-        if self.weigh is not None:
-            weights = self.weigh(batch, scores, losses, has_label)
-        else:
-            weights = torch.ones_like(losses)
-        weights = weights * has_label
+        weights = self.weigh(batch, scores, losses, has_label) * has_label
         denominator = has_label.sum().clamp(min=1)
         loss = (weights * losses).sum() / denominator
         raw = (losses * has_label).sum().detach() / denominator
@@ -80,16 +92,28 @@ class PRMLower(ImplicitProblem):
         return loss
 
     def grad_callback(self):
-        """Gradient norm of the PRM before clipping (Betty calls this after every backward)."""
-        norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
-        if norms:
-            self._pending_metrics["grad_norm"] = float(torch.stack(norms).norm())
+        """Gradient norm of the PRM before clipping (Betty calls this after every backward); a
+        non-finite loss or gradient marks the optimiser step for skipping."""
+        grads = [p.grad.detach() for p in self.module.parameters() if p.grad is not None]
+        self.nonfinite.observe(self.last_metrics.get("loss"), grads)
+        if grads:
+            self.last_metrics["grad_norm"] = float(torch.stack([g.float().norm() for g in grads]).norm())
 
     def get_loss(self, batch):
         # Only the training step's own forward is logged, not the hypergradient's perturbed re-runs of it.
         result = super().get_loss(batch)
-        self.last_metrics = self._pending_metrics  # the same dict: grad_callback adds to it afterwards
+        if (self._count - 1) % self.gas == 0:  # the first micro-batch of an optimiser step
+            self._window = []
+        self._window.append(self._pending_metrics)
+        total = {key: sum(m[key] for m in self._window) for key in self._pending_metrics}
+        self.last_metrics = {k: v if k in SUMMED else v / len(self._window) for k, v in total.items()}
+        self.last_metrics["nonfinite_steps"] = self.nonfinite.skipped
         return result
+
+    def optimizer_step(self, *args, **kwargs):
+        if self.nonfinite.close_step(self._count // self.gas):
+            super().optimizer_step(*args, **kwargs)
+        self.last_metrics["nonfinite_steps"] = self.nonfinite.skipped
 
     def param_callback(self):
         if self.lr_scheduler is not None:

@@ -6,7 +6,10 @@ neumann, cg or sama), never directly. Two things are ours:
 
 - tables with ``sparse_rows`` step with torch's ``SparseAdam`` on the rows that have a gradient
   (only instances of the batch the hypergradient used), so unsampled weights stay where they are;
-- the schedule steps once per upper step (``param_callback``), as in the lower problem;
+- the schedule is built with the problem and steps once per upper step (``param_callback``), as in
+  the lower problem;
+- a hypergradient that is not finite (e.g. after a non-finite lower step) is not applied: the step is
+  skipped and counted (``reweight/nonfinite_steps``), and too many in a row stop the run;
 - with several ranks the gradient is averaged over them before the step, so the replicated
   reweighter stays identical on every rank.
 """
@@ -17,6 +20,7 @@ import torch
 from betty.problems import ImplicitProblem
 
 from prm.bilevel.meta_loss import meta_losses
+from prm.bilevel.nonfinite import NonFiniteGuard
 from prm.device import autocast, to_device
 from prm.distributed import average
 
@@ -33,7 +37,8 @@ class ReweightUpper(ImplicitProblem):
         aggregation,
         loss_target: str = "+",
         precision: str = "fp32",
-        lr_scheduler=None,
+        schedule=None,
+        max_nonfinite_steps: int = 10,
     ):
         super().__init__(
             name=name, config=config, module=module, optimizer=optimizer, train_data_loader=train_data_loader
@@ -42,7 +47,8 @@ class ReweightUpper(ImplicitProblem):
         self.aggregation = aggregation
         self.loss_target = loss_target
         self.precision_mode = precision
-        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler = schedule
+        self.nonfinite = NonFiniteGuard(name, max_nonfinite_steps)
         self.last_metrics: dict[str, float] = {}
         self.steps_taken = 0
 
@@ -66,6 +72,12 @@ class ReweightUpper(ImplicitProblem):
         # Replicated on every rank: average the ranks' pieces of the hypergradient so all step alike.
         grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         average(grads)
+        self.nonfinite.observe(self.last_metrics.get("loss"), grads)
+        finite = self.nonfinite.close_step(self.steps_taken + 1)
+        self.last_metrics["nonfinite_steps"] = self.nonfinite.skipped
+        self.steps_taken += 1
+        if not finite:
+            return
         if grads:
             self.last_metrics["grad_norm"] = float(
                 torch.stack([g.detach().float().norm() for g in grads]).norm()
@@ -75,7 +87,6 @@ class ReweightUpper(ImplicitProblem):
                 if parameter.grad is not None and not parameter.grad.is_sparse:
                     parameter.grad = parameter.grad.to_sparse()
         self.optimizer.step()
-        self.steps_taken += 1
 
     def param_callback(self):
         if self.lr_scheduler is not None:

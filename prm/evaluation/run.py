@@ -1,0 +1,199 @@
+"""Evaluating PRM checkpoints (behind evaluate.py): ``evaluate(cfg)``.
+
+Every candidate is scored once (all steps in one forward pass); best-of-N accuracy is then computed
+for every aggregation at once from those scores, beside the baselines (random expectation, first
+candidate, majority vote, pass@N). A ProcessBench test file gives the first-error metric instead.
+A multirun directory evaluates every job of the sweep and writes a comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from prm import plots
+from prm.checkpoint import find_resume_checkpoint, load_prm, resolve_checkpoint
+from prm.data.dataset import flatten_candidates
+from prm.data.readers import read_records
+from prm.data.records import BestOfNProblem, LabelledChain
+from prm.device import pick_device
+from prm.evaluation.best_of_n import accuracy_vs_n, best_of_n
+from prm.evaluation.processbench import choose_threshold, processbench
+from prm.evaluation.report import write_best_of_n, write_processbench
+from prm.evaluation.scoring import score_chains
+from prm.tracking import Tracker
+
+log = logging.getLogger("evaluate")
+
+
+def detect_mode(records: list) -> str:
+    if records and all(isinstance(record, BestOfNProblem) for record in records):
+        return "best_of_n"
+    if records and all(
+        isinstance(record, LabelledChain) and record.first_error is not None for record in records
+    ):
+        return "processbench"
+    raise ValueError("the test split holds neither best-of-N problems nor chains with known first errors")
+
+
+def load_test(cfg: DictConfig):
+    """The data config and its test records (read once, however many checkpoints are scored)."""
+    data = instantiate(cfg.data)
+    return data, data.load("test")
+
+
+def evaluate_checkpoint(
+    cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker, test=None
+) -> dict:
+    """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``;
+    returns the result summary. ``test``: (data, records) from :func:`load_test`, read here when not
+    given. Raises ValueError when the test records fit neither mode."""
+    device = pick_device(cfg.device)
+    prm = load_prm(checkpoint, device)
+    data, records = test if test is not None else load_test(cfg)
+    mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
+    log.info("evaluating %s on %d %s records (%s)", checkpoint, len(records), data.name, mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def score(chains):
+        return score_chains(
+            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True
+        )
+
+    run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench
+    table, summary = run(cfg, records, score, data.name, out_dir, tracker, f"Evaluation of {checkpoint}")
+    print(table)
+    log.info("results written to %s", out_dir)
+    return summary
+
+
+def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
+    """Best-of-N accuracy of every aggregation and baseline, accuracy against N; (table, summary)."""
+    chains = flatten_candidates(records)
+    flat = score(chains)
+    grouped, start = [], 0
+    for problem in records:
+        grouped.append(flat[start : start + len(problem.candidates)])
+        start += len(problem.candidates)
+    result = best_of_n(records, grouped)
+    curve = accuracy_vs_n(records, grouped)
+    table = write_best_of_n(result, out_dir, curve)
+    rows = [[name, "aggregation", r.accuracy, r.ties] for name, r in result.aggregations.items()]
+    rows += [[name, "baseline", r.accuracy, r.ties] for name, r in result.baselines.items()]
+    tracker.log_table("best_of_n/accuracy", ["method", "kind", "accuracy", "ties"], rows)
+    curve_dict = curve.to_dict()
+    methods = {**curve_dict["aggregations"], **curve_dict["baselines"]}
+    tracker.log_table(
+        "best_of_n/accuracy_vs_n",
+        ["n", *methods],
+        [[n, *(values[i] for values in methods.values())] for i, n in enumerate(curve_dict["n"])],
+    )
+    image = plots.plot_accuracy_vs_n(
+        curve_dict, out_dir / "accuracy_vs_n.png", highlight=cfg.aggregation.name
+    )
+    plots.write_report(out_dir, title, [("Best-of-N", table)], [image])
+    return table, result.to_dict()
+
+
+def evaluate_processbench(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
+    """ProcessBench first-error F1 at a fixed or tuned threshold; (table, summary)."""
+    scores = score(records)
+    first_errors = [record.first_error for record in records]
+    threshold = cfg.processbench.threshold
+    if threshold is None:
+        split = cfg.processbench.threshold_split
+        tune = records if split is None else read_records(split, "processbench")
+        tune_scores = scores if split is None else score(tune)
+        threshold = choose_threshold(tune_scores, [record.first_error for record in tune])
+        log.info("threshold %.4f chosen on %s", threshold, split or "the test split itself")
+    result = processbench(scores, first_errors, threshold)
+    table = write_processbench({name: result}, out_dir)
+    summary = result.to_dict()
+    tracker.log_table("processbench", ["subset", *summary], [[name, *summary.values()]])
+    plots.write_report(out_dir, title, [("ProcessBench", table)], [])
+    return table, summary
+
+
+def sweep_jobs(path: Path) -> list[Path]:
+    """The job directories of a Hydra multirun directory (those with a checkpoint), else []."""
+    if not (path / "multirun.yaml").exists():
+        return []
+    jobs = [job for job in path.iterdir() if (job / ".hydra" / "overrides.yaml").exists()]
+    return sorted(
+        (job for job in jobs if find_resume_checkpoint(job) is not None),
+        key=lambda job: int(job.name) if job.name.isdigit() else job.name,
+    )
+
+
+def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tracker) -> dict:
+    """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot."""
+    results, test = {}, load_test(cfg)
+    for job in jobs:
+        overrides = [
+            o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
+        ]
+        summary = evaluate_checkpoint(cfg, resolve_checkpoint(job), out_dir / job.name, tracker, test)
+        results[job.name] = {"overrides": " ".join(overrides) or "(defaults)", **summary}
+    if not all("aggregations" in r for r in results.values()):
+        raise ValueError("sweep comparison needs best-of-N test records")
+    headline = cfg.aggregation.name
+    names = list(next(iter(results.values()))["aggregations"])
+    lines = [
+        f"# Sweep comparison: best-of-N accuracy (%) of {len(jobs)} jobs",
+        "",
+        "| job | overrides | " + " | ".join(names) + " | random | majority_vote | pass_at_n |",
+        "|---|---|" + "---:|" * (len(names) + 3),
+    ]
+    for job, r in results.items():
+        cells = [f"{100 * r['aggregations'][n]['accuracy']:.2f}" for n in names]
+        cells += [
+            f"{100 * r['baselines'][b]['accuracy']:.2f}" for b in ("random", "majority_vote", "pass_at_n")
+        ]
+        lines.append(f"| {job} | {r['overrides']} | " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines) + "\n"
+    (out_dir / "comparison.md").write_text(markdown, encoding="utf-8")
+    (out_dir / "comparison.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    first = next(iter(results.values()))
+    image = plots.plot_comparison(
+        [r["overrides"] for r in results.values()],
+        [r["aggregations"][headline]["accuracy"] for r in results.values()],
+        {b: first["baselines"][b]["accuracy"] for b in ("random", "majority_vote", "pass_at_n")},
+        out_dir / "comparison.png",
+        title=f"Best-of-N, {headline} aggregation",
+    )
+    plots.write_report(
+        out_dir, "Sweep comparison", [("Best-of-N per job", markdown.split("\n", 2)[2])], [image]
+    )
+    tracker.log_table(
+        "sweep/best_of_n",
+        ["job", "overrides", *names],
+        [
+            [job, r["overrides"], *(r["aggregations"][n]["accuracy"] for n in names)]
+            for job, r in results.items()
+        ],
+    )
+    print(markdown)
+    return results
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """One checkpoint (or run directory), or every job of a multirun directory."""
+    target = Path(cfg.checkpoint)
+    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else target / "eval"
+    tracker = instantiate(cfg.logger)
+    tracker.start(
+        out_dir, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate", name=f"eval-{target.name}"
+    )
+    try:
+        jobs = sweep_jobs(target)
+        if jobs:
+            log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))
+            return compare_sweep(cfg, jobs, out_dir, tracker)
+        return evaluate_checkpoint(cfg, resolve_checkpoint(target), out_dir, tracker)
+    finally:
+        tracker.finish()

@@ -1,0 +1,210 @@
+"""The Betty problems of a training run, each built complete with its optimiser and schedule, and the engine.
+
+The lower problem is the PRM (``prm``); with ``reweight`` other than none the upper problem is the
+reweighter (``reweight``). Betty's engine sets each problem as an attribute of the other under its
+name, which is how the lower problem reads the reweighter (``PRMLower.reweighter``) and the upper
+problem the PRM (``ReweightUpper.lower_name``). Optimisers and schedules come from the config
+(``train.optimizer``, ``schedule``, ``reweight.upper.optimizer``, ``reweight.upper.schedule``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from betty.configs import Config, EngineConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from prm.bilevel.deepspeed_lower import DeepSpeedLower
+from prm.bilevel.engine import PRMEngine
+from prm.bilevel.lower import PRMLower
+from prm.bilevel.meta_loss import check_meta_loss
+from prm.bilevel.upper import ReweightUpper
+from prm.data.dataset import ChainDataset
+from prm.data.sampling import ResumableSampler
+from prm.distributed import deepspeed_config
+from prm.reweight import TrainingSet
+from prm.training.run import TrainingRun
+
+log = logging.getLogger("train")
+
+LOWER, UPPER = "prm", "reweight"
+HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in betty 0.2.1
+
+
+def darts_alpha(configured: float | None, precision: str) -> float:
+    """``null``: 0.01 in fp32, 0.1 in bf16 (a smaller finite-difference radius drowns in bf16 rounding:
+    the estimate comes out 20-30% too small)."""
+    if configured is not None:
+        return float(configured)
+    return 0.1 if precision == "bf16" else 0.01
+
+
+def hypergradient_config(reweight: DictConfig, precision: str = "fp32") -> dict:
+    """Betty Config fields of the lower problem that choose and tune the best-response Jacobian.
+    Raises ValueError for an unknown ``reweight.hypergradient.type`` or ``unroll_steps`` < 1."""
+    h = reweight.hypergradient
+    if h.type not in HYPERGRADIENTS:
+        raise ValueError(f"reweight.hypergradient.type={h.type!r}; expected one of {HYPERGRADIENTS}")
+    if h.unroll_steps < 1:
+        raise ValueError("reweight.hypergradient.unroll_steps must be >= 1")
+    return dict(
+        type=h.type,
+        unroll_steps=h.unroll_steps,
+        darts_alpha=darts_alpha(h.darts_alpha, precision),
+        neumann_iterations=h.iterations,
+        neumann_alpha=h.alpha,
+        cg_iterations=h.iterations,
+        cg_alpha=h.alpha,
+        sama_adam_alpha=h.sama_adam_alpha,
+    )
+
+
+def build_optimizer(node: DictConfig, parameters):
+    """``instantiate(node)(parameters)``: a ``_partial_`` optimiser config completed with the parameters."""
+    return instantiate(node, _convert_="all")(parameters)
+
+
+def build_schedule(node: DictConfig, optimizer, total_steps: int):
+    """``instantiate(node)(optimizer, total_steps=...)``: every schedule takes the run's optimiser steps."""
+    return instantiate(node, _convert_="all")(optimizer, total_steps=total_steps)
+
+
+def chain_loader(
+    run: TrainingRun, chains, batch_size: int, seed: int, start: int, domains=None
+) -> DataLoader:
+    """A resumable loader over ``chains``: ``start`` batches already drawn (per rank) are skipped."""
+    world = run.world
+    sampler = ResumableSampler(
+        len(chains), seed=seed, start=start * batch_size * world.size, rank=world.rank, world_size=world.size
+    )
+    dataset = ChainDataset(chains, domains) if domains is not None else ChainDataset(chains)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=run.collator,
+        num_workers=run.data.config.num_workers,
+    )
+
+
+def setup_lower(run: TrainingRun) -> None:
+    """The PRM as Betty's lower problem, plain or inside a DeepSpeed engine (``distributed=zero*``)."""
+    cfg, data = run.cfg, run.data
+    reweighting = cfg.reweight.name != "none"
+    bilevel = hypergradient_config(cfg.reweight, cfg.train.precision) if reweighting else {}
+    loader = chain_loader(
+        run,
+        data.train_chains,
+        data.config.batch_size,
+        cfg.seed,
+        run.start_step * run.accumulation,
+        data.domains,
+    )
+    optimizer = build_optimizer(cfg.train.optimizer, run.prm.parameters())
+    common = dict(name=LOWER, train_data_loader=loader, precision=cfg.train.precision)
+    common.update(reweighter=UPPER if reweighting else None)
+    if not run.world.deepspeed:
+        run.lower = PRMLower(
+            module=run.prm,
+            optimizer=optimizer,
+            schedule=build_schedule(cfg.schedule, optimizer, cfg.train.steps),
+            max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+            config=Config(
+                gradient_accumulation=run.accumulation,
+                precision="fp32",
+                log_step=-1,
+                gradient_clipping=cfg.train.gradient_clipping,
+                **bilevel,
+            ),
+            **common,
+        )
+        return
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(
+        model=run.prm,
+        optimizer=optimizer,
+        config=deepspeed_config(cfg),
+        lr_scheduler=lambda opt: build_schedule(cfg.schedule, opt, cfg.train.steps),
+    )
+    # DeepSpeed accumulates and clips; Betty sees one micro-batch per step, so the upper level
+    # steps every unroll_steps x accumulation micro-batches.
+    if bilevel:
+        bilevel["unroll_steps"] *= run.accumulation
+    config = Config(gradient_accumulation=1, gradient_clipping=0.0, precision="fp32", log_step=-1, **bilevel)
+    run.lower = DeepSpeedLower(engine=engine, config=config, **common)
+
+
+def setup_upper(run: TrainingRun) -> None:
+    """The reweighter from ``reweight`` as Betty's upper problem over the meta set (reweight=none: none)."""
+    cfg, data = run.cfg, run.data
+    if cfg.reweight.name == "none":
+        return
+    check_meta_loss(run.aggregation, cfg.prm.loss_target)
+    upper = cfg.reweight.upper
+    reweighter = instantiate(cfg.reweight.module)(
+        training_set=TrainingSet.of(data.train_chains, data.domains), activation=instantiate(cfg.activation)
+    )
+    optimizer = build_optimizer(upper.optimizer, list(reweighter.parameters()))
+    upper_steps = max(1, cfg.train.steps // cfg.reweight.hypergradient.unroll_steps)
+    seed = cfg.seed + 1 if upper.sampler_seed is None else upper.sampler_seed
+    start = run.state["upper"]["steps"] if run.state is not None else 0
+    run.upper = ReweightUpper(
+        name=UPPER,
+        module=reweighter,
+        optimizer=optimizer,
+        schedule=build_schedule(upper.schedule, optimizer, upper_steps),
+        train_data_loader=chain_loader(run, data.meta_chains, upper.batch_size, seed, start),
+        lower_name=LOWER,
+        aggregation=run.aggregation,
+        loss_target=cfg.prm.loss_target,
+        precision=cfg.train.precision,
+        max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+        config=Config(gradient_clipping=upper.gradient_clipping, precision="fp32", log_step=-1),
+    )
+    log.info(
+        "reweighting: %s, %s hypergradient, unroll %d, meta loss %s with %s",
+        cfg.reweight.name,
+        cfg.reweight.hypergradient.type,
+        cfg.reweight.hypergradient.unroll_steps,
+        cfg.prm.loss_target,
+        run.aggregation.name,
+    )
+
+
+def setup_problems(run: TrainingRun) -> None:
+    """Aggregation, lower problem, upper problem (in this order: the reweighter's initialisation draws
+    from the global generator after the PRM's)."""
+    run.aggregation = instantiate(run.cfg.aggregation)
+    setup_lower(run)
+    setup_upper(run)
+
+
+def setup_engine(run: TrainingRun, validate, save) -> None:
+    """Betty's engine over the problems, counting optimiser steps (prm/bilevel/engine.py)."""
+    cfg = run.cfg
+    problems = [run.lower] + ([run.upper] if run.upper is not None else [])
+    dependencies = {"u2l": {}, "l2u": {}}
+    if run.upper is not None:
+        dependencies = {"u2l": {run.upper: [run.lower]}, "l2u": {run.lower: [run.upper]}}
+    total_micro = cfg.train.steps * run.accumulation
+    run.engine = PRMEngine(
+        problems=problems,
+        dependencies=dependencies,
+        config=EngineConfig(
+            train_iters=total_micro - run.start_step * run.accumulation,
+            valid_step=total_micro + 1,
+            logger_type="none",
+        ),
+        start_step=run.start_step,
+        total_steps=cfg.train.steps,
+        accumulation=run.accumulation,
+        validate_every=cfg.train.validate_every,
+        save_every=cfg.train.save_every,
+        validate=validate,
+        save=save,
+        log_metrics=run.tracker.log,
+        device=run.device,
+    )

@@ -1,0 +1,54 @@
+"""What one training job holds once it is set up: config, places, data, model, Betty problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from prm.distributed import World
+from prm.tracking import Tracker
+
+
+@dataclass
+class TrainingData:
+    """``config``: the instantiated data config (batch sizes, max_length, ...); chains of both sets;
+    ``domains``: the sorted domain names of the training chains."""
+
+    config: Any
+    train_chains: list
+    meta_chains: list
+    domains: list[str]
+
+
+@dataclass
+class TrainingRun:
+    """One training job. ``start_step``: optimiser steps already taken (a resumed run's checkpoint);
+    ``state``: the resumed training state (None for a fresh run)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: str
+    world: World
+    tracker: Tracker
+    checkpoint: Path | None = None
+    state: dict | None = None
+    data: TrainingData | None = None
+    backbone: Any = None
+    prm: Any = None
+    collator: Any = None
+    aggregation: Any = None
+    lower: Any = None
+    upper: Any = None
+    engine: Any = None
+    config_yaml: str = ""
+
+    @property
+    def start_step(self) -> int:
+        return self.state["step"] if self.state is not None else 0
+
+    @property
+    def accumulation(self) -> int:
+        return self.cfg.train.gradient_accumulation
