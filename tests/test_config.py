@@ -227,7 +227,6 @@ def test_llm_client_block_is_shared():
         "base_url": "http://localhost:8000/v1",
         "api_key_env": "OPENAI_API_KEY",
         "retries": 4,
-        "backoff": 1.0,
         "max_concurrency": 8,
     }
     for client, timeout in [(policy.client, 120.0)] + [(judge.llm.client, 60.0) for judge in judges]:
