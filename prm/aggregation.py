@@ -1,11 +1,15 @@
 """Aggregations: step scores of a chain -> one chain score (docs/methods.md#aggregations).
 
+Every aggregation is one entry of ``REGISTRY`` (an :class:`AggregationSpec`: its function, the value
+an empty chain gets, and whether its value is a probability); ``conf/aggregation/<name>.yaml`` names
+an entry, and everything else (the meta loss, best-of-N, the metrics) reads the registry.
+
 Each function takes ``scores`` of shape ``[chains, max_steps]`` with values in [0, 1] and a boolean
 ``mask`` of the same shape (True where a step exists) and returns ``[chains]``. They are
 differentiable, and safe at scores of exactly 0 and 1: probabilities are clamped to
 ``[eps, 1 - eps]`` before any log, logit or odds, so nothing becomes inf or NaN.
 
-Empty chains (no step) get ``EMPTY_SCORE[name]``, the lowest value the aggregation can take
+Empty chains (no step) get ``REGISTRY[name].empty``, the lowest value the aggregation can take
 (-inf for the unbounded ones), so that an empty candidate never wins best-of-N. Scores of padded
 positions never leak into a result.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -71,31 +76,38 @@ def agg_mean_odd(scores, mask):
     return _masked_sum(clamped / (1 - clamped), mask) / _count(mask)
 
 
+@dataclass(frozen=True)
+class AggregationSpec:
+    """One aggregation: ``fn(scores [chains, steps], mask [chains, steps]) -> [chains]``; ``empty``: the
+    value of a chain with no step (the lowest the aggregation can reach, so an empty candidate never
+    wins best-of-N); ``probability``: its value lies in [0, 1], so it can serve in the meta loss
+    (p - y)^2."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    empty: float
+    probability: bool
+
+
+# Formulas: min/max/last/mean/prod of the step probabilities r_j; log_mean = sigmoid(mean_j logit r_j)
+# (DreamPRM's meta-loss aggregation); sum_logprob = sum_j log r_j; sum_logit = sum_j logit r_j;
+# mean_odd = mean_j r_j / (1 - r_j).
+REGISTRY: dict[str, AggregationSpec] = {
+    "min": AggregationSpec(agg_min, 0.0, True),
+    "max": AggregationSpec(agg_max, 0.0, True),
+    "last": AggregationSpec(agg_last, 0.0, True),
+    "mean": AggregationSpec(agg_mean, 0.0, True),
+    "prod": AggregationSpec(agg_prod, 0.0, True),
+    "log_mean": AggregationSpec(agg_log_mean, 0.0, True),
+    "sum_logprob": AggregationSpec(agg_sum_logprob, -math.inf, False),
+    "sum_logit": AggregationSpec(agg_sum_logit, -math.inf, False),
+    "mean_odd": AggregationSpec(agg_mean_odd, 0.0, False),
+}
+# Views of the registry, for readers that want one property of every aggregation.
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "min": agg_min,
-    "max": agg_max,
-    "last": agg_last,
-    "mean": agg_mean,
-    "prod": agg_prod,
-    "log_mean": agg_log_mean,
-    "sum_logprob": agg_sum_logprob,
-    "sum_logit": agg_sum_logit,
-    "mean_odd": agg_mean_odd,
+    name: spec.fn for name, spec in REGISTRY.items()
 }
-# Lowest value each aggregation can reach; given to empty chains so they never win.
-EMPTY_SCORE = {
-    "min": 0.0,
-    "max": 0.0,
-    "last": 0.0,
-    "mean": 0.0,
-    "prod": 0.0,
-    "log_mean": 0.0,
-    "sum_logprob": -math.inf,
-    "sum_logit": -math.inf,
-    "mean_odd": 0.0,
-}
-# Aggregations whose value is a probability in [0, 1] (usable in the meta loss (p - y)^2).
-PROBABILITY_VALUED = {"min", "max", "last", "mean", "prod", "log_mean"}
+EMPTY_SCORE: dict[str, float] = {name: spec.empty for name, spec in REGISTRY.items()}
+PROBABILITY_VALUED: frozenset[str] = frozenset(name for name, spec in REGISTRY.items() if spec.probability)
 
 
 def pad_ragged(chains, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,24 +122,29 @@ def pad_ragged(chains, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor
 
 
 class Aggregation:
-    """A named aggregation, built from ``conf/aggregation/<name>.yaml``."""
+    """A named aggregation (an entry of ``REGISTRY``), built from ``conf/aggregation/<name>.yaml``.
+
+    Calling it maps ``scores [chains, steps]`` and ``mask [chains, steps]`` to ``[chains]``; chains
+    without any step get the entry's ``empty`` value. Raises ValueError for an unknown name.
+    """
 
     def __init__(self, name: str):
-        if name not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {name!r}; expected one of {sorted(AGGREGATIONS)}")
+        if name not in REGISTRY:
+            raise ValueError(f"unknown aggregation {name!r}; expected one of {sorted(REGISTRY)}")
         self.name = name
-        self.fn = AGGREGATIONS[name]
+        self.spec = REGISTRY[name]
+        self.fn = self.spec.fn
 
     @property
     def is_probability(self) -> bool:
-        return self.name in PROBABILITY_VALUED
+        return self.spec.probability
 
     def __call__(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()
         result = self.fn(scores, mask)
         empty = ~mask.any(-1)
         if empty.any():
-            result = torch.where(empty, torch.full_like(result, EMPTY_SCORE[self.name]), result)
+            result = torch.where(empty, torch.full_like(result, self.spec.empty), result)
         return result
 
     def __repr__(self) -> str:

@@ -72,3 +72,31 @@ def test_padding_values_do_not_leak():
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="unknown aggregation 'median'"):
         Aggregation("median")
+
+
+def test_registry_is_the_single_source():
+    from prm.aggregation import EMPTY_SCORE, PROBABILITY_VALUED, REGISTRY
+
+    assert set(REGISTRY) == set(AGGREGATIONS) == set(EMPTY_SCORE)
+    assert PROBABILITY_VALUED == {"min", "max", "last", "mean", "prod", "log_mean"}
+    unbounded = {name for name, spec in REGISTRY.items() if spec.empty == -math.inf}
+    assert unbounded == {"sum_logprob", "sum_logit"}
+    for name, spec in REGISTRY.items():
+        aggregation = Aggregation(name)
+        assert aggregation.fn is spec.fn is AGGREGATIONS[name]
+        assert aggregation.is_probability == spec.probability == (name in PROBABILITY_VALUED)
+        empty = aggregation(torch.tensor([[0.3, 0.7]]), torch.tensor([[False, False]]))
+        assert empty.item() == spec.empty == EMPTY_SCORE[name]
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_probability_valued_entries_stay_in_unit_interval(name):
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(64, 6, generator=generator, dtype=torch.float64)
+    mask = torch.rand(64, 6, generator=generator) < 0.8
+    result = Aggregation(name)(scores, mask)
+    inside = bool(((result >= 0) & (result <= 1)).all())
+    if Aggregation(name).is_probability:
+        assert inside
+    else:  # unbounded: some random chain leaves [0, 1]
+        assert not inside

@@ -1,14 +1,27 @@
-"""Every option of every config group composes and instantiates."""
+"""Every option of every config group composes and instantiates; the schema refuses misspelt keys and
+wrong types at composition; validate_train_config / validate_evaluate_config refuse bad ranges and
+combinations with one message naming the key; user errors exit with status 2."""
 
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from prm.aggregation import Aggregation
+from prm.config import (
+    ConfigError,
+    user_error_exit,
+    user_errors,
+    validate_evaluate_config,
+    validate_train_config,
+)
 from prm.data.sources import DataSources
 from prm.model.backbones import Backbone
 from prm.tracking import Tracker
@@ -22,9 +35,9 @@ def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
 
 
-def composed(*overrides: str, hydra: bool = False):
+def composed(*overrides: str, hydra: bool = False, name: str = "config"):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 # Files for the data configs whose split paths are mandatory (???).
@@ -131,8 +144,7 @@ def test_schedules_instantiate(name):
 @pytest.mark.parametrize("name", options("data"))
 def test_data_configs_instantiate_and_load(name, tmp_path, monkeypatch):
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path))
-    smoke = ["experiment=smoke"] if name == "demo" else []
-    cfg = composed(f"data={name}", *smoke, *DATA_FILES.get(name, []))
+    cfg = composed(f"data={name}", "experiment=smoke", *DATA_FILES.get(name, []))
     sources = instantiate(cfg.data)
     assert isinstance(sources, DataSources)
     # Published files ship no images: read them text-only.
@@ -169,3 +181,307 @@ def test_hydra_run_and_sweep_dirs():
     cfg = composed(hydra=True)
     assert cfg.hydra.run.dir.startswith("outputs/")
     assert cfg.hydra.sweep.dir.startswith("multirun/")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared blocks (base/ pattern): the composed values every option had before the refactor.
+
+
+def test_file_data_configs_share_the_base_block():
+    formats = {
+        "dreamprm": ("dreamprm_train", "dreamprm_meta", "auto"),
+        "dreamprm15": ("conversations", "conversations", "bestofn"),
+        "files": ("auto", "auto", "auto"),
+        "mmprm": ("mmprm", "auto", "auto"),
+        "trl": ("trl", "auto", "auto"),
+    }
+    for name, (train, meta, test) in formats.items():
+        data = composed(f"data={name}").data
+        assert data._target_ == "prm.data.sources.DataSources" and data.name == name
+        assert (data.train_format, data.meta_format, data.test_format) == (train, meta, test)
+        assert (data.train, data.meta, data.test, data.image_root) == (None, None, None, None)
+        assert (data.missing_image, data.batch_size, data.eval_batch_size, data.max_length) == (
+            "error",
+            8,
+            16,
+            4096,
+        )
+    bench = composed("data=processbench").data
+    assert (bench.test_format, bench.missing_image, bench.eval_batch_size, bench.max_length) == (
+        "processbench",
+        "blank",
+        16,
+        4096,
+    )
+
+
+def test_llm_client_block_is_shared():
+    def generate(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("generate", overrides=list(overrides))
+
+    policy = generate("policy=openai").policy
+    judges = [generate(f"judge={name}").judge for name in ("llm", "rule_then_llm")]
+    expected = {
+        "_target_": "prm.generate.client.ChatClient",
+        "base_url": "http://localhost:8000/v1",
+        "api_key_env": "OPENAI_API_KEY",
+        "retries": 4,
+        "max_concurrency": 8,
+    }
+    for client, timeout in [(policy.client, 120.0)] + [(judge.llm.client, 60.0) for judge in judges]:
+        assert OmegaConf.is_missing(client, "model")
+        assert {key: client[key] for key in expected} == expected and client.timeout == timeout
+    assert policy._target_ == "prm.generate.policy.OpenAIPolicy" and policy.max_tokens == 1024
+    assert [judge.mode for judge in judges] == ["llm", "rule_then_llm"]
+    assert judges[0].rule is None and judges[1].rule.tolerance == 1e-6
+    assert judges[0].llm._target_ == "prm.generate.judge.LLMJudge"
+
+
+@pytest.mark.parametrize("name", options("aggregation"))
+def test_aggregation_files_name_a_registry_entry(name):
+    from prm.aggregation import REGISTRY
+
+    node = composed(f"aggregation={name}").aggregation
+    assert OmegaConf.to_container(node) == {"_target_": "prm.aggregation.Aggregation", "name": name}
+    assert name in REGISTRY
+    assert set(options("aggregation")) == set(REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema: composition refuses misspelt keys and wrong types.
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.stpes=3"],
+        ["train.steps=abc"],
+        ["train.optimizer.lrr=0.1"],
+        ["data.batch_sise=2"],
+        ["data.batch_size=two"],
+        ["prm.haed=value"],
+        ["optimized_metric=[1]"],
+        ["reweight=domain_table", "reweight.hypergradient.unrol_steps=2"],
+        ["reweight=domain_table", "reweight.hypergradient.unroll_steps=1.5"],
+        ["reweight=instance_table", "reweight.upper.batch_size=x"],
+    ],
+)
+def test_schema_refuses_at_composition(overrides):
+    with pytest.raises(ConfigCompositionException):
+        composed(*overrides)
+
+
+def test_evaluate_schema_refuses_at_composition():
+    composed("checkpoint=x", name="evaluate")
+    with pytest.raises(ConfigCompositionException):
+        composed("checkpoint=x", "mdoe=auto", name="evaluate")
+    with pytest.raises(ConfigCompositionException):
+        composed("checkpoint=x", "processbench.threshold=high", name="evaluate")
+
+
+def test_schema_accepts_contract_keys_and_new_optimizer_arguments():
+    cfg = composed(
+        "train.optimizer.lr=0.01",
+        "+train.optimizer.eps=1e-6",
+        "optimized_metric=loss",
+        "train.keep_last_n_checkpoints=3",
+        "train.max_nonfinite_steps=5",
+        "reweight=instance_table",
+        "reweight.upper.sampler_seed=7",
+    )
+    assert cfg.train.optimizer.lr == 0.01 and cfg.train.optimizer.eps == 1e-6
+    assert cfg.train.lr == 0.01  # legacy alias follows the optimiser node
+    assert cfg.optimized_metric == "loss" and cfg.train.keep_last_n_checkpoints == 3
+    assert cfg.reweight.upper.optimizer._target_ == "torch.optim.SparseAdam"
+    assert "weight_decay" not in cfg.reweight.upper.optimizer and cfg.reweight.upper.sampler_seed == 7
+    assert cfg.reweight.upper.batch_size == cfg.data.batch_size
+    optimizer = instantiate(cfg.train.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["eps"] == 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# experiment=smoke is a delta that works with every data option.
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_smoke_composes_with_every_data_option(name):
+    cfg = composed("experiment=smoke", f"data={name}")
+    assert cfg.data.name == name and cfg.train.steps == 4
+    assert OmegaConf.to_container(cfg.data.limit) == {"train": 48, "meta": 16, "test": 4}
+    validate_train_config(cfg)
+
+
+def test_data_limit_keeps_an_evenly_spaced_subset_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path))
+    sources = instantiate(composed("experiment=smoke").data)
+    with caplog.at_level(logging.INFO, logger="prm.data.sources"):
+        train = sources.load("train")
+    domains = [chain.domain for chain in train]
+    assert len(train) == 48 and {d: domains.count(d) for d in set(domains)} == {
+        "clean": 16,
+        "noisy": 16,
+        "easy": 16,
+    }
+    assert "train split: kept 48 of 900 records" in caplog.text
+    assert len(sources.load("meta")) == 16 and len(sources.load("test")) == 4
+    sources.limit = 1000
+    assert len(sources.load("meta")) == 120  # fewer records than the limit: all kept
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_train_config / validate_evaluate_config: one rule, one message naming the key.
+
+
+BAD_TRAIN = [
+    (["train.steps=0"], "train.steps=0: must be >= 1"),
+    (["train.optimizer.lr=0"], "train.optimizer.lr=0: must be > 0"),
+    (["train.optimizer.lr=-1e-3"], "train.optimizer.lr=-0.001: must be > 0"),
+    (["data.batch_size=0"], "data.batch_size=0: must be >= 1"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size=0: must be >= 1"),
+    (["train.gradient_accumulation=0"], "train.gradient_accumulation=0: must be >= 1"),
+    (["train.save_every=-1"], "train.save_every=-1: must be >= 0"),
+    (["train.validate_every=-5"], "train.validate_every=-5: must be >= 0"),
+    (["train.gradient_clipping=-1"], "train.gradient_clipping=-1.0: must be >= 0"),
+    (["train.keep_last_n_checkpoints=0"], "train.keep_last_n_checkpoints=0: must be >= 1"),
+    (["train.max_nonfinite_steps=0"], "train.max_nonfinite_steps=0: must be >= 1"),
+    (["train.precision=fp16"], "train.precision=fp16 is not supported: float16 needs loss scaling"),
+    (["train.precision=fp8"], "train.precision='fp8': expected one of fp32, bf16"),
+    (["train.device=tpu"], "train.device='tpu': expected auto, cpu, cuda or cuda:<index>"),
+    (["prm.head=linear"], "prm.head='linear': expected one of token, value"),
+    (["prm.loss_target=-"], "prm.loss_target='-': expected one of +, both"),
+    (["+data.limit.dev=3"], "data.limit.dev: unknown split"),
+    (["data.limit=0"], "data.limit=0: expected null or a record count >= 1"),
+    (["reweight=domain_table", "reweight.hypergradient.type=maml"], "reweight.hypergradient.type='maml'"),
+    (["reweight=domain_table", "reweight.hypergradient.unroll_steps=0"], "unroll_steps=0: must be >= 1"),
+    (
+        ["reweight=instance_net", "reweight.upper.optimizer.lr=0"],
+        "reweight.upper.optimizer.lr=0: must be > 0",
+    ),
+    (["reweight=instance_table", "reweight.upper.batch_size=0"], "reweight.upper.batch_size=0: must be >= 1"),
+    (["reweight=instance_table", "aggregation=sum_logit"], "aggregation=sum_logit is not a probability"),
+    (
+        ["reweight=domain_table", "aggregation=mean_odd", "prm.loss_target=both"],
+        "with prm.loss_target=both",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN])
+def test_validate_train_config_refuses(overrides, message):
+    cfg = composed(*overrides)
+    with pytest.raises(ConfigError) as error:
+        validate_train_config(cfg)
+    assert message in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_validate_train_config_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"train.device={device} but torch sees no CUDA device"):
+            validate_train_config(composed(f"train.device={device}"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["experiment=smoke"],
+        ["reweight=instance_table", "aggregation=prod", "prm.loss_target=both"],
+        ["train.precision=bf16", "train.device=cpu", "train.save_every=0", "train.validate_every=0"],
+    ]
+    + [[f"experiment={name}"] for name in options("experiment")],
+)
+def test_validate_train_config_accepts(overrides):
+    validate_train_config(composed(*overrides))
+
+
+BAD_EVALUATE = [
+    ([], "checkpoint is not set"),
+    (["checkpoint=run", "precision=fp16"], "precision=fp16 is not supported"),
+    (
+        ["checkpoint=run", "mode=first_error"],
+        "mode='first_error': expected one of auto, best_of_n, processbench",
+    ),
+    (["checkpoint=run", "data.eval_batch_size=0"], "data.eval_batch_size=0: must be >= 1"),
+    (
+        ["checkpoint=run", "processbench.threshold=1.5"],
+        "processbench.threshold=1.5: must be null or in [0, 1]",
+    ),
+    (["checkpoint=run", "device=gpu"], "device='gpu': expected auto, cpu, cuda"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_EVALUATE, ids=[" ".join(o) for o, _ in BAD_EVALUATE])
+def test_validate_evaluate_config_refuses(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate_evaluate_config(composed(*overrides, name="evaluate"))
+    assert message in str(error.value)
+
+
+def test_validate_evaluate_config_accepts():
+    validate_evaluate_config(composed("checkpoint=run", name="evaluate"))
+    validate_evaluate_config(
+        composed("checkpoint=run", "data=processbench", "mode=processbench", name="evaluate")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit status 2 and one line for user errors.
+
+
+def test_user_error_exit_prints_one_line_and_exits_2(capsys, monkeypatch):
+    monkeypatch.delenv("PRM_DEBUG", raising=False)
+
+    @user_error_exit
+    def main(steps):
+        """main's docstring"""
+        validate_train_config(composed(f"train.steps={steps}"))
+        return "ran"
+
+    assert main(3) == "ran" and main.__doc__ == "main's docstring"
+    with pytest.raises(SystemExit) as exit_info:
+        main(0)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: train.steps=0: must be >= 1\n"
+
+
+def test_user_errors_debug_shows_the_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("PRM_DEBUG", "1")
+    with pytest.raises(SystemExit), user_errors():
+        raise ConfigError("train.steps=0: must be >= 1")
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("error: train.steps=0: must be >= 1")
+    monkeypatch.delenv("PRM_DEBUG")
+    with pytest.raises(SystemExit), user_errors(debug=True):
+        raise ConfigError("x")
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_other_errors_pass_through():
+    with pytest.raises(KeyError), user_errors():
+        raise KeyError("a bug, not the user's")
+
+
+def test_hydra_entry_point_exits_2_on_a_user_error(tmp_path):
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import hydra\n"
+        "from prm.config import user_error_exit, validate_train_config\n"
+        f"@hydra.main(config_path={str(CONF)!r}, config_name='config', version_base='1.3')\n"
+        "@user_error_exit\n"
+        "def main(cfg):\n"
+        "    validate_train_config(cfg)\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    run = [sys.executable, str(script), f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run([*run, "train.steps=0"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: train.steps=0: must be >= 1"
+    assert "Traceback" not in result.stderr
+    typo = subprocess.run([*run, "train.stpes=3"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert typo.returncode == 1 and "Could not override 'train.stpes'" in typo.stderr

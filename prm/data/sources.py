@@ -10,6 +10,7 @@ per file with the records read, kept and skipped (by reason), so nothing disappe
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ class DataSources:
     eval_batch_size: int = 16
     max_length: int | None = 1024
     num_workers: int = 0
+    # At most this many records per split (an int for every split, or {split: int}); null: all.
+    # An evenly spaced subset, so files sorted by domain keep every domain; always logged.
+    limit: Any = None
 
     def __post_init__(self) -> None:
         self._built = False
@@ -82,4 +86,16 @@ class DataSources:
         )
         self.reports[split] = report
         report.log()
-        return records
+        return self._limited(split, records)
+
+    def _limited(self, split: str, records: list) -> list:
+        """At most ``limit`` records of ``split``: indices floor(i * n / limit), i < limit (logged)."""
+        limit = self.limit.get(split) if isinstance(self.limit, Mapping) else self.limit
+        if limit is None or len(records) <= int(limit):
+            return records
+        limit = int(limit)
+        if limit < 1:
+            raise ValueError(f"data.limit for split {split!r} must be >= 1 or null, got {limit}")
+        kept = [records[i * len(records) // limit] for i in range(limit)]
+        log.info("data.limit: %s split: kept %d of %d records (evenly spaced)", split, limit, len(records))
+        return kept

@@ -1,0 +1,396 @@
+"""The typed schema of the configs and the checks a config must pass before any data or model loads.
+
+**Schema.** :func:`register_schemas` stores structured-config dataclasses in Hydra's ConfigStore:
+``train_schema`` (the top of ``conf/config.yaml``) and ``evaluate_schema`` (``conf/evaluate.yaml``).
+Each config lists its schema first in its defaults, so every YAML file, preset and command-line
+override is merged into typed, closed nodes: a misspelt key (``train.stpes=3``) or a value of the
+wrong type (``train.steps=abc``) fails at composition with Hydra's own message, before ``main`` runs.
+Groups whose options differ in shape (backbone, schedule, logger, ...) stay untyped (``Any``); Hydra's
+struct mode still refuses unknown keys in them. Importing :mod:`prm` registers the schemas.
+
+**Checks.** :func:`validate_train_config` and :func:`validate_evaluate_config` test ranges and
+combinations that types cannot express (steps >= 1, lr > 0, a known hypergradient, a probability
+aggregation for the meta loss, ...) and raise :class:`ConfigError` whose message names the key.
+
+**Exit.** :func:`user_error_exit` turns a :class:`prm.errors.UserError` (ConfigError, data errors)
+into one line on stderr and exit status 2; ``PRM_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from prm.errors import UserError
+
+HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
+PRECISIONS = ("fp32", "bf16")
+HEADS = ("token", "value")
+LOSS_TARGETS = ("+", "both")
+EVALUATE_MODES = ("auto", "best_of_n", "processbench")
+SPLITS = ("train", "meta", "test")
+
+class ConfigError(UserError, ValueError):
+    """A config value or combination that cannot work; the message names the key and what to set."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema. Optional[...] (not X | None): OmegaConf reads these annotations at runtime.
+
+
+@dataclass
+class PRMSchema:
+    head: str = "token"  # token | value
+    loss_target: str = "+"  # + | both
+
+
+@dataclass
+class TrainSchema:
+    steps: int = 3000
+    # instantiate(train.optimizer)(params): any torch optimiser; a dict node so that its keys can
+    # follow the optimiser (+train.optimizer.momentum=0.9 for SGD), yet a misspelt key is refused.
+    optimizer: dict[str, Any] = MISSING
+    gradient_clipping: float = 1.0
+    gradient_accumulation: int = 1
+    precision: str = "fp32"
+    validate_every: int = 500
+    save_every: int = 1000
+    keep_last_n_checkpoints: int = 2
+    max_nonfinite_steps: int = 10
+    device: str = "auto"
+
+
+@dataclass
+class HypergradientSchema:
+    type: str = "darts"  # darts | neumann | cg | sama
+    unroll_steps: int = 1
+    darts_alpha: Optional[float] = None  # noqa: UP045
+    iterations: int = 1
+    alpha: float = 1.0
+    sama_adam_alpha: float = 1.0
+
+
+@dataclass
+class UpperSchema:
+    optimizer: dict[str, Any] = MISSING
+    schedule: dict[str, Any] = field(
+        default_factory=lambda: {
+            "_target_": "prm.schedules.warmup_schedule",
+            "_partial_": True,
+            "name": "constant",
+            "warmup_ratio": 0.0,
+        }
+    )
+    batch_size: int = "${data.batch_size}"  # type: ignore[assignment]
+    gradient_clipping: float = 0.0
+    sampler_seed: Optional[int] = None  # noqa: UP045
+
+
+@dataclass
+class ReweightSchema:
+    """``reweight=none`` sets only ``name``; the bi-level strategies fill in the rest."""
+
+    name: str = "none"
+    module: Optional[dict[str, Any]] = None  # noqa: UP045
+    hypergradient: Optional[HypergradientSchema] = None  # noqa: UP045
+    upper: Optional[UpperSchema] = None  # noqa: UP045
+
+
+@dataclass
+class DataSchema:
+    """The fields of :class:`prm.data.sources.DataSources` (same defaults)."""
+
+    _target_: str = "prm.data.sources.DataSources"
+    name: str = "custom"
+    train: Optional[str] = None  # noqa: UP045
+    meta: Optional[str] = None  # noqa: UP045
+    test: Optional[str] = None  # noqa: UP045
+    format: str = "auto"
+    train_format: Optional[str] = None  # noqa: UP045
+    meta_format: Optional[str] = None  # noqa: UP045
+    test_format: Optional[str] = None  # noqa: UP045
+    image_root: Optional[str] = None  # noqa: UP045
+    missing_image: str = "error"  # error | skip | blank
+    generator: Any = None
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    max_length: Optional[int] = 1024  # noqa: UP045
+    num_workers: int = 0
+    limit: Any = None  # null | records per split (int) | {train: int, meta: int, test: int}
+
+
+@dataclass
+class TrainRunSchema:
+    """``conf/config.yaml``: what train.py composes."""
+
+    backbone: Any = MISSING
+    data: DataSchema = field(default_factory=DataSchema)
+    reweight: ReweightSchema = field(default_factory=ReweightSchema)
+    activation: Any = MISSING
+    aggregation: Any = MISSING
+    schedule: Any = MISSING
+    logger: Any = MISSING
+    distributed: Any = MISSING
+    seed: int = 0
+    resume: Any = False  # false | true (this run dir's latest checkpoint) | a run or checkpoint path
+    prm: PRMSchema = field(default_factory=PRMSchema)
+    train: TrainSchema = field(default_factory=TrainSchema)
+    optimized_metric: str = "auroc"
+
+
+@dataclass
+class ProcessBenchSchema:
+    threshold: Optional[float] = None  # noqa: UP045
+    threshold_split: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class EvaluateSchema:
+    """``conf/evaluate.yaml``: what evaluate.py composes."""
+
+    data: DataSchema = field(default_factory=DataSchema)
+    aggregation: Any = MISSING
+    logger: Any = MISSING
+    checkpoint: str = MISSING
+    device: str = "auto"
+    precision: str = "fp32"
+    mode: str = "auto"  # auto | best_of_n | processbench
+    processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
+
+
+def register_schemas() -> None:
+    """Store ``train_schema`` and ``evaluate_schema`` in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainRunSchema)
+    store.store(name="evaluate_schema", node=EvaluateSchema)
+
+
+register_schemas()
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+
+
+def _get(cfg, key: str, default=None):
+    """The value at dotted ``key``; ``default`` when the key is absent or ``???``."""
+    if not _exists(cfg, key):
+        return default
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return default if OmegaConf.is_missing(node, leaf) else node[leaf]
+
+
+def _exists(cfg, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _number(cfg, key: str):
+    value = _get(cfg, key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    return value
+
+
+def _at_least(cfg, key: str, low: float) -> None:
+    value = _number(cfg, key)
+    _require(value is not None and value >= low, f"{key}={value}: must be >= {low:g}")
+
+
+def _positive(cfg, key: str) -> None:
+    value = _number(cfg, key)
+    _require(value is not None and value > 0, f"{key}={value}: must be > 0")
+
+
+def _check_precision(key: str, precision) -> None:
+    if precision == "fp16":
+        raise ConfigError(
+            f"{key}=fp16 is not supported: float16 needs loss scaling to keep small gradients from "
+            "underflowing to 0, and the hypergradient's finite differences and second-order terms are "
+            "not scaled; use bf16 (same memory, float32's range) or fp32"
+        )
+    _require(precision in PRECISIONS, f"{key}={precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
+def _check_device(key: str, device) -> None:
+    import torch
+
+    device = str(device)
+    known = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    _require(known, f"{key}={device!r}: expected auto, cpu, cuda or cuda:<index>")
+    if device.startswith("cuda"):
+        _require(
+            torch.cuda.is_available(),
+            f"{key}={device} but torch sees no CUDA device (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}); use {key}=auto or {key}=cpu",
+        )
+        if ":" in device:
+            index = int(device.split(":")[1])
+            count = torch.cuda.device_count()
+            _require(index < count, f"{key}={device} but only {count} CUDA device(s) exist")
+
+
+def _check_limit(cfg) -> None:
+    limit = _get(cfg, "data.limit")
+    if limit is None:
+        return
+    items = limit.items() if isinstance(limit, Mapping) else [(split, limit) for split in SPLITS]
+    for split, value in items:
+        where = f"data.limit.{split}" if isinstance(limit, Mapping) else "data.limit"
+        _require(split in SPLITS, f"{where}: unknown split; expected keys among {', '.join(SPLITS)}")
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        _require(ok, f"{where}={value!r}: expected null or a record count >= 1")
+
+
+def _check_data(cfg, evaluate: bool) -> None:
+    if not evaluate:
+        _at_least(cfg, "data.batch_size", 1)
+    _at_least(cfg, "data.eval_batch_size", 1)
+    max_length = _get(cfg, "data.max_length")
+    _require(max_length is None or max_length >= 1, f"data.max_length={max_length}: must be >= 1 or null")
+    missing = _get(cfg, "data.missing_image", "error")
+    _require(
+        missing in ("error", "skip", "blank"),
+        f"data.missing_image={missing!r}: expected one of error, skip, blank",
+    )
+    _check_limit(cfg)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Check a composed ``conf/config.yaml`` before any data or model loads.
+
+    Rules (each failure raises :class:`ConfigError` naming the key): ``train.steps >= 1``; learning
+    rates > 0 (``train.optimizer.lr``, and ``reweight.upper.optimizer.lr`` when reweighting);
+    ``data.batch_size``, ``data.eval_batch_size``, ``reweight.upper.batch_size``,
+    ``train.gradient_accumulation``, ``train.keep_last_n_checkpoints`` and ``train.max_nonfinite_steps``
+    >= 1; ``train.save_every``, ``train.validate_every`` and the gradient clipping norms >= 0;
+    ``prm.head`` and ``prm.loss_target`` known; ``train.precision`` fp32 or bf16 (fp16 refused, with
+    the reason); ``train.device`` cuda only where torch sees CUDA; with reweighting, a known
+    ``reweight.hypergradient.type``, ``unroll_steps >= 1``, and an aggregation whose value is a
+    probability (the meta loss (p - y)^2 with the configured ``prm.loss_target``).
+    """
+    _at_least(cfg, "train.steps", 1)
+    _positive(cfg, "train.optimizer.lr")
+    _at_least(cfg, "train.gradient_accumulation", 1)
+    _at_least(cfg, "train.save_every", 0)
+    _at_least(cfg, "train.validate_every", 0)
+    _at_least(cfg, "train.gradient_clipping", 0)
+    for key in ("train.keep_last_n_checkpoints", "train.max_nonfinite_steps"):
+        if _exists(cfg, key):
+            _at_least(cfg, key, 1)
+    _check_precision("train.precision", _get(cfg, "train.precision"))
+    _check_device("train.device", _get(cfg, "train.device", "auto"))
+    _check_data(cfg, evaluate=False)
+    head, target = _get(cfg, "prm.head"), _get(cfg, "prm.loss_target")
+    _require(head in HEADS, f"prm.head={head!r}: expected one of {', '.join(HEADS)}")
+    _require(target in LOSS_TARGETS, f"prm.loss_target={target!r}: expected one of {', '.join(LOSS_TARGETS)}")
+    if _get(cfg, "reweight.name", "none") == "none":
+        return
+    kind = _get(cfg, "reweight.hypergradient.type")
+    _require(
+        kind in HYPERGRADIENTS,
+        f"reweight.hypergradient.type={kind!r}: expected one of {', '.join(HYPERGRADIENTS)}",
+    )
+    _at_least(cfg, "reweight.hypergradient.unroll_steps", 1)
+    _positive(cfg, "reweight.upper.optimizer.lr")
+    _at_least(cfg, "reweight.upper.batch_size", 1)
+    _at_least(cfg, "reweight.upper.gradient_clipping", 0)
+    from prm.aggregation import PROBABILITY_VALUED, REGISTRY
+
+    name = _get(cfg, "aggregation.name")
+    _require(name in REGISTRY, f"aggregation.name={name!r}: expected one of {', '.join(sorted(REGISTRY))}")
+    _require(
+        name in PROBABILITY_VALUED,
+        f"aggregation={name} is not a probability, so the meta loss of reweight={_get(cfg, 'reweight.name')} "
+        f"with prm.loss_target={target} ((p - y)^2 for '+', (p' - 1)^2 for 'both') has no meaning; "
+        f"choose aggregation= one of {', '.join(sorted(PROBABILITY_VALUED))}",
+    )
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """Check a composed ``conf/evaluate.yaml`` before any checkpoint or data loads.
+
+    Rules (each failure raises :class:`ConfigError` naming the key): ``checkpoint`` set;
+    ``precision`` fp32 or bf16; ``device`` cuda only where torch sees CUDA; ``mode`` known;
+    ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation.
+    """
+    _require(
+        _exists(cfg, "checkpoint") and not OmegaConf.is_missing(cfg, "checkpoint") and cfg.checkpoint,
+        "checkpoint is not set: give checkpoint=<run dir, checkpoint folder or multirun dir>",
+    )
+    _check_precision("precision", _get(cfg, "precision"))
+    _check_device("device", _get(cfg, "device", "auto"))
+    mode = _get(cfg, "mode", "auto")
+    _require(mode in EVALUATE_MODES, f"mode={mode!r}: expected one of {', '.join(EVALUATE_MODES)}")
+    _check_data(cfg, evaluate=True)
+    threshold = _number(cfg, "processbench.threshold")
+    _require(
+        threshold is None or 0.0 <= threshold <= 1.0,
+        f"processbench.threshold={threshold}: must be null or in [0, 1]",
+    )
+    from prm.aggregation import REGISTRY
+
+    name = _get(cfg, "aggregation.name")
+    _require(name in REGISTRY, f"aggregation.name={name!r}: expected one of {', '.join(sorted(REGISTRY))}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Exit status
+
+
+def debug_enabled() -> bool:
+    """True when ``PRM_DEBUG`` is set to 1/true/yes: user errors then show their traceback."""
+    return os.environ.get("PRM_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool | None = None):
+    """Context: a :class:`UserError` raised inside becomes ``error: <message>`` (one line) on stderr
+    and ``SystemExit(2)``. ``debug`` (default: the ``PRM_DEBUG`` variable) prints the traceback too.
+    Other exceptions pass through untouched."""
+    try:
+        yield
+    except UserError as error:
+        if debug if debug is not None else debug_enabled():
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def user_error_exit(fn: Callable | None = None, *, debug: bool | None = None):
+    """Decorator form of :func:`user_errors`. Put it under ``@hydra.main`` so that Hydra, which
+    reports any exception as a crash, sees only the ``SystemExit(2)``::
+
+        @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+        @user_error_exit
+        def main(cfg): ...
+
+    ``@user_error_exit(debug=True)`` always prints the traceback.
+    """
+    if fn is None:
+        return functools.partial(user_error_exit, debug=debug)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with user_errors(debug):
+            return fn(*args, **kwargs)
+
+    return wrapper
