@@ -291,7 +291,6 @@ def test_schema_accepts_contract_keys_and_new_optimizer_arguments():
         "reweight.upper.sampler_seed=7",
     )
     assert cfg.train.optimizer.lr == 0.01 and cfg.train.optimizer.eps == 1e-6
-    assert cfg.train.lr == 0.01  # legacy alias follows the optimiser node
     assert cfg.optimized_metric == "loss" and cfg.train.keep_last_n_checkpoints == 3
     assert cfg.reweight.upper.optimizer._target_ == "torch.optim.SparseAdam"
     assert "weight_decay" not in cfg.reweight.upper.optimizer and cfg.reweight.upper.sampler_seed == 7
