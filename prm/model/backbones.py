@@ -236,6 +236,8 @@ def _load_from_path(family: str, path: Path, gguf_file: str | None, torch_dtype,
     model = spec.model_class.from_pretrained(
         path, dtype=torch_dtype, attn_implementation=attn_implementation, **files
     )
+    if gguf_file is not None:
+        dequantized_gguf_model(model, source)
     if spec.multimodal:
         processor = spec.processor_class.from_pretrained(path, local_files_only=True)
     else:
@@ -245,6 +247,28 @@ def _load_from_path(family: str, path: Path, gguf_file: str | None, torch_dtype,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return spec, model, processor
+
+
+def dequantized_gguf_model(model: PreTrainedModel, source: str = "GGUF model") -> PreTrainedModel:
+    """Drop the GGUF quantiser of a model whose weights transformers has fully dequantised.
+
+    transformers marks every model loaded from a GGUF file as quantised and refuses to
+    ``save_pretrained`` it, even when each tensor was dequantised to an ordinary floating tensor (the
+    CPU path). After checking that every parameter is such a tensor, the quantisation config is
+    removed, so the model saves and reloads as a plain checkpoint. Raises ValueError when some weights
+    are still quantised blocks (a GPU path with a GGUF matmul kernel).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    packed = [name for name, parameter in model.named_parameters() if not parameter.is_floating_point()]
+    if packed:
+        raise ValueError(
+            f"{source}: {len(packed)} weights are still GGUF-quantised blocks (e.g. {packed[0]}); "
+            "the suite trains dequantised weights only"
+        )
+    quantizer.remove_quantization_config(model)
+    return model
 
 
 def describe(backbone: Backbone) -> str:

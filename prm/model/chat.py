@@ -86,16 +86,24 @@ def render_chain(
             "(a .jinja file, a template string, or 'chatml')"
         )
     messages = chain_messages(question, steps, step_marker, num_images, multimodal)
-    text = template_owner.apply_chat_template(
-        messages, chat_template=template, tokenize=False, continue_final_message=True
+    expected = messages[-1]["content"].count(step_marker)
+    refused = (
+        f"the chat template rewrites the assistant turn (the steps and their {expected} step markers "
+        f"{step_marker!r}), so it cannot format chains"
     )
+    try:
+        text = template_owner.apply_chat_template(
+            messages, chat_template=template, tokenize=False, continue_final_message=True
+        )
+    except ValueError as error:
+        if "continue_final_message" not in str(error):
+            raise
+        # transformers could not find the assistant content in the rendering: it was rewritten.
+        raise ValueError(f"{refused}: {error}") from error
     if isinstance(text, list):  # some processors return one string per conversation
         (text,) = text
-    expected = messages[-1]["content"].count(step_marker)
     if text.count(step_marker) != expected:
         raise ValueError(
-            f"the chat template kept {text.count(step_marker)} of the {expected} step markers "
-            f"{step_marker!r} of the assistant turn; it rewrites assistant content, so it cannot "
-            "format chains"
+            f"the rendering holds {text.count(step_marker)} step markers, not {expected}: {refused}"
         )
     return text

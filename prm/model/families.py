@@ -10,8 +10,9 @@ per-family facts up here.
 Adding a family = one :func:`register_family` call (a spec) and one ``conf/backbone/<name>.yaml``.
 
 ``causal_lm`` is the family of any local transformers causal language model (Llama, Qwen2/2.5/3,
-Mistral, SmolLM, ...): it has no tiny builder; ``build_backbone(family="auto", path=...)`` picks the
-family from the checkpoint's ``config.json`` (its ``model_type``) and falls back to ``causal_lm``
+Mistral, SmolLM, ...): ``AutoModelForCausalLM`` picks the architecture from the checkpoint's
+``config.json`` (its ``model_type``); its tiny model is a random Llama. ``build_backbone(family=
+"auto", path=...)`` picks the family itself: the spec listing the ``model_type``, else ``causal_lm``
 for every text model that ``AutoModelForCausalLM`` knows.
 """
 
@@ -28,6 +29,7 @@ from transformers import (
     AutoProcessor,
     GotOcr2ImageProcessorPil,
     InternVLConfig,
+    LlamaConfig,
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2Config,
@@ -177,6 +179,11 @@ def _text_config(size: TinySize, vocab_size: int, eos_token_id: int, mrope: bool
 
 def _qwen2_config(size: TinySize, tokenizer) -> PretrainedConfig:
     return Qwen2Config(**_text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False))
+
+
+def _llama_config(size: TinySize, tokenizer) -> PretrainedConfig:
+    # The tiny stand-in of the causal_lm family: transformers' Llama architecture.
+    return LlamaConfig(**_text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False))
 
 
 def _qwen_vl_ids(tokenizer) -> dict[str, int]:
@@ -330,4 +337,4 @@ register_family(
         tiny_processor=_internvl_processor,
     )
 )
-register_family(FamilySpec(name="causal_lm", model_class=AutoModelForCausalLM))
+register_family(FamilySpec(name="causal_lm", model_class=AutoModelForCausalLM, tiny_config=_llama_config))
