@@ -1,31 +1,69 @@
-"""Tiny backbones: built offline, saved and reloaded with identical logits, real checkpoint layouts."""
+"""Backbones: one family spec each, built offline, saved and reloaded with identical logits, real
+checkpoint layouts, chains formatted by chat templates (token ids unchanged for the tiny families),
+any local causal LM, GGUF files."""
 
+import importlib.util
 import json
+import time
 
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+)
 
-from prm.model.backbones import FAMILIES, build_backbone
-from prm.model.chat import format_chain
-from prm.model.tokenizer import single_token_id
+from prm.model import families
+from prm.model.backbones import build_backbone
+from prm.model.chat import chatml_template
+from prm.model.families import FamilySpec, TinySize, family_names, get_family
+from prm.model.prm import ProcessRewardModel
+from prm.model.tokenizer import build_tokenizer, single_token_id
 
 PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
+TINY_FAMILIES = [name for name in family_names() if get_family(name).has_tiny]
+STEPS = ["The top left tile is red.", "So 1 tile is red.", "Final answer: 1"]
 
 
-def _inputs(backbone):
-    steps = ["The top left tile is red.", "So 1 tile is red.", "Final answer: 1"]
-    images = [Image.new("RGB", (56, 56), "red")] if backbone.is_multimodal else []
-    text = format_chain(backbone.family, "How many tiles are red?", steps, backbone.step_marker, len(images))
+def _inputs(backbone, num_images=1):
+    images = [Image.new("RGB", (56, 56), "red")] * num_images if backbone.is_multimodal else []
+    text = backbone.format_chain("How many tiles are red?", STEPS, len(images))
     if backbone.is_multimodal:
         return dict(
-            backbone.processor(text=[text], images=images, return_tensors="pt", **backbone.processor_kwargs)
+            backbone.processor(
+                text=[text],
+                images=images or None,
+                return_tensors="pt",
+                add_special_tokens=False,
+                **backbone.processor_kwargs,
+            )
         )
-    return dict(backbone.tokenizer([text], return_tensors="pt"))
+    return dict(backbone.tokenizer([text], return_tensors="pt", add_special_tokens=False))
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+def _old_chatml_text(family, question, steps, step_marker, num_images):
+    """The hand-built string every chain was formatted with before chat templates (the reference)."""
+    placeholder = {
+        "qwen2": "",
+        "causal_lm": "",
+        "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+        "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+        "internvl": "<IMG_CONTEXT>\n",
+    }[family]
+    body = "".join(f"{step.strip()}{step_marker}\n" for step in steps)
+    return (
+        f"<|im_start|>user\n{placeholder * num_images}{question.strip()}<|im_end|>\n"
+        f"<|im_start|>assistant\n{body}"
+    )
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
 def backbone(request):
     return build_backbone(request.param, processor_kwargs=PROCESSOR_KWARGS.get(request.param))
 
@@ -57,6 +95,205 @@ def test_saved_and_reloaded_backbone_gives_identical_logits(backbone, tmp_path):
     with torch.no_grad():
         after = reloaded.model(**reloaded_inputs).logits
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("num_images", [0, 1, 2])
+def test_chain_token_ids_are_identical_to_the_old_chatml_string(backbone, num_images):
+    """The shipped ChatML template reproduces the old layout token for token, images included."""
+    if num_images and not backbone.is_multimodal:
+        pytest.skip("text-only family")
+    question, steps = "  How many tiles are red? ", [" a = 1 ", "b=2", "Final answer: 3"]
+    text = backbone.format_chain(question, steps, num_images)
+    old = _old_chatml_text(backbone.family, question, steps, backbone.step_marker, num_images)
+    assert text == old
+    images = [Image.new("RGB", (56, 56), "red")] * num_images or None
+    if backbone.is_multimodal:
+        kwargs = backbone.processor_kwargs
+        new_ids = backbone.processor(text=[text], images=images, add_special_tokens=False, **kwargs)
+        old_ids = backbone.processor(text=[old], images=images, **kwargs)  # the old call
+    else:
+        new_ids = backbone.tokenizer([text], add_special_tokens=False)
+        old_ids = backbone.tokenizer([old])
+    assert new_ids["input_ids"] == old_ids["input_ids"]
+    assert new_ids["input_ids"][0].count(backbone.step_marker_id) == 3
+
+
+def test_tiny_chat_template_is_saved_and_reloaded(backbone, tmp_path):
+    backbone.save_pretrained(tmp_path)
+    assert (tmp_path / "chat_template.jinja").is_file()
+    reloaded = build_backbone(backbone.family, path=str(tmp_path), processor_kwargs=backbone.processor_kwargs)
+    assert reloaded.chat_template == backbone.chat_template
+    n = 1 if backbone.is_multimodal else 0
+    assert reloaded.format_chain("Q?", STEPS, n) == backbone.format_chain("Q?", STEPS, n)
+
+
+def test_special_token_strings_of_the_tiny_qwen2_vl():
+    backbone = build_backbone("qwen2_vl")
+    assert backbone.special_token_strings == [
+        "<step>",
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|im_start|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|vision_end|>",
+        "<|vision_start|>",
+    ]
+    internvl = build_tokenizer("internvl")
+    assert {"<IMG_CONTEXT>", "<img>", "</img>", "<video>"} <= set(internvl.all_special_tokens)
+
+
+# A Llama-3-style template (header tokens, trimmed content, end-of-turn token, BOS written by the template).
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages -%}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim }}"
+    "{{ '<|eot_id|>' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}"
+)
+LLAMA3_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def _save_tiny_llama(directory, chat_template=LLAMA3_TEMPLATE):
+    """A tiny random LlamaForCausalLM with a Llama-3-style tokenizer (BOS added by the tokenizer too)."""
+    tokenizer = build_tokenizer("qwen2")
+    tokenizer.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
+    tokenizer.add_tokens(LLAMA3_TOKENS[1:3], special_tokens=True)
+    tokenizer.chat_template = chat_template
+    size = TinySize()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_kv_heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+@pytest.mark.parametrize("family", ["causal_lm", "auto"])
+def test_any_local_causal_lm_with_a_llama3_template(family, tmp_path):
+    _save_tiny_llama(tmp_path)
+    backbone = build_backbone(family, path=str(tmp_path))
+    assert backbone.family == "causal_lm" and backbone.model_type == "llama"
+    assert type(backbone.model) is LlamaForCausalLM and not backbone.is_multimodal
+    text = backbone.format_chain("What is 2 + 3?", ["2 + 3 = 5.", "Final answer: 5"])
+    # Steps are the assistant content; the turn is left open (no <|eot_id|>); the template trims the
+    # content, so the newline after the last marker goes.
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 3?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n2 + 3 = 5.<step>\nFinal answer: 5<step>"
+    )
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids.count(backbone.tokenizer.bos_token_id) == 1  # the template's BOS only
+    assert ids.count(backbone.step_marker_id) == 2
+    assert {"<|begin_of_text|>", "<|eot_id|>", "<step>"} <= set(backbone.special_token_strings)
+
+
+def test_causal_lm_without_chat_template_needs_one_configured(tmp_path):
+    _save_tiny_llama(tmp_path, chat_template=None)
+    with pytest.raises(ValueError, match="has no chat template and none is configured"):
+        build_backbone("causal_lm", path=str(tmp_path))
+    template = tmp_path / "llama3.jinja"
+    template.write_text(LLAMA3_TEMPLATE)
+    backbone = build_backbone("causal_lm", path=str(tmp_path), chat_template=str(template))
+    assert backbone.format_chain("Q", ["s"]).endswith("<|end_header_id|>\n\ns<step>")
+    chatml = build_backbone("causal_lm", path=str(tmp_path), chat_template="chatml")
+    assert (
+        chatml.format_chain("Q", ["s"]) == "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\ns<step>\n"
+    )
+
+
+# Qwen2-VL-style (a default system turn) and InternVL-style templates, as the real checkpoints ship
+# them in spirit: the markers must survive and the assistant turn stay open.
+QWEN_VL_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{%- endif -%}"
+    "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\n' }}"
+    "{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- else -%}{{ c['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}{{ '<|im_end|>\n' }}{%- endfor -%}"
+)
+INTERNVL_TEMPLATE = QWEN_VL_TEMPLATE.replace(
+    "<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\\n"
+)
+
+
+@pytest.mark.parametrize(
+    "family, template, image",
+    [
+        ("qwen2_vl", QWEN_VL_TEMPLATE, "<|vision_start|><|image_pad|><|vision_end|>"),
+        ("internvl", INTERNVL_TEMPLATE, "<IMG_CONTEXT>\n"),
+    ],
+)
+def test_vlm_templates_keep_markers_and_leave_the_turn_open(family, template, image):
+    backbone = build_backbone(family, chat_template=template, processor_kwargs=PROCESSOR_KWARGS.get(family))
+    text = backbone.format_chain("How many?", ["one", "two"], 2)
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n{image}{image}How many?<|im_end|>\n<|im_start|>assistant\none<step>\ntwo<step>\n"
+    )
+    inputs = _inputs(backbone, num_images=2)
+    assert int((inputs["input_ids"] == backbone.step_marker_id).sum()) == 3
+
+
+def test_a_template_that_drops_markers_is_refused():
+    dropping = LLAMA3_TEMPLATE.replace("| trim", "| replace('<step>', '') | trim")
+    backbone = build_backbone("qwen2", chat_template=dropping)
+    with pytest.raises(ValueError, match="rewrites the assistant turn .the steps and their 2 step markers"):
+        backbone.format_chain("Q", ["a", "b"])
+    # A template that writes the marker elsewhere: the count catches it.
+    extra = "{{ '<|im_start|>system\\nEnd each step with <step>.<|im_end|>\\n' }}" + chatml_template(None)
+    backbone = build_backbone("qwen2", chat_template=extra)
+    with pytest.raises(ValueError, match="holds 3 step markers, not 2"):
+        backbone.format_chain("Q", ["a", "b"])
+
+
+def test_adding_a_family_is_one_spec(monkeypatch):
+    def tiny_mistral(size, tokenizer):
+        return MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=size.hidden_size,
+            intermediate_size=size.intermediate_size,
+            num_hidden_layers=size.num_layers,
+            num_attention_heads=size.num_heads,
+            num_key_value_heads=size.num_kv_heads,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+    monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))
+    families.register_family(
+        FamilySpec(
+            name="mistral",
+            model_class=AutoModelForCausalLM,
+            model_types=("mistral",),
+            tiny_config=tiny_mistral,
+        )
+    )
+    with pytest.raises(ValueError, match="already registered"):
+        families.register_family(get_family("mistral"))
+    backbone = build_backbone("mistral")
+    assert backbone.model_type == "mistral" and backbone.family == "mistral"
+    assert int((_inputs(backbone)["input_ids"] == backbone.step_marker_id).sum()) == 3
+    with pytest.raises(ValueError, match="unknown backbone family 'nope'"):
+        build_backbone("nope")
+
+
+def test_family_specs_are_consistent():
+    for name in family_names():
+        spec = get_family(name)
+        assert spec.multimodal == (spec.processor_class is not None) == (spec.image_placeholder is not None)
+        assert spec.rope in ("default", "mrope")
+    assert [n for n in family_names() if get_family(n).rope == "mrope"] == ["qwen2_vl", "qwen2_5_vl"]
+    with pytest.raises(ValueError, match="needs a processor_class"):
+        FamilySpec(name="x", model_class=AutoModelForCausalLM, multimodal=True)
+    with pytest.raises(ValueError, match="reads the family from backbone.path"):
+        build_backbone("auto")
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl"])
@@ -147,3 +384,57 @@ def test_wrong_family_and_multi_token_label_words_are_refused(tmp_path):
         build_backbone("qwen2", label_words=["correct step", "-"])
     with pytest.raises(FileNotFoundError, match="no config.json"):
         build_backbone("qwen2", path=str(tmp_path / "nowhere"))
+    assert build_backbone("auto", path=str(tmp_path)).family == "qwen2"
+
+
+def _smollm2_or_skip():
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("GGUF loading needs the optional gguf package: pip install '.[gguf]'")
+    from prm.model.gguf_export import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except FileNotFoundError as error:
+        pytest.skip(f"no SmolLM2 GGUF file: {error}")
+
+
+def test_gguf_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "gguf" else real_find_spec(name)
+    )
+    with pytest.raises(ImportError, match="needs the gguf package"):
+        build_backbone("causal_lm", path=str(tmp_path), gguf_file="model.gguf")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_scores_a_chain_and_saves_plainly(tmp_path):
+    """SmolLM2-135M-Instruct from its Q4_1 GGUF file (dequantised), through backbone=hf_causal_lm."""
+    gguf = _smollm2_or_skip()
+    start = time.perf_counter()
+    backbone = build_backbone("causal_lm", path=str(gguf.parent), gguf_file=gguf.name)
+    print(f"GGUF load {time.perf_counter() - start:.1f} s, {backbone.num_parameters():,} parameters")
+    assert backbone.model_type == "llama"
+    assert 134_000_000 < backbone.num_parameters() < 135_000_000
+    assert backbone.model.dtype == torch.float32
+    text = backbone.format_chain("What is 2 + 3?", ["2 + 3 = 5.", "Final answer: 5"])
+    assert text.startswith("<|im_start|>system\n") and text.endswith(
+        "<|im_start|>assistant\n2 + 3 = 5.<step>\nFinal answer: 5<step>\n"
+    )
+    assert {"<|im_start|>", "<|im_end|>", "<step>"} <= set(backbone.special_token_strings)
+    inputs = backbone.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    positions = (inputs["input_ids"][0] == backbone.step_marker_id).nonzero().flatten()
+    batch = {
+        "inputs": dict(inputs),
+        "marker_positions": positions[None],
+        "step_mask": torch.ones(1, 2, dtype=torch.bool),
+    }
+    prm = ProcessRewardModel(backbone).eval()
+    with torch.no_grad():
+        probs = prm(batch).probs
+    assert probs.shape == (1, 2) and torch.isfinite(probs).all()
+    backbone.save_pretrained(tmp_path)  # the GGUF quantiser is gone: it saves as a plain checkpoint
+    reloaded = build_backbone("causal_lm", path=str(tmp_path))
+    assert reloaded.step_marker_id == backbone.step_marker_id
+    with torch.no_grad():
+        assert torch.equal(ProcessRewardModel(reloaded).eval()(batch).probs, probs)

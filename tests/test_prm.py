@@ -80,7 +80,7 @@ def test_per_example_losses_by_hand(backbone, head):
     assert has_label.tolist() == [True, True, False]
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "internvl", "causal_lm"])
 @pytest.mark.parametrize("head", ["token", "value"])
 def test_batch_invariance(family, head, tmp_path):
     from prm.data.sources import DataSources

@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 from prm.data.images import load_image
 from prm.data.records import BestOfNProblem, LabelledChain, StepChain
 from prm.model.backbones import Backbone
-from prm.model.chat import format_chain
 
 Chain = StepChain | LabelledChain
 
@@ -89,11 +88,7 @@ class PRMCollator:
             chain = item["chain"]
             if not backbone.is_multimodal and item["images"]:
                 item = {**item, "images": []}  # text-only backbone: images are not read
-            texts.append(
-                format_chain(
-                    backbone.family, chain.question, chain.steps, backbone.step_marker, len(item["images"])
-                )
-            )
+            texts.append(backbone.format_chain(chain.question, chain.steps, len(item["images"])))
             images.extend(load_image(path) for path in item["images"])
         if backbone.is_multimodal:
             inputs = backbone.processor(
@@ -101,10 +96,11 @@ class PRMCollator:
                 images=images or None,
                 padding=True,
                 return_tensors="pt",
+                add_special_tokens=False,  # the chat template wrote them
                 **backbone.processor_kwargs,
             )
         else:
-            inputs = backbone.tokenizer(texts, padding=True, return_tensors="pt")
+            inputs = backbone.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         inputs = dict(inputs)
         input_ids = inputs["input_ids"]
         if self.max_length is not None and input_ids.shape[1] > self.max_length:

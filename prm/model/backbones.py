@@ -1,15 +1,18 @@
 """Backbones: tiny offline models of the real architecture classes, or real ones from a local path.
 
-:func:`build_backbone` is what ``conf/backbone/*.yaml`` instantiates. With ``path`` it loads a
-``save_pretrained`` directory (one of our checkpoints or a real checkpoint such as Qwen2-VL-2B or
-InternVL3-1B-hf) with the Auto classes and the video-free processors; without it, it builds a
-randomly initialised tiny model of ``family`` with the offline tokenizer and image processor. Either
-way the step marker is one token (added and the embeddings resized when missing) and the label
-words are looked up in the tokenizer. Nothing here touches the network.
+:func:`build_backbone` is what ``conf/backbone/*.yaml`` instantiates. Every per-family fact (Auto
+class, processor, special tokens, image placeholder, tiny builder) comes from the family's spec in
+:mod:`prm.model.families`. With ``path`` it loads a ``save_pretrained`` directory (one of our
+checkpoints, a real Qwen2-VL / Qwen2.5-VL / InternVL-hf checkpoint, or any transformers causal LM
+with ``family="auto"``), or a GGUF file in it (``gguf_file``); without it, it builds a randomly
+initialised tiny model of ``family`` with the offline tokenizer and image processor. Either way the
+step marker is one token (added and the embeddings resized when missing), the label words are looked
+up in the tokenizer and chains are formatted by the chat template. Nothing here touches the network.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,43 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoTokenizer,
-    GotOcr2ImageProcessorPil,
-    InternVLConfig,
-    PreTrainedModel,
-    Qwen2_5_VLConfig,
-    Qwen2Config,
-    Qwen2VLConfig,
-    Qwen2VLImageProcessorPil,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from prm.model.processors import PROCESSOR_FOR_MODEL_TYPE
-from prm.model.tokenizer import DEFAULT_STEP_MARKER, add_step_marker, build_tokenizer, single_token_id
+from prm.model.chat import chatml_template, render_chain
+from prm.model.families import AUTO, FamilySpec, TinySize, family_for_config, family_names, get_family
+from prm.model.families import is_causal_lm_config as _is_causal_lm_config
+from prm.model.tokenizer import (
+    DEFAULT_STEP_MARKER,
+    add_step_marker,
+    build_tokenizer,
+    single_token_id,
+    special_token_strings,
+)
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("qwen2", "qwen2_vl", "qwen2_5_vl", "internvl")
-VISION_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
-
-
-@dataclass
-class TinySize:
-    """Sizes of a tiny random backbone (a few hundred thousand parameters by default)."""
-
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    vision_hidden_size: int = 32
-    vision_layers: int = 1
-    vision_heads: int = 2
-    image_size: int = 56  # InternVL input side; Qwen image sides are set by min/max pixels
-    max_position_embeddings: int = 2048
+__all__ = ["AUTO", "Backbone", "TinySize", "build_backbone", "describe", "family_names"]
 
 
 @dataclass
@@ -70,12 +52,45 @@ class Backbone:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def spec(self) -> FamilySpec:
+        return get_family(self.family)
+
+    @property
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
     @property
     def is_multimodal(self) -> bool:
-        return self.family in VISION_FAMILIES
+        return self.spec.multimodal
+
+    @property
+    def model_type(self) -> str:
+        """``config.json``'s model_type of the loaded model (``llama``, ``qwen2_vl``, ...)."""
+        return self.model.config.model_type
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
+
+    @property
+    def special_token_strings(self) -> list[str]:
+        """Every control-token string of the tokenizer (sorted): named special tokens and every added
+        token flagged special (chat delimiters, image tokens, the step marker). Text holding one of
+        them would be tokenised as that control token."""
+        return special_token_strings(self.tokenizer)
+
+    def format_chain(self, question: str, steps: list[str], num_images: int = 0) -> str:
+        """One chain as text, rendered by the backbone's chat template (see :mod:`prm.model.chat`);
+        tokenise it with ``add_special_tokens=False``."""
+        return render_chain(
+            self.processor,
+            question,
+            steps,
+            self.step_marker,
+            num_images,
+            self.is_multimodal,
+            self.chat_template,
+        )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -97,20 +112,44 @@ def build_backbone(
     dtype: str = "float32",
     seed: int = 0,
     attn_implementation: str = "sdpa",
+    chat_template: str | None = None,
+    gguf_file: str | None = None,
 ) -> Backbone:
-    """Load the backbone at ``path`` or, when ``path`` is None, build a tiny random one of ``family``."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown backbone family {family!r}; expected one of {FAMILIES}")
+    """Load the backbone at ``path`` or, when ``path`` is None, build a tiny random one of ``family``.
+
+    - ``family``: a registered family name, or ``"auto"`` (needs ``path``): the family of the
+      checkpoint's ``config.json`` model_type, ``causal_lm`` for any other causal LM.
+    - ``chat_template``: None keeps the checkpoint's own; ``"chatml"`` the suite's ChatML template;
+      a path to a ``.jinja`` file or the template text. It is set on the tokenizer / processor, so
+      checkpoints save it.
+    - ``gguf_file``: a GGUF file name inside ``path`` (or ``path`` may be the ``.gguf`` file itself):
+      weights are dequantised to ``dtype``, the tokenizer comes from the GGUF too. Needs the
+      ``gguf`` package (``pip install .[gguf]``).
+    - ``dtype``: a torch dtype name (``float32``, ``bfloat16``).
+
+    Raises ValueError (unknown family, wrong model type, no chat template, multi-token label words),
+    FileNotFoundError (no checkpoint at ``path``), ImportError (GGUF without ``gguf``).
+    """
     torch_dtype = getattr(torch, dtype)
     if path is None:
+        if family == AUTO:
+            raise ValueError("backbone.family=auto reads the family from backbone.path, which is not set")
+        spec = get_family(family)
+        if not spec.has_tiny:
+            raise ValueError(
+                f"backbone family {family!r} has no tiny builder: set backbone.path to a local checkpoint"
+            )
         tiny = tiny if isinstance(tiny, TinySize) else TinySize(**(tiny or {}))
         model, processor = _build_tiny(
-            family, tiny, step_marker, min_pixels, max_pixels, seed, attn_implementation
+            spec, tiny, step_marker, min_pixels, max_pixels, seed, attn_implementation
         )
         model = model.to(torch_dtype)
     else:
-        model, processor = _load_from_path(family, Path(path), torch_dtype, attn_implementation)
+        spec, model, processor = _load_from_path(
+            family, Path(path), gguf_file, torch_dtype, attn_implementation
+        )
     tokenizer = getattr(processor, "tokenizer", processor)
+    _set_chat_template(processor, tokenizer, spec, chat_template, path)
     marker_id = add_step_marker(tokenizer, step_marker)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         log.info("vocabulary grew to %d (step marker %r): resizing embeddings", len(tokenizer), step_marker)
@@ -121,7 +160,7 @@ def build_backbone(
     return Backbone(
         model=model,
         processor=processor,
-        family=family,
+        family=spec.name,
         step_marker=step_marker,
         step_marker_id=marker_id,
         label_words=(label_words[0], label_words[1]),
@@ -130,140 +169,113 @@ def build_backbone(
     )
 
 
-def _text_config(size: TinySize, vocab_size: int, mrope: bool, eos_token_id: int) -> dict:
-    head_dim = size.hidden_size // size.num_heads
-    config = dict(
-        vocab_size=vocab_size,
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        num_key_value_heads=size.num_kv_heads,
-        max_position_embeddings=size.max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
-    )
-    if mrope:
-        # mrope_section splits head_dim/2 rotary frequencies over (time, height, width).
-        half = head_dim // 2
-        section = [half - 2 * (half // 3), half // 3, half // 3]
-        config["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
-    return config
-
-
-def _build_tiny(family, size, step_marker, min_pixels, max_pixels, seed, attn_implementation):
-    tokenizer = build_tokenizer(family, step_marker)
-    tokenizer.padding_side = "right"
-    vocab = len(tokenizer)
-    torch.manual_seed(seed)
-    if family == "qwen2":
-        config = Qwen2Config(**_text_config(size, vocab, mrope=False, eos_token_id=tokenizer.eos_token_id))
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
-        return model, tokenizer
-
-    if family == "internvl":
-        side = size.image_size
-        config = InternVLConfig(
-            text_config={
-                "model_type": "qwen2",
-                **_text_config(size, vocab, mrope=False, eos_token_id=tokenizer.eos_token_id),
-            },
-            vision_config={
-                "hidden_size": size.vision_hidden_size,
-                "num_hidden_layers": size.vision_layers,
-                "num_attention_heads": size.vision_heads,
-                "intermediate_size": 2 * size.vision_hidden_size,
-                "image_size": [side, side],
-                "patch_size": [14, 14],
-            },
-            image_token_id=tokenizer.context_image_token_id,
-            downsample_ratio=0.5,
-            tie_word_embeddings=True,
-        )
-        image_processor = GotOcr2ImageProcessorPil(
-            size={"height": side, "width": side}, crop_to_patches=False
-        )
-        image_seq_length = int((side // 14) ** 2 * 0.25)
-        processor = PROCESSOR_FOR_MODEL_TYPE["internvl"](
-            image_processor, tokenizer, image_seq_length=image_seq_length
-        )
-    else:
-        vision_ids = dict(
-            image_token_id=tokenizer.image_token_id,
-            video_token_id=tokenizer.video_token_id,
-            vision_start_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_start_token),
-            vision_end_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_end_token),
-        )
-        if family == "qwen2_vl":
-            vision = {
-                "depth": size.vision_layers,
-                "embed_dim": size.vision_hidden_size,
-                "hidden_size": size.hidden_size,
-                "num_heads": size.vision_heads,
-                "mlp_ratio": 2,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-            }
-            config_class = Qwen2VLConfig
+def _set_chat_template(processor, tokenizer, spec: FamilySpec, chat_template: str | None, path) -> None:
+    if chat_template is not None:
+        if chat_template == "chatml":
+            template = chatml_template(spec.image_placeholder)
+        elif chat_template.endswith(".jinja"):
+            file = Path(chat_template)
+            if not file.is_file():
+                raise FileNotFoundError(f"backbone.chat_template={chat_template}: no such file")
+            template = file.read_text(encoding="utf-8")
         else:
-            vision = {
-                "depth": size.vision_layers,
-                "hidden_size": size.vision_hidden_size,
-                "out_hidden_size": size.hidden_size,
-                "intermediate_size": 2 * size.vision_hidden_size,
-                "num_heads": size.vision_heads,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "window_size": 56,
-                "fullatt_block_indexes": list(range(size.vision_layers)),
-            }
-            config_class = Qwen2_5_VLConfig
-        config = config_class(
-            text_config=_text_config(size, vocab, mrope=True, eos_token_id=tokenizer.eos_token_id),
-            vision_config=vision,
-            tie_word_embeddings=True,
-            **vision_ids,
+            template = chat_template
+        tokenizer.chat_template = template
+        if processor is not tokenizer:
+            processor.chat_template = template
+    owner = processor if spec.multimodal else tokenizer
+    if not (getattr(owner, "chat_template", None) or tokenizer.chat_template):
+        raise ValueError(
+            f"backbone.path={path}: the {type(owner).__name__} has no chat template and none is configured; "
+            "set backbone.chat_template to a .jinja file, a template string, or 'chatml'"
         )
-        image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
-        )
-        processor = PROCESSOR_FOR_MODEL_TYPE[family](image_processor, tokenizer)
-    model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
+
+
+def _build_tiny(spec: FamilySpec, size, step_marker, min_pixels, max_pixels, seed, attn_implementation):
+    tokenizer = build_tokenizer(spec.name, step_marker)
+    tokenizer.padding_side = "right"
+    torch.manual_seed(seed)
+    config = spec.tiny_config(size, tokenizer)
+    model = spec.model_class.from_config(config, attn_implementation=attn_implementation)
+    if not spec.multimodal:
+        return model, tokenizer
+    processor = spec.tiny_processor(size, tokenizer, min_pixels, max_pixels, tokenizer.chat_template)
     return model, processor
 
 
-def _load_from_path(family, path: Path, torch_dtype, attn_implementation):
-    if not (path / "config.json").is_file():
+def _load_from_path(family: str, path: Path, gguf_file: str | None, torch_dtype, attn_implementation):
+    if path.suffix == ".gguf" and gguf_file is None:
+        path, gguf_file = path.parent, path.name
+    if gguf_file is not None:
+        if importlib.util.find_spec("gguf") is None:
+            raise ImportError(
+                f"backbone.gguf_file={gguf_file} needs the gguf package: pip install 'prm-suite[gguf]'"
+            )
+        if not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"backbone.gguf_file: no file {path / gguf_file}")
+    elif not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"backbone.path={path}: no config.json there (expected a save_pretrained directory)"
         )
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if config.model_type != family and not (family == "qwen2" and config.model_type in ("qwen2", "llama")):
-        raise ValueError(
-            f"backbone.path={path} holds a {config.model_type!r} model but backbone.family is {family!r}"
-        )
-    kwargs = dict(local_files_only=True, dtype=torch_dtype, attn_implementation=attn_implementation)
-    if family in VISION_FAMILIES:
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        processor = PROCESSOR_FOR_MODEL_TYPE[family].from_pretrained(path, local_files_only=True)
+    files = dict(local_files_only=True, gguf_file=gguf_file)
+    config = AutoConfig.from_pretrained(path, **files)
+    source = f"backbone.path={path}" + (f" (gguf_file={gguf_file})" if gguf_file else "")
+    if family == AUTO:
+        spec = family_for_config(config, source)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        processor = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        spec = get_family(family)
+        accepted = (
+            config.model_type in spec.model_types
+            if spec.multimodal
+            else config.model_type in spec.model_types or _is_causal_lm_config(config)
+        )
+        if not accepted:
+            raise ValueError(
+                f"{source} holds a {config.model_type!r} model but backbone.family is {family!r}"
+            )
+    model = spec.model_class.from_pretrained(
+        path, dtype=torch_dtype, attn_implementation=attn_implementation, **files
+    )
+    if gguf_file is not None:
+        dequantized_gguf_model(model, source)
+    if spec.multimodal:
+        processor = spec.processor_class.from_pretrained(path, local_files_only=True)
+    else:
+        processor = AutoTokenizer.from_pretrained(path, **files)
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, processor
+    return spec, model, processor
+
+
+def dequantized_gguf_model(model: PreTrainedModel, source: str = "GGUF model") -> PreTrainedModel:
+    """Drop the GGUF quantiser of a model whose weights transformers has fully dequantised.
+
+    transformers marks every model loaded from a GGUF file as quantised and refuses to
+    ``save_pretrained`` it, even when each tensor was dequantised to an ordinary floating tensor (the
+    CPU path). After checking that every parameter is such a tensor, the quantisation config is
+    removed, so the model saves and reloads as a plain checkpoint. Raises ValueError when some weights
+    are still quantised blocks (a GPU path with a GGUF matmul kernel).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    packed = [name for name, parameter in model.named_parameters() if not parameter.is_floating_point()]
+    if packed:
+        raise ValueError(
+            f"{source}: {len(packed)} weights are still GGUF-quantised blocks (e.g. {packed[0]}); "
+            "the suite trains dequantised weights only"
+        )
+    quantizer.remove_quantization_config(model)
+    return model
 
 
 def describe(backbone: Backbone) -> str:
     return json.dumps(
         {
             "family": backbone.family,
+            "model_type": backbone.model_type,
             "parameters": backbone.num_parameters(),
             "vocab": len(backbone.tokenizer),
             "step_marker_id": backbone.step_marker_id,

@@ -3,22 +3,15 @@
 transformers' stock Qwen2-VL / Qwen2.5-VL / InternVL processors build a video processor, which needs
 torchvision (absent here, and useless to a PRM that scores images). Each subclass below lists its
 sub-processors explicitly in ``__init__`` (image processor + tokenizer), so ``ProcessorMixin`` neither
-builds nor saves a video processor. They are registered with ``AutoProcessor`` for their model types,
-so ``AutoProcessor.from_pretrained(dir)`` works on our checkpoints and on real checkpoint layouts.
+builds nor saves a video processor. The family specs (:mod:`prm.model.families`) name them and register
+them with ``AutoProcessor`` for their model types, so ``AutoProcessor.from_pretrained(dir)`` works on
+our checkpoints and on real checkpoint layouts.
 Image processors are the PIL backends (no torchvision either).
 """
 
 from __future__ import annotations
 
-from transformers import (
-    AutoProcessor,
-    InternVLConfig,
-    InternVLProcessor,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLProcessor,
-)
+from transformers import InternVLProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
@@ -49,17 +42,3 @@ class InternVLImageOnlyProcessor(InternVLProcessor):
             chat_template=chat_template,
             **kwargs,
         )
-
-
-PROCESSOR_FOR_MODEL_TYPE = {
-    "qwen2_vl": Qwen2VLImageOnlyProcessor,
-    "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
-    "internvl": InternVLImageOnlyProcessor,
-}
-
-for _config, _processor in (
-    (Qwen2VLConfig, Qwen2VLImageOnlyProcessor),
-    (Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor),
-    (InternVLConfig, InternVLImageOnlyProcessor),
-):
-    AutoProcessor.register(_config, _processor, exist_ok=True)

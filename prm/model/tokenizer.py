@@ -6,10 +6,12 @@ project on its own corpus (the demo benchmark's text) and shipped as ``prm/asset
 (``vocab.json`` + ``merges.txt``); ``python scripts/build_tiny_bpe.py`` regenerates it. All 256 bytes
 are in the initial alphabet, so no text is ever unknown.
 
-Special tokens are added per family, named the way the real processors look them up (for example
-``tokenizer.image_token`` for Qwen2-VL, ``tokenizer.context_image_token`` for InternVL), plus the
-suite's dedicated step marker. Label words ("+", "-") are looked up through the tokenizer, never by
-hard-coded ids: :func:`single_token_id` fails loudly when a word is not one token.
+Special tokens are added per family (the family spec's ``special_tokens``), named the way the real
+processors look them up (for example ``tokenizer.image_token`` for Qwen2-VL,
+``tokenizer.context_image_token`` for InternVL), plus the ChatML delimiters and the suite's dedicated
+step marker; the ChatML chat template is set on the tokenizer. Label words ("+", "-") are looked up
+through the tokenizer, never by hard-coded ids: :func:`single_token_id` fails loudly when a word is
+not one token.
 """
 
 from __future__ import annotations
@@ -21,29 +23,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import AddedToken, PreTrainedTokenizerBase
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
+from prm.model.chat import chatml_template
+from prm.model.families import get_family
+
 SHIPPED_VOCAB = Path(__file__).resolve().parent.parent / "assets" / "tiny_bpe"
 DEFAULT_STEP_MARKER = "<step>"
 
-# Named special tokens of each family, as the real tokenizer_config.json files declare them.
-_QWEN_CHAT = ["<|im_start|>", "<|im_end|>"]
-_QWEN_VISION = {
-    "image_token": "<|image_pad|>",
-    "video_token": "<|video_pad|>",
-    "vision_start_token": "<|vision_start|>",
-    "vision_end_token": "<|vision_end|>",
-}
-_INTERNVL_VISION = {
-    "start_image_token": "<img>",
-    "end_image_token": "</img>",
-    "context_image_token": "<IMG_CONTEXT>",
-    "video_token": "<video>",
-}
-FAMILY_SPECIAL_TOKENS: dict[str, dict[str, str]] = {
-    "qwen2": {},
-    "qwen2_vl": _QWEN_VISION,
-    "qwen2_5_vl": _QWEN_VISION,
-    "internvl": _INTERNVL_VISION,
-}
+# ChatML turn delimiters: the shipped chat template writes them.
+_CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -81,20 +68,35 @@ def load_shipped_vocab(folder: Path = SHIPPED_VOCAB) -> tuple[dict[str, int], li
 
 
 def build_tokenizer(family: str = "qwen2_vl", step_marker: str = DEFAULT_STEP_MARKER) -> Qwen2Tokenizer:
-    """The offline tokenizer of a tiny backbone of ``family`` (qwen2, qwen2_vl, qwen2_5_vl, internvl)."""
-    if family not in FAMILY_SPECIAL_TOKENS:
-        raise ValueError(
-            f"unknown tokenizer family {family!r}; expected one of {sorted(FAMILY_SPECIAL_TOKENS)}"
-        )
+    """The offline tokenizer of a tiny backbone of ``family`` (any registered family with a tiny builder).
+
+    The shipped BPE plus the ChatML delimiters, the family's named special tokens and the step
+    marker, with the ChatML chat template (:func:`prm.model.chat.chatml_template`, showing images as
+    the family's placeholder) set as ``chat_template`` so it is saved with the tokenizer.
+    Raises ValueError for an unknown family.
+    """
+    spec = get_family(family)
     vocab, merges = load_shipped_vocab()
-    named = FAMILY_SPECIAL_TOKENS[family]
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=dict(named))
-    extra = _QWEN_CHAT + list(named.values())
+    named = dict(spec.special_tokens)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=named)
+    extra = _CHATML_TOKENS + list(named.values())
     tokenizer.add_tokens(
         [AddedToken(token, special=True, normalized=False) for token in extra], special_tokens=True
     )
     add_step_marker(tokenizer, step_marker)
+    tokenizer.chat_template = chatml_template(spec.image_placeholder)
     return tokenizer
+
+
+def special_token_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Every control-token string of ``tokenizer``, sorted: its named special tokens (BOS, EOS, pad,
+    image tokens, ...) and every added token flagged special (ChatML delimiters, the step marker).
+
+    Text that contains one of them would be read as that control token, not as text.
+    """
+    strings = set(tokenizer.all_special_tokens)
+    strings.update(token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
+    return sorted(s for s in strings if s)
 
 
 def add_step_marker(tokenizer: PreTrainedTokenizerBase, step_marker: str) -> int:
