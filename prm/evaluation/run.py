@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prm import plots
 from prm.checkpoint import find_resume_checkpoint, load_prm, resolve_checkpoint
+from prm.config import validate_evaluate_config
 from prm.data.dataset import flatten_candidates
 from prm.data.readers import read_records
 from prm.data.records import BestOfNProblem, LabelledChain
@@ -182,7 +183,9 @@ def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tra
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """One checkpoint (or run directory), or every job of a multirun directory."""
+    """One checkpoint (or run directory), or every job of a multirun directory. Raises ConfigError
+    (before anything loads) for an invalid config."""
+    validate_evaluate_config(cfg)
     target = Path(cfg.checkpoint)
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else target / "eval"
     tracker = instantiate(cfg.logger)

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from prm.bilevel import hypergradient
+from prm.config import validate_train_config
 from prm.distributed import same_on_every_rank
 from prm.training.problems import setup_engine, setup_problems
 from prm.training.run import TrainingRun
@@ -35,6 +36,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     """Run one training job in ``run_dir`` (default: Hydra's output directory); returns the final
     validation metrics (keys: auroc, auroc_<aggregation>, ...). Raises NonFiniteError after
     ``train.max_nonfinite_steps`` non-finite steps in a row."""
+    validate_train_config(cfg)  # before any data or model loads: ConfigError names the key
     seed_everything(cfg.seed)
     run_dir = run_directory(run_dir)
     checkpoint = resume_checkpoint(cfg, run_dir)
