@@ -87,7 +87,9 @@ class SplitReport:
     def summary(self) -> str:
         text = f"{self.split} ({self.path}): read {self.read}, kept {self.kept}"
         parts = [
-            f"{self.counts[name]} {name} (e.g. {self.examples[name]})" for name in COUNTERS if self.counts[name]
+            f"{self.counts[name]} {name} (e.g. {self.examples[name]})"
+            for name in COUNTERS
+            if self.counts[name]
         ]
         text += ": " + "; ".join(parts) if parts else ""
         return text + (f"\n    reader: {self.reader}" if self.reader else "")
@@ -216,7 +218,9 @@ class _SplitChecker:
             if problem is None:
                 continue
             if self.data.bad_image == "error":
-                message = f"image {path}: {problem}, which the processor refuses; set data.bad_image=fix or skip"
+                message = (
+                    f"image {path}: {problem}, which the processor refuses; set data.bad_image=fix or skip"
+                )
                 raise self.error(index, record.id, name, message)
             if self.data.bad_image == "skip":
                 self.report.count("skipped_bad_image", f"record {index}: {path} {problem}")
@@ -231,7 +235,9 @@ class _SplitChecker:
         try:
             batch = self.collator([item])
         except Exception as exc:
-            raise PreflightError(f"data.{self.split}: {self.path}, id {chain.id!r}: cannot tokenise: {exc}")
+            raise PreflightError(
+                f"data.{self.split}: {self.path}, id {chain.id!r}: cannot tokenise: {exc}"
+            ) from exc
         length = int(batch["inputs"]["attention_mask"][0].sum())
         positions = batch["marker_positions"][0][: len(chain.steps)].tolist()
         return length, positions
@@ -262,7 +268,9 @@ class _SplitChecker:
             self.report.count(reason, f"{where}, question alone {question_only}")
             return None
         if isinstance(chain, LabelledChain) and chain.first_error is not None and chain.first_error >= keep:
-            self.report.count("skipped_first_error_cut", f"{where}, first error {chain.first_error}, kept {keep}")
+            self.report.count(
+                "skipped_first_error_cut", f"{where}, first error {chain.first_error}, kept {keep}"
+            )
             return None
         dropped = len(chain.steps) - keep
         self.report.count("truncated", f"{where}, kept {keep} of {len(chain.steps)} steps")
@@ -294,7 +302,9 @@ class _SplitChecker:
             kept = self.length(index, chain, f" candidate {number}") if candidate.steps else chain
             if kept is None:
                 return None  # dropping one candidate would change N: the problem goes
-            candidates.append(Candidate(kept.steps, candidate.final_answer, candidate.correct, kept.first_error))
+            candidates.append(
+                Candidate(kept.steps, candidate.final_answer, candidate.correct, kept.first_error)
+            )
         return replace(record, candidates=candidates)
 
 

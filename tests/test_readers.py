@@ -359,12 +359,17 @@ def test_dreamprm15_meta_missing_image_policies():
     with pytest.raises(RecordError, match=r"record 0, field 'image': image not found: .*test_Art_113\.png"):
         read_conversations(DREAMPRM15_META, allow_outside_paths=True)
     report = SkipReport("meta15")
-    assert read_conversations(DREAMPRM15_META, allow_outside_paths=True, missing_image="skip", report=report) == []
+    assert (
+        read_conversations(DREAMPRM15_META, allow_outside_paths=True, missing_image="skip", report=report)
+        == []
+    )
     assert dict(report.skipped) == {"missing_image": 20}
 
 
 def test_conversations_kind_train_uses_the_marks():
-    chains = read_conversations(DREAMPRM15_META, allow_outside_paths=True, missing_image="blank", kind="train")
+    chains = read_conversations(
+        DREAMPRM15_META, allow_outside_paths=True, missing_image="blank", kind="train"
+    )
     assert all(isinstance(c, StepChain) for c in chains)
     assert [c.labels for c in chains[:3]] == [[1.0], [1.0] * 4, [1.0] * 2]
 

@@ -193,7 +193,11 @@ def test_line_endings_and_unusual_spaces_do_not_change_splitting():
         plain.replace("\n", "\u2028"),
         plain.replace("\nStep 2", "\n\u00a0Step 2"),
     ):
-        assert split_dreamprm_input(variant) == split_dreamprm_input(plain) == ("Q?", ["Step 1: a", "Step 2: b"], "3")
+        assert (
+            split_dreamprm_input(variant)
+            == split_dreamprm_input(plain)
+            == ("Q?", ["Step 1: a", "Step 2: b"], "3")
+        )
     candidate = "[Reasoning]\nfirst part\n\nsecond part\nAnswer: 7"
     assert split_candidate(candidate.replace("\n", "\r\n")) == split_candidate(candidate)
     assert split_candidate(candidate).steps == ["first part", "second part", "Answer: 7"]

@@ -13,10 +13,10 @@ folder) and then applies one policy to a record whose images are not there:
 A record with several images loses all of them under ``blank`` when any is missing: a partial set
 would no longer match the question's ``<image k>`` references.
 
-Paths stay inside their root: an absolute path, a path whose ``..`` parts leave the root, one starting with ``~``
-that leads out of the root is refused (a :class:`RecordError`) unless ``allow_outside_paths`` is set, and a relative path that
-still leaves the root through a symbolic link is refused too. A data file therefore cannot make the
-suite read (or, in data generation, send to a model server) a file outside the data's folder.
+Paths stay inside their root: an absolute path, a path starting with ``~`` and one whose ``..`` parts
+lead out of the root are refused (a :class:`RecordError`) unless ``allow_outside_paths`` is set, and
+so is a relative path that leaves the root through a symbolic link. A data file therefore cannot
+make the suite read (or, in data generation, send to a model server) a file outside its root.
 
 :func:`load_image` converts every Pillow mode to 8-bit RGB the same way everywhere (EXIF orientation
 applied; 16-bit and float greyscale scaled to 0-255; transparency composited on white) and pads or

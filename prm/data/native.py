@@ -2,9 +2,10 @@
 
 ``kind`` is ``step_chain`` (training), ``labelled_chain`` (meta / validation) or ``best_of_n``
 (test). Every field is type-checked before a record is built (``"steps": "abc"``, a string or
-boolean label, a string where the list of images belongs are errors naming file, record and field),
-and ids must be unique within a file (an error naming both records): per-instance weights are keyed
-by id, so two chains under one id would share one weight. Writes are atomic (temporary file + rename) so an interrupted write never leaves half a file.
+boolean label, a string where the list of images belongs are errors naming file, record and
+field), and ids must be unique within a file (an error naming both records): per-instance weights
+are keyed by id, so two chains under one id would share one weight. Writes are atomic (temporary
+file + rename) so an interrupted write never leaves half a file.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ def read_native(path: str | Path) -> list[Record]:
                 raise RecordError(path, index, None, f"invalid JSON: {error}") from None
             record = record_from_dict(obj, path, index)
             if record.id in first_index:
-                message = f"id {record.id!r} repeats the id of record {first_index[record.id]}; ids must be unique"
+                message = (
+                    f"id {record.id!r} repeats the id of record {first_index[record.id]}; ids must be unique"
+                )
                 raise RecordError(path, index, "id", message)
             first_index[record.id] = index
             records.append(record)

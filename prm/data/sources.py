@@ -56,7 +56,9 @@ class DataSources:
             ("special_tokens", ("neutralize", "error")),
         ):
             if getattr(self, name) not in choices:
-                raise UserError(f"data.{name} must be one of {'|'.join(choices)}, got {getattr(self, name)!r}")
+                raise UserError(
+                    f"data.{name} must be one of {'|'.join(choices)}, got {getattr(self, name)!r}"
+                )
         self._built = False
         self.reports: dict[str, SkipReport] = {}
 

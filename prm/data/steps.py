@@ -41,7 +41,7 @@ _SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
 
 def normalize_whitespace(text: str) -> str:
-    """``text`` with every line break written ``\n`` and every horizontal Unicode space ``" "``.
+    r"""``text`` with every line break written ``\n`` and every horizontal Unicode space ``" "``.
 
     CRLF and lone CR, vertical tab, form feed, U+0085, U+2028 and U+2029 become ``\n``; U+00A0,
     U+1680, U+2000-U+200A, U+202F, U+205F and U+3000 become a space. Tabs are kept.
