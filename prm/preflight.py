@@ -244,10 +244,8 @@ class _SplitChecker:
 
     def length(self, index: int, chain: StepChain | LabelledChain, name: str) -> Any:
         """``chain`` as kept under ``data.too_long``: itself, a truncated copy, or None (skipped)."""
-        if self.max_length is None:
-            return chain
-        length, positions = self.measure(chain)
-        if length <= self.max_length:
+        length, positions = self.measure(chain)  # tokenised even without a limit: errors surface here
+        if self.max_length is None or length <= self.max_length:
             return chain
         where = f"record {index} (id {chain.id!r}){name}: {length} tokens"
         if self.data.too_long == "error":

@@ -140,7 +140,7 @@ def test_a_meta_chain_whose_first_error_would_be_cut_is_skipped_not_relabelled(t
 
 def test_processbench_sample_with_long_chains(text_backbone):
     # Six real ProcessBench math chains (math-44, -76, -1 long); the tiny 1k-token BPE makes them longer.
-    path = str(FIXTURES / "processbench_long_sample.json")
+    path = str(FIXTURES / "published/processbench_math_long_sample.json")
     data = DataSources(test=path, test_format="processbench", max_length=2048)
     cleaned, report = preflight(data, text_backbone, splits=("test",))
     assert report.as_dict()["test"] == {
