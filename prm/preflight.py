@@ -357,6 +357,12 @@ def check_labels(
                 "is null); training would see a zero loss"
             )
     if split == "meta":
+        wrong = next((r for r in records if not isinstance(r, LabelledChain)), None)
+        if wrong is not None:
+            raise PreflightError(
+                f"data.meta: {path}: record id {wrong.id!r} is a {wrong.kind}, not a whole-chain labelled "
+                "chain; the meta split needs one 0/1 label per chain"
+            )
         classes = Counter(r.label for r in records if isinstance(r, LabelledChain))
         if len(classes) < 2:
             only = f"only label {next(iter(classes))}" if classes else "no whole-chain label"

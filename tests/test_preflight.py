@@ -13,6 +13,7 @@ from prm.data.dataset import PRMCollator
 from prm.data.errors import RecordError
 from prm.data.images import fix_geometry, load_image, to_rgb
 from prm.data.native import read_native
+from prm.data.readers import read_mmprm_seeds
 from prm.data.records import LabelledChain, StepChain
 from prm.data.sources import DataSources
 from prm.errors import UserError
@@ -299,6 +300,26 @@ def test_one_class_meta_is_an_error_unless_allowed(tmp_path, text_backbone):
     data.allow_one_class_meta = True
     _, report = preflight(data, text_backbone)
     assert len(report.warnings) == 1 and "only label 1" in report.warnings[0]
+
+
+def test_step_chains_as_meta_split_are_an_error(tmp_path, text_backbone):
+    data = _sources(tmp_path, [_chain("t", STEPS[:1])], [_chain("m", STEPS[:1])])
+    with pytest.raises(
+        PreflightError, match="record id 'm' is a step_chain, not a whole-chain labelled chain"
+    ):
+        preflight(data, text_backbone)
+
+
+def test_generation_seeds_cannot_point_outside_their_root(tmp_path):
+    # Data generation reads its seeds (and so the images it sends to a model server) through this.
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(
+        json.dumps([{"id": "s", "question": "Q", "correct_answer": "1", "image_path": "/etc/passwd"}])
+    )
+    with pytest.raises(
+        RecordError, match=r"seeds\.json, record 0, field 'image_path': image path '/etc/passwd' is absolute"
+    ):
+        read_mmprm_seeds(seeds, data_root=tmp_path / "img")
 
 
 def test_duplicate_ids_name_both_records(tmp_path):
