@@ -38,6 +38,14 @@ LOSS_TARGETS = ("+", "both")
 EVALUATE_MODES = ("auto", "best_of_n", "processbench")
 SPLITS = ("train", "meta", "test")
 
+# The preflight pass's policies (prm/preflight.py) and their allowed values, default first.
+PREFLIGHT_POLICIES = {
+    "too_long": ("truncate", "error", "skip"),
+    "bad_image": ("fix", "skip", "error"),
+    "special_tokens": ("neutralize", "error"),
+}
+
+
 class ConfigError(UserError, ValueError):
     """A config value or combination that cannot work; the message names the key and what to set."""
 
@@ -125,6 +133,11 @@ class DataSchema:
     max_length: Optional[int] = 1024  # noqa: UP045
     num_workers: int = 0
     limit: Any = None  # null | records per split (int) | {train: int, meta: int, test: int}
+    too_long: str = "truncate"  # error | truncate | skip (preflight)
+    bad_image: str = "fix"  # fix | skip | error (preflight)
+    special_tokens: str = "neutralize"  # neutralize | error (preflight)
+    allow_one_class_meta: bool = False
+    allow_outside_paths: bool = False
 
 
 @dataclass
@@ -268,6 +281,9 @@ def _check_data(cfg, evaluate: bool) -> None:
         missing in ("error", "skip", "blank"),
         f"data.missing_image={missing!r}: expected one of error, skip, blank",
     )
+    for key, allowed in PREFLIGHT_POLICIES.items():
+        value = _get(cfg, f"data.{key}", allowed[0])
+        _require(value in allowed, f"data.{key}={value!r}: expected one of {', '.join(allowed)}")
     _check_limit(cfg)
 
 
