@@ -1,6 +1,7 @@
 """The training recipe: ``train(cfg, run_dir)`` runs the named steps of one job, top to bottom.
 
-seed -> run directory -> resume checkpoint -> device and process group -> tracker -> data -> model
+seed -> run directory -> resume checkpoint -> device and process group -> tracker -> model -> data
+(read and checked by the preflight pass with the model's chain format)
 -> Betty problems (each with its optimiser and schedule) -> engine -> restore -> train -> finish.
 Every step count is an optimiser step (micro-batches / ``train.gradient_accumulation``).
 """
@@ -45,8 +46,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     tracker = setup_tracker(cfg, run_dir, world)
     try:  # the JSONL file and the wandb run are closed even when training fails
         run = TrainingRun(cfg, run_dir, device, world, tracker, checkpoint)
-        setup_data(run)
         setup_model(run)
+        setup_data(run)
         load_state(run)
         setup_problems(run)
         setup_engine(run, validate=lambda step: validate(run, step), save=lambda step: save(run, step))
