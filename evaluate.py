@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from prm import plots
-from prm.checkpoint import latest_checkpoint, load_head, resolve_checkpoint
+from prm.checkpoint import latest_checkpoint, load_prm, resolve_checkpoint
 from prm.data.dataset import flatten_candidates
 from prm.data.readers import read_records
 from prm.data.records import BestOfNProblem, LabelledChain
@@ -37,19 +37,9 @@ from prm.evaluation import (
     write_processbench,
 )
 from prm.evaluation.scoring import score_chains
-from prm.model.prm import ProcessRewardModel
 from prm.tracking import Tracker
 
 log = logging.getLogger("evaluate")
-
-
-def load_prm(checkpoint: Path) -> ProcessRewardModel:
-    """The PRM of a checkpoint, built as the run that saved it configured it."""
-    saved = OmegaConf.load(checkpoint / "config.yaml")
-    backbone = instantiate(saved.backbone, path=str(checkpoint))
-    prm = ProcessRewardModel(backbone, head=saved.prm.head)
-    prm.load_head_state_dict(load_head(checkpoint))
-    return prm
 
 
 def detect_mode(records: list) -> str:

@@ -34,7 +34,8 @@ from prm.bilevel.lower import PRMLower
 from prm.bilevel.meta_loss import check_meta_loss
 from prm.bilevel.upper import ReweightUpper
 from prm.checkpoint import (
-    latest_checkpoint,
+    checkpoint_step,
+    find_resume_checkpoint,
     load_head,
     load_training_state,
     resolve_checkpoint,
@@ -66,12 +67,12 @@ def run_directory() -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs/manual")
 
 
-def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """``resume=true``: this run directory's latest checkpoint; ``resume=<dir>``: that run's."""
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """``resume=true``: this run directory's newest checkpoint that verifies; ``resume=<dir>``: that run's."""
     if cfg.resume in (False, None):
         return None
     if cfg.resume is True:
-        found = latest_checkpoint(run_dir)
+        found = find_resume_checkpoint(run_dir)
         if found is None:
             log.warning("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
         return found
@@ -215,7 +216,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     """Run one training job in ``run_dir`` (default: Hydra's); returns the final validation metrics."""
     seed_everything(cfg.seed)
     run_dir = Path(run_dir) if run_dir is not None else run_directory()
-    resume_from = find_resume_checkpoint(cfg, run_dir)
+    resume_from = resume_checkpoint(cfg, run_dir)
     device = pick_device(cfg.train.device)
     world = setup(cfg, device)
     if world.deepspeed and str(device).startswith("cuda"):
@@ -223,7 +224,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
     hypergradient.register()
     tracker = instantiate(cfg.logger) if world.is_main else Tracker(jsonl=False)  # rank 0 logs
     tracker.start(
-        run_dir, OmegaConf.to_container(cfg, resolve=True), job_type="train", **job_identity(run_dir)
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),
+        job_type="train",
+        resume_step=checkpoint_step(resume_from) if resume_from is not None else None,
+        **job_identity(run_dir),
     )
     try:  # the JSONL file and the wandb run are closed even when training fails
         return run_training(cfg, run_dir, resume_from, device, world, tracker)
