@@ -68,6 +68,10 @@ MARKERS = {TENSOR, TUPLE, ITEMS, NDARRAY, NPSCALAR}
 
 # Checkpoints a resumed run started from (by resolved path): pruning never removes them.
 _resumed_from: set[Path] = set()
+# Checkpoints this process hashed and found complete: (file, size, mtime, inode) of each listed file.
+# Pruning verifies the kept checkpoints at every save; a folder whose files were not touched since is
+# not read again (a multi-GB model would otherwise be hashed once per save).
+_verified: dict[Path, tuple] = {}
 
 
 # ----------------------------------------------------------------------------------------- RNG
@@ -244,7 +248,8 @@ def verify_checkpoint(folder: str | Path) -> str | None:
     """None when ``folder`` is a complete checkpoint, else why not (a short reason for the log).
 
     Complete: ``manifest.json`` parses, and every file it lists exists with the listed size and
-    sha256 (files not listed are ignored). Cost: one read of every file.
+    sha256 (files not listed are ignored). Cost: one read of every file, skipped when this process
+    verified the same folder before and no listed file's size, mtime or inode changed since.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -260,15 +265,24 @@ def verify_checkpoint(folder: str | Path) -> str | None:
         return f"{MANIFEST} unreadable ({error!r})"
     if STATE_JSON not in files:
         return f"{MANIFEST} lists no {STATE_JSON}"
+    signature = []
     for name, entry in files.items():
         path = folder / name
         if not path.is_file():
             return f"{name} missing"
-        size = path.stat().st_size
-        if size != entry["size"]:
-            return f"{name} has {size} bytes, the manifest says {entry['size']} (truncated or replaced)"
-        if _sha256(path) != entry["sha256"]:
+        stat = path.stat()
+        if stat.st_size != entry["size"]:
+            return (
+                f"{name} has {stat.st_size} bytes, the manifest says {entry['size']} (truncated or replaced)"
+            )
+        signature.append((name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    key, signature = folder.resolve(), tuple(signature)
+    if _verified.get(key) == signature:  # hashed before in this process, no file touched since
+        return None
+    for name, entry in files.items():
+        if _sha256(folder / name) != entry["sha256"]:
             return f"{name}: sha256 differs from the manifest (corrupted)"
+    _verified[key] = signature
     return None
 
 

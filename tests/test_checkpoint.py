@@ -264,6 +264,20 @@ def test_resume_picks_the_newest_checkpoint_that_verifies_whatever_latest_says(t
     assert find_resume_checkpoint(tmp_path) is None
 
 
+def test_verification_hashes_again_only_after_a_file_changed(tmp_path, monkeypatch):
+    folder = save(tmp_path, 1)
+    calls = []
+    real = ckpt._sha256
+    monkeypatch.setattr(ckpt, "_sha256", lambda path: calls.append(path.name) or real(path))
+    ckpt._verified.clear()
+    assert verify_checkpoint(folder) is None and len(calls) == 6
+    assert verify_checkpoint(folder) is None and len(calls) == 6  # nothing changed: not read again
+    data = bytearray((folder / "config.yaml").read_bytes())
+    data[0] ^= 1
+    (folder / "config.yaml").write_bytes(bytes(data))
+    assert "config.yaml: sha256 differs" in verify_checkpoint(folder)
+
+
 def test_resolve_checkpoint_verifies(tmp_path):
     for step in (1, 2):
         save(tmp_path, step)
