@@ -131,12 +131,15 @@ def attempt(cmd, env, log, trigger, timeout: float) -> tuple[str, float]:
 
 def make_trigger(kind: str, rng: random.Random, run_dir: Path, steps: int, timing: dict):
     """A kill condition of ``kind`` at a random point of the remaining run; also its description."""
-    done = logged_step(run_dir)
+    newest = latest_checkpoint(run_dir)  # the relaunch redoes the steps after it
+    done = int(newest.name.split("-")[1]) if newest is not None else 0
+    if done >= steps:  # nothing left to interrupt but the start-up
+        kind = "startup"
     if kind == "startup":
         at = rng.uniform(0.0, timing["startup"])
         return (lambda elapsed: elapsed >= at), f"start-up, {at:.2f}s after launch"
     if kind == "step":
-        target = rng.randint(done + 1, steps - 1) if done + 1 < steps else steps
+        target = rng.randint(done + 1, max(done + 1, steps - 1))
         delay = rng.uniform(0.0, timing["step"])
         state = {"seen": None}
 
