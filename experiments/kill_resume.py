@@ -70,16 +70,17 @@ def environment(out: Path) -> dict[str, str]:
     return env
 
 
-def logged_step(run_dir: Path) -> int:
-    """The last step ``metrics.jsonl`` holds (0 when none); a line cut short is ignored."""
+def logged_step(run_dir: Path, since: float = 0.0) -> int:
+    """The last step ``metrics.jsonl`` holds, in a row logged after time ``since`` (0 when none)."""
     try:
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return 0
     for line in reversed(lines):
         try:
-            return int(json.loads(line).get("step", 0))
-        except (json.JSONDecodeError, TypeError, ValueError):
+            row = json.loads(line)
+            return int(row.get("step", 0)) if row.get("time", 0.0) >= since else 0
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
             continue
     return 0
 
@@ -141,10 +142,10 @@ def make_trigger(kind: str, rng: random.Random, run_dir: Path, steps: int, timin
     if kind == "step":
         target = rng.randint(done + 1, max(done + 1, steps - 1))
         delay = rng.uniform(0.0, timing["step"])
-        state = {"seen": None}
+        state = {"seen": None, "launched": time.time()}
 
-        def trigger(elapsed):
-            if state["seen"] is None and logged_step(run_dir) >= target:
+        def trigger(elapsed):  # rows of the killed launch before it count only after truncation
+            if state["seen"] is None and logged_step(run_dir, state["launched"]) >= target:
                 state["seen"] = elapsed
             return state["seen"] is not None and elapsed - state["seen"] >= delay
 
@@ -185,6 +186,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{folder} exists: choose an empty --out")
 
     print(f"reference run: {args.steps} steps, uninterrupted", flush=True)
+    launched = time.time()
     result, seconds = attempt(
         command(reference, args.steps, args.overrides), env, out / "reference.log", None, args.timeout
     )
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     rows = read_metrics(reference / "metrics.jsonl")
     times = [r["time"] for r in rows if "step" in r]
     per_step = (times[-1] - times[0]) / max(1, len(times) - 1)
-    timing = {"startup": max(0.5, seconds - per_step * args.steps), "step": per_step}
+    timing = {"startup": max(0.5, times[0] - launched - per_step), "step": per_step}
     print(f"  {seconds:.1f}s: start-up ~{timing['startup']:.1f}s, {per_step:.2f}s per step", flush=True)
 
     events, kills = [], 0
