@@ -227,7 +227,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, float]:
         run_dir,
         OmegaConf.to_container(cfg, resolve=True),
         job_type="train",
-        resume_step=checkpoint_step(resume_from) if resume_from is not None else None,
+        # resume=true without a checkpoint starts over: rows a killed first attempt logged go too
+        resume_step=checkpoint_step(resume_from) if resume_from is not None else (0 if cfg.resume else None),
         **job_identity(run_dir),
     )
     try:  # the JSONL file and the wandb run are closed even when training fails

@@ -85,13 +85,16 @@ def logged_step(run_dir: Path, since: float = 0.0) -> int:
     return 0
 
 
-def writing(run_dir: Path, above: int) -> bool:
-    """Whether a checkpoint temporary folder of a step above ``above`` exists now."""
+def temporary(run_dir: Path) -> set[str]:
     try:
-        entries = os.listdir(run_dir / "checkpoints")
+        return {n for n in os.listdir(run_dir / "checkpoints") if n.startswith(".step-")}
     except FileNotFoundError:
-        return False
-    for name in entries:
+        return set()
+
+
+def writing(run_dir: Path, above: int, old: set[str]) -> bool:
+    """Whether a new checkpoint temporary folder (not in ``old``) of a step above ``above`` exists."""
+    for name in temporary(run_dir) - old:
         if name.startswith(".step-") and not name.endswith(".replaced"):
             try:
                 if int(name[6:13]) > above:
@@ -150,8 +153,8 @@ def make_trigger(kind: str, rng: random.Random, run_dir: Path, steps: int, timin
             return state["seen"] is not None and elapsed - state["seen"] >= delay
 
         return trigger, f"{delay:.3f}s after step {target} was logged"
-    target = rng.randint(done, steps - 1)
-    return (lambda elapsed: writing(run_dir, target)), f"while writing a checkpoint past step {target}"
+    target, old = rng.randint(done, steps - 1), temporary(run_dir)  # old: left by a killed launch
+    return (lambda elapsed: writing(run_dir, target, old)), f"while writing a checkpoint past step {target}"
 
 
 def tensors_of(checkpoint: Path) -> dict:

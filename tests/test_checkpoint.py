@@ -394,6 +394,15 @@ def test_resume_after_a_truncated_newest_checkpoint_equals_an_uninterrupted_run(
     a, b = read_metrics(full / "metrics.jsonl"), read_metrics(interrupted / "metrics.jsonl")
     assert [r.get("prm/loss") for r in a] == [r.get("prm/loss") for r in b]
 
+    # Killed while writing its first checkpoint: resume=true starts over, without the old rows.
+    first = tmp_path / "first"
+    (first / "checkpoints" / ".step-0000001.x").mkdir(parents=True)
+    shutil.copy(full / "metrics.jsonl", first / "metrics.jsonl")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        train(compose("config", overrides=[*overrides[:1], "train.steps=1", "resume=true"]), run_dir=first)
+    assert [r["step"] for r in read_metrics(first / "metrics.jsonl")] == [1]
+    assert names(first) == [LATEST, "step-0000001"]
+
 
 @pytest.mark.slow
 def test_kill_9_loop_ends_equal_to_an_uninterrupted_run(tmp_path):
