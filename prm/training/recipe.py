@@ -43,7 +43,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     checkpoint = resume_checkpoint(cfg, run_dir)
     device, world = setup_device(cfg)
     hypergradient.register()
-    tracker = setup_tracker(cfg, run_dir, world)
+    tracker = setup_tracker(cfg, run_dir, world, checkpoint)
     try:  # the JSONL file and the wandb run are closed even when training fails
         run = TrainingRun(cfg, run_dir, device, world, tracker, checkpoint)
         setup_model(run)

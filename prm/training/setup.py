@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prm.checkpoint import load_head, resolve_checkpoint
+from prm.checkpoint import checkpoint_step, load_head, resolve_checkpoint
 from prm.config import ConfigError
 from prm.data.dataset import PRMCollator
 from prm.device import pick_device
@@ -49,11 +49,20 @@ def setup_device(cfg: DictConfig) -> tuple[str, World]:
     return device, world
 
 
-def setup_tracker(cfg: DictConfig, run_dir: Path, world: World) -> Tracker:
-    """The ``logger`` group's tracker, started; only rank 0 writes metrics."""
+def setup_tracker(cfg: DictConfig, run_dir: Path, world: World, checkpoint: Path | None) -> Tracker:
+    """The ``logger`` group's tracker, started; only rank 0 writes metrics. On resume, the rows of
+    ``metrics.jsonl`` past the resumed checkpoint's step are dropped (all rows when ``resume=true``
+    found no checkpoint), so a resumed run never repeats a step."""
     tracker = instantiate(cfg.logger) if world.is_main else Tracker(jsonl=False)
+    resume_step = None
+    if cfg.resume not in (False, None):
+        resume_step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     tracker.start(
-        run_dir, OmegaConf.to_container(cfg, resolve=True), job_type="train", **job_identity(run_dir)
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),
+        job_type="train",
+        resume_step=resume_step,
+        **job_identity(run_dir),
     )
     return tracker
 
