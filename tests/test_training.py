@@ -334,7 +334,7 @@ def test_optimisers_and_schedules_come_from_config(cache):
         "reweight.upper.sampler_seed=7",
     ]
     train(config(*overrides), run_dir=run)
-    state = torch.load(latest_checkpoint(run) / "training_state.pt", weights_only=False)
+    state = load_training_state(latest_checkpoint(run))
     assert "momentum" in state["optimizer"]["param_groups"][0]  # SGD
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 0.1**2)  # StepLR(2, 0.1) x 4
     upper = state["upper"]["optimizer"]["param_groups"][0]
