@@ -150,7 +150,7 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
     """Write ``suite_train.json`` / ``trl_train.json`` (same chains, same steps) and ``meta.json``."""
     from transformers import AutoTokenizer
 
-    from prm.model.chat import format_chain
+    from prm.model.chat import render_chain
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     records = gsm8k_records(args.data)
@@ -165,7 +165,8 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
         # TRL's tokenize_row: prompt ids + (step ids + separator ids) per step (no BOS in this tokenizer).
         trl = len(tokenizer(trl_prompt(question), add_special_tokens=False)["input_ids"])
         trl += sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) + len(separator) for s in steps)
-        suite = len(tokenizer(format_chain("qwen2", question, steps, STEP_MARKER, 0))["input_ids"])
+        chain = render_chain(tokenizer, question, steps, STEP_MARKER, 0, multimodal=False)
+        suite = len(tokenizer(chain, add_special_tokens=False)["input_ids"])
         return trl, suite
 
     chains, dropped = [], 0
