@@ -213,7 +213,7 @@ def test_evaluate_reads_published_test_formats(cache):
         "data=processbench",
         f"data.test={long_sample}",
     ]
-    common.append("data.max_length=2048")
+    common += ["data.max_length=2048", "processbench.threshold=0.5"]
     subprocess.run(
         [*common, f"hydra.run.dir={run}/eval_long"], cwd=ROOT, env=env, check=True, capture_output=True
     )

@@ -120,7 +120,14 @@ def evaluate_processbench(cfg, records, score, name, out_dir: Path, tracker: Tra
         split = cfg.processbench.threshold_split
         tune = records if split is None else read_records(split, "processbench")
         tune_scores = scores if split is None else score(tune)
-        threshold = choose_threshold(tune_scores, [record.first_error for record in tune])
+        tune_errors = [record.first_error for record in tune]
+        if len({error >= 0 for error in tune_errors}) < 2:
+            raise UserError(
+                f"processbench.threshold=null chooses the threshold on {split or 'data.test'}, which holds "
+                "only erroneous or only correct chains: set processbench.threshold=<value> or "
+                "processbench.threshold_split=<a ProcessBench file with both>"
+            )
+        threshold = choose_threshold(tune_scores, tune_errors)
         log.info("threshold %.4f chosen on %s", threshold, split or "the test split itself")
     result = processbench(scores, first_errors, threshold)
     table = write_processbench({name: result}, out_dir)
