@@ -80,14 +80,14 @@ def evaluate_checkpoint(
     log.info("evaluating %s on %d %s records (%s)", checkpoint, len(records), data.name, mode)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def score(chains):
+    def score(chains, prefix_sharing=False):
         return score_chains(
-            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True
+            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, True, prefix_sharing
         )
 
     if mode == "best_of_n":
         chains = flatten_candidates(records)
-        flat = score(chains)
+        flat = score(chains, prefix_sharing=cfg.prefix_sharing)
         grouped, start = [], 0
         for problem in records:
             grouped.append(flat[start : start + len(problem.candidates)])
