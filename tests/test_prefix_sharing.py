@@ -97,14 +97,15 @@ def test_mrope_positions_matter(chains, family, monkeypatch):
     """Negative control: continuing at position P (ignoring the image's rope delta) changes scores."""
     prm = sharpened_prm(family, "token")
     unshared = score_chains(prm, chains, batch_size=5)
-    encode = prefix_sharing._encode_prefix
+    encode = prefix_sharing._encode_prefixes
 
-    def plain_positions(prm, collator, problem, device):
-        encode(prm, collator, problem, device)
-        assert problem.start < problem.length  # image tokens advance M-RoPE positions by less
-        problem.start = problem.length
+    def plain_positions(prm, collator, pending, device):
+        encode(prm, collator, pending, device)
+        for problem in pending:
+            assert problem.start < problem.length  # image tokens advance M-RoPE positions by less
+            problem.start = problem.length
 
-    monkeypatch.setattr(prefix_sharing, "_encode_prefix", plain_positions)
+    monkeypatch.setattr(prefix_sharing, "_encode_prefixes", plain_positions)
     assert max_difference(unshared, score_chains_shared(prm, chains, batch_size=3)) > 1e-2
 
 
@@ -112,29 +113,32 @@ def test_cached_prefix_matters(chains, monkeypatch):
     """Negative control: every problem continuing from the first problem's prefix changes scores."""
     prm = sharpened_prm("internvl", "token")
     unshared = score_chains(prm, chains, batch_size=5)
-    encode, first = prefix_sharing._encode_prefix, {}
+    encode, first = prefix_sharing._encode_prefixes, []
 
-    def same_prefix(prm, collator, problem, device):
-        encode(prm, collator, first.setdefault("problem", problem), device)
-        problem.cache, problem.length, problem.start = (
-            first["problem"].cache,
-            first["problem"].length,
-            first["problem"].start,
-        )
+    def same_prefix(prm, collator, pending, device):
+        encode(prm, collator, pending, device)
+        if not first:
+            first.append((pending[0].cache, pending[0].length, pending[0].start))
+        for problem in pending:
+            problem.cache, problem.length, problem.start = first[0]
 
-    monkeypatch.setattr(prefix_sharing, "_encode_prefix", same_prefix)
+    monkeypatch.setattr(prefix_sharing, "_encode_prefixes", same_prefix)
     assert max_difference(unshared, score_chains_shared(prm, chains, batch_size=3)) > 1e-2
 
 
 def test_images_encoded_once_per_problem(chains):
     prm = sharpened_prm("qwen2_vl", "token")
-    calls = []
-    handle = prm.model.model.visual.register_forward_hook(lambda module, args, out: calls.append(1))
+    images = []  # one grid row per image the vision tower encodes
+
+    def count(module, args, kwargs, out):
+        images.append(len(kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]))
+
+    handle = prm.model.model.visual.register_forward_hook(count, with_kwargs=True)
     try:
         score_chains_shared(prm, chains, batch_size=4)
     finally:
         handle.remove()
-    assert len(calls) == 3 + 1  # one prefix pass per problem, plus the lone chain's own pass
+    assert sum(images) == 1 + 1 + 2 + 1  # each problem's image(s) once, then the lone chain's
 
 
 def test_score_chains_dispatches_and_restores_mode(chains):

@@ -166,10 +166,13 @@ def score_chains_shared(
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     for batch in tqdm(batches, desc="score (shared prefix)", disable=not progress, dynamic_ncols=True):
         with autocast(device, precision):
+            pending = {
+                row.problem: problems[row.problem] for row in batch if problems[row.problem].cache is None
+            }
+            if pending:
+                _encode_prefixes(prm, collator, list(pending.values()), device)
             for row in batch:
                 problem = problems[row.problem]
-                if problem.cache is None:
-                    _encode_prefix(prm, collator, problem, device)
                 if max_length is not None and problem.length + len(row.ids) > max_length:
                     raise ValueError(
                         f"chain {chains[row.index].id!r} is {problem.length + len(row.ids)} tokens long, "
@@ -233,21 +236,32 @@ def _plan_problem(collator: PRMCollator, chains: list, indices: list[int], probl
     return _Problem(chain=chains[0], header_length=size, rows_left=len(rows)), rows
 
 
-def _encode_prefix(prm, collator: PRMCollator, problem: _Problem, device) -> None:
-    """Run the problem's prefix (user turn with images + assistant header) once and keep its cache."""
-    inputs = to_device(collator([_item(problem.chain, images=True, steps=False)])["inputs"], device)
-    length = inputs["input_ids"].shape[1]
+def _encode_prefixes(prm, collator: PRMCollator, pending: list[_Problem], device) -> None:
+    """Run the prefixes (user turn with images + assistant header) of ``pending`` in one pass; keep
+    each one's keys and values (its real tokens only), length and next position."""
+    inputs = to_device(
+        collator([_item(problem.chain, images=True, steps=False) for problem in pending]), device
+    )
+    inputs = inputs["inputs"]
+    mask = inputs["attention_mask"]
     rope_index = getattr(prm.model.model, "get_rope_index", None)
     if rope_index is not None and inputs.get("image_grid_thw") is not None:
         accepted = inspect.signature(rope_index).parameters
-        positions, _ = rope_index(**{k: v for k, v in inputs.items() if k in accepted})
+        positions, _ = rope_index(**{k: v for k, v in inputs.items() if k in accepted})  # [3, B, T]
+        ends = positions.masked_fill(~mask.bool().unsqueeze(0), -1).amax(dim=(0, 2)) + 1
     else:
-        positions = torch.arange(length, device=inputs["input_ids"].device).unsqueeze(0)
-    outputs = prm.model.model(**inputs, position_ids=positions, use_cache=True)
-    cache = outputs.past_key_values
-    problem.cache = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
-    problem.length = length
-    problem.start = int(positions.max()) + 1
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]: 0, 1, ... over real tokens
+        ends = mask.long().sum(-1)
+    cache = prm.model.model(**inputs, position_ids=positions, use_cache=True).past_key_values
+    for b, problem in enumerate(pending):
+        real = mask[b].nonzero().flatten()  # one block: right or left padding
+        first, end = int(real[0]), int(real[-1]) + 1
+        problem.cache = (
+            [layer.keys[b : b + 1, :, first:end] for layer in cache.layers],
+            [layer.values[b : b + 1, :, first:end] for layer in cache.layers],
+        )
+        problem.length = end - first
+        problem.start = int(ends[b])
 
 
 def _score_continuations(prm, problems: list[_Problem], rows: list[_Row], device) -> list[torch.Tensor]:
