@@ -149,9 +149,10 @@ def test_score_chains_dispatches_and_restores_mode(chains):
 
 
 def test_max_length_counts_the_prefix(chains):
-    prm = sharpened_prm("qwen2_vl", "token")
+    prm = sharpened_prm("qwen2_vl", "token").train()
     with pytest.raises(ValueError, match=r"chain 'p\d#\d' is \d+ tokens long, over max_length=30"):
         score_chains_shared(prm, chains[:12], batch_size=4, max_length=30)
+    assert prm.training  # restored on the error too
 
 
 def test_no_shared_prefix_falls_back_to_whole_chains(chains):

@@ -130,10 +130,25 @@ def score_chains_shared(
     the unshared path does.
     """
     report = report if report is not None else SharingReport()
-    backbone = prm.backbone
-    collator = PRMCollator(backbone)
+    collator = PRMCollator(prm.backbone)
     was_training = prm.training
     prm.eval()
+    try:
+        result = _score(prm, chains, collator, batch_size, max_length, device, precision, progress, report)
+    finally:
+        prm.train(was_training)
+    log.info(
+        "prefix sharing: %d chains of %d problems scored with a shared prefix, %d without (%s)",
+        report.shared_chains,
+        report.shared_problems,
+        report.unshared_chains,
+        ", ".join(f"{reason}: {n}" for reason, n in report.fallback_reasons.items()) or "none",
+    )
+    return result
+
+
+def _score(prm, chains, collator, batch_size, max_length, device, precision, progress, report):
+    backbone = prm.backbone
 
     groups: dict[tuple, list[int]] = {}
     for index, chain in enumerate(chains):
@@ -191,14 +206,6 @@ def score_chains_shared(
         )
         for index, scored in zip(unshared, scores):
             result[index] = scored
-    prm.train(was_training)
-    log.info(
-        "prefix sharing: %d chains of %d problems scored with a shared prefix, %d without (%s)",
-        report.shared_chains,
-        report.shared_problems,
-        report.unshared_chains,
-        ", ".join(f"{reason}: {n}" for reason, n in report.fallback_reasons.items()) or "none",
-    )
     return result
 
 
