@@ -176,6 +176,7 @@ class EvaluateSchema:
     device: str = "auto"
     precision: str = "fp32"
     mode: str = "auto"  # auto | best_of_n | processbench
+    prefix_sharing: bool = True  # best-of-N: one encoding of each problem's question + images
     processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
 
 

@@ -70,9 +70,16 @@ def evaluate_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
 
-    def score(chains):
+    def score(chains, prefix_sharing: bool = False):
         return score_chains(
-            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True
+            prm,
+            chains,
+            data.eval_batch_size,
+            data.max_length,
+            device,
+            cfg.precision,
+            progress=True,
+            prefix_sharing=prefix_sharing,
         )
 
     run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench
@@ -86,7 +93,7 @@ def evaluate_checkpoint(
 def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
     """Best-of-N accuracy of every aggregation and baseline, accuracy against N; (table, summary)."""
     chains = flatten_candidates(records)
-    flat = score(chains)
+    flat = score(chains, prefix_sharing=cfg.prefix_sharing)  # siblings share the encoded prefix
     grouped, start = [], 0
     for problem in records:
         grouped.append(flat[start : start + len(problem.candidates)])

@@ -25,8 +25,17 @@ def score_chains(
     device="cpu",
     precision: str = "fp32",
     progress: bool = False,
+    prefix_sharing: bool = False,
 ) -> list[torch.Tensor]:
-    """Step probabilities of every chain, in the order given."""
+    """Step probabilities of every chain, in the order given.
+
+    ``prefix_sharing``: encode the question and images that chains share (the candidates of one
+    best-of-N problem) once, see :mod:`prm.evaluation.prefix_sharing`; same scores up to float rounding.
+    """
+    if prefix_sharing:
+        from prm.evaluation.prefix_sharing import score_chains_shared
+
+        return score_chains_shared(prm, chains, batch_size, max_length, device, precision, progress)
     was_training = prm.training
     prm.eval()
     order = sorted(range(len(chains)), key=lambda i: sum(len(step) for step in chains[i].steps))

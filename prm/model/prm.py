@@ -67,14 +67,17 @@ class ProcessRewardModel(nn.Module):
         return hidden.gather(1, index)
 
     def forward(self, batch: dict) -> StepScores:
-        hidden = self.hidden_at_markers(batch)
+        return StepScores(logits=self.step_logits(self.hidden_at_markers(batch)), mask=batch["step_mask"])
+
+    def step_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-odds of a correct step from marker hidden states ``[..., hidden]`` -> ``[...]`` (float32)."""
         if self.head == "token":
             rows = self.model.get_output_embeddings().weight[self.label_ids]  # [2, hidden]
             pair = hidden @ rows.T.to(hidden.dtype)
             logits = pair[..., 0] - pair[..., 1]
         else:
             logits = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-        return StepScores(logits=logits.float(), mask=batch["step_mask"])
+        return logits.float()
 
     def losses(self, scores: StepScores, step_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example loss ``[chains]`` (mean over labelled steps) and whether each chain had a label."""
