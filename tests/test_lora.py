@@ -1,4 +1,4 @@
-"""LoRA adapters (peft) and gradient checkpointing: what trains, bi-level run, resume, merge, checkpointing."""
+"""LoRA adapters (peft) and gradient checkpointing: what trains, a bi-level run, resume, merge."""
 
 import json
 import shutil
@@ -175,7 +175,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path, fami
         for suffix in ("layers.0.mlp", "blocks.0.mlp", "encoder.layer.0.mlp"):
             for name, module in backbone.model.named_modules():
                 if name.endswith(suffix) and "lora" not in name:
-                    module.register_forward_pre_hook(lambda *args, name=name: calls.append(name))
+                    module.register_forward_pre_hook(lambda *args, name=name, calls=calls: calls.append(name))
         with torch.no_grad():  # non-zero B, so the adapters' gradients are all non-trivial
             for name, parameter in prm.named_parameters():
                 if "lora_B" in name:
