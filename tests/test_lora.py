@@ -153,6 +153,27 @@ def test_added_marker_row_trains_and_reloads_exactly(tmp_path):
     torch.testing.assert_close(outputs[2], outputs[0], atol=1e-5, rtol=0)
 
 
+def test_a_tiny_base_is_rebuilt_as_it_was_built(tmp_path):
+    """An adapter over a tiny random base reloads onto the same base even when the loading run's
+    backbone settings (seed, sizes) differ: tiny_base.json records what built it."""
+    adapted = build_backbone("qwen2", seed=3, lora=ENABLED)
+    with torch.no_grad():
+        for parameter in adapted.model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+    adapted.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / lora.TINY_BASE).read_text())["seed"] == 3
+    reloaded = build_backbone("qwen2", path=str(tmp_path), seed=0, tiny={"hidden_size": 32}, lora=ENABLED)
+    ids = torch.tensor([[1, 5, 9, adapted.step_marker_id, 7]])
+    with torch.no_grad():
+        a = adapted.model.eval().model(input_ids=ids).last_hidden_state
+        b = reloaded.model.eval().model(input_ids=ids).last_hidden_state
+    assert torch.equal(a, b)
+    (tmp_path / lora.TINY_BASE).unlink()
+    with pytest.raises(FileNotFoundError, match="tiny_base.json is missing"):
+        build_backbone("qwen2", path=str(tmp_path), lora=ENABLED)
+
+
 def test_an_adapter_with_a_missing_base_is_an_error(tmp_path):
     base = tmp_path / "base"
     build_backbone("causal_lm").save_pretrained(base)

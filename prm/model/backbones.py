@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class Backbone:
     # peft.PeftModel around ``model`` (which stays the transformers model, adapters injected in place).
     new_token_ids: tuple[int, ...] = ()
     peft_model: Any = None
+    tiny_base: dict[str, Any] | None = None  # a tiny random model: what rebuilds it (family, sizes, seed)
 
     @property
     def spec(self) -> FamilySpec:
@@ -104,7 +105,7 @@ class Backbone:
         """The model (with LoRA: the adapter and the base config, see :mod:`prm.model.lora`) and the
         tokenizer / processor, as ``save_pretrained`` files in ``directory``."""
         if self.peft_model is not None:
-            lora_adapters.save_adapter(self.peft_model, directory)
+            lora_adapters.save_adapter(self.peft_model, directory, self.tiny_base)
         else:
             self.model.save_pretrained(directory, safe_serialization=True)
         self.processor.save_pretrained(directory)
@@ -152,6 +153,10 @@ def build_backbone(
     adapter = Path(path) if lora_adapters.is_adapter_checkpoint(path) else None
     if adapter is not None:
         path = lora_adapters.adapter_base(adapter)
+        if path is None:  # a tiny random base: rebuilt as it was built, not from this run's settings
+            saved = lora_adapters.saved_tiny_base(adapter)
+            family, tiny, seed = saved["family"], saved["tiny"], saved["seed"]
+            step_marker, dtype = saved["step_marker"], saved["dtype"]
     backbone = _build_backbone(
         family, path, tiny, step_marker, label_words, min_pixels, max_pixels, processor_kwargs, dtype, seed,
         attn_implementation, chat_template, gguf_file,
@@ -203,6 +208,9 @@ def _build_backbone(
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if len(label_words) != 2:
         raise ValueError(f"label_words must be two words (positive, negative), got {label_words!r}")
+    tiny_base = None
+    if path is None:
+        tiny_base = dict(family=spec.name, tiny=asdict(tiny), seed=seed, step_marker=step_marker, dtype=dtype)
     positive, negative = (single_token_id(tokenizer, word) for word in label_words)
     return Backbone(
         model=model,
@@ -214,6 +222,7 @@ def _build_backbone(
         label_token_ids=(positive, negative),
         processor_kwargs=dict(processor_kwargs or {}),
         new_token_ids=new_token_ids,
+        tiny_base=tiny_base,
     )
 
 

@@ -22,9 +22,10 @@ markers instead. The optimiser receives only the trainable parameters, and the l
 A checkpoint of an adapted backbone (``Backbone.save_pretrained``) holds ``adapter_config.json`` and
 ``adapter_model.safetensors`` (peft's ``save_pretrained``), the base model's ``config.json`` and the
 tokenizer / processor. The adapter config's ``base_model_name_or_path`` is the absolute path of the
-base checkpoint, or null for a tiny random base, which is rebuilt from the backbone config (family,
-sizes, seed). ``build_backbone(path=<such a checkpoint>)`` rebuilds the base and loads the adapter:
-trainable with ``lora.enabled=true``, merged into the weights otherwise.
+base checkpoint, or null for a tiny random base, which is rebuilt from ``tiny_base.json`` (family,
+sizes, seed, step marker, dtype: what it was built from, whatever the loading run's config says).
+``build_backbone(path=<such a checkpoint>)`` rebuilds the base and loads the adapter: trainable with
+``lora.enabled=true``, merged into the weights otherwise.
 
 ``python -m prm.model.lora merge <checkpoint> <out>`` writes a merged ``save_pretrained`` model (plus
 the value head and a config.yaml without adapters), loadable by ``backbone.path=<out>`` and by
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TINY_BASE = "tiny_base.json"  # how a tiny random base was built: family, sizes, seed, step marker
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -188,10 +190,29 @@ def merge(peft_model) -> nn.Module:
     return peft_model.merge_and_unload()
 
 
-def save_adapter(peft_model, directory: str | Path) -> None:
-    """peft's ``save_pretrained`` of the adapter (safetensors) plus the base model's ``config.json``."""
+def save_adapter(peft_model, directory: str | Path, tiny_base: dict | None = None) -> None:
+    """peft's ``save_pretrained`` of the adapter (safetensors) plus the base model's ``config.json``;
+    for a tiny random base, ``tiny_base`` (what rebuilds it exactly) as ``tiny_base.json``."""
+    card = Path(directory) / "README.md"
+    had_card = card.exists()
     peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+    if not had_card:  # peft's boilerplate model card says nothing about this checkpoint
+        card.unlink(missing_ok=True)
     peft_model.get_base_model().config.save_pretrained(str(directory))
+    if tiny_base is not None:
+        (Path(directory) / TINY_BASE).write_text(json.dumps(tiny_base, indent=2) + "\n", encoding="utf-8")
+
+
+def saved_tiny_base(path: str | Path) -> dict:
+    """The ``tiny_base.json`` of an adapter checkpoint over a tiny random base: ``family``, ``tiny``
+    (sizes), ``seed``, ``step_marker``, ``dtype``. Raises FileNotFoundError when it is missing."""
+    file = Path(path) / TINY_BASE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{Path(path) / ADAPTER_CONFIG} names no base model and {file} is missing: "
+            "cannot rebuild the base"
+        )
+    return json.loads(file.read_text(encoding="utf-8"))
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
