@@ -141,8 +141,9 @@ def build_backbone(
     - ``dtype``: a torch dtype name (``float32``, ``bfloat16``).
     - ``lora``: ``{enabled, r, alpha, dropout, target_modules}`` (:class:`prm.model.lora.LoraSettings`):
       with ``enabled`` the backbone is frozen and adapters are added. A ``path`` holding an adapter
-      checkpoint rebuilds its base (the adapter's ``base_model_name_or_path``, or the tiny model these
-      arguments describe) and loads the adapter: trainable when ``enabled``, else merged.
+      checkpoint rebuilds its base (the adapter's ``base_model_name_or_path``, or the tiny model its
+      ``tiny_base.json`` describes, whatever ``family``/``tiny``/``seed`` say here) and loads the
+      adapter: trainable when ``enabled``, else merged into the weights.
     - ``gradient_checkpointing``: recompute layer activations in the backward pass (non-reentrant).
 
     Raises ValueError (unknown family, wrong model type, no chat template, multi-token label words,
