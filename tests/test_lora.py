@@ -155,6 +155,12 @@ def test_added_marker_row_trains_and_reloads_exactly(tmp_path):
             outputs.append(backbone.model.eval().model(input_ids=ids).last_hidden_state)
     assert torch.equal(outputs[0], outputs[1])
     torch.testing.assert_close(outputs[2], outputs[0], atol=1e-5, rtol=0)
+    # the token head reads the label rows through peft's wrapper of the (tied) LM head
+    batch = batch_of(adapted, chains(tmp_path, False))
+    with torch.no_grad():
+        scores = [ProcessRewardModel(b, "token").eval()(batch).logits for b in (adapted, reloaded, merged)]
+    assert torch.equal(scores[0], scores[1])
+    torch.testing.assert_close(scores[2], scores[0], atol=1e-5, rtol=0)
 
 
 def test_a_tiny_base_is_rebuilt_as_it_was_built(tmp_path):
