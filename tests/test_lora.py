@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import load_file
 
-from prm.checkpoint import LATEST, latest_checkpoint, load_prm
+from prm.checkpoint import LATEST, latest_checkpoint, load_prm, load_training_state
 from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.records import StepChain
 from prm.distributed import free_port
@@ -260,8 +260,7 @@ def test_bilevel_lora_run_trains_resumes_exactly_and_merges(cache):
     assert resumed.name == final.name
     for key, value in load_file(resumed / lora.ADAPTER_WEIGHTS).items():
         assert torch.equal(value, adapter[key]), key
-    a = torch.load(final / "training_state.pt", weights_only=False)["upper"]["module"]
-    b = torch.load(resumed / "training_state.pt", weights_only=False)["upper"]["module"]
+    a, b = (load_training_state(c)["upper"]["module"] for c in (final, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     merged_dir = cache / "merged"
