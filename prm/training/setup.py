@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
 
 from prm.checkpoint import checkpoint_step, load_head, resolve_checkpoint
 from prm.config import ConfigError
@@ -27,10 +25,9 @@ log = logging.getLogger("train")
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """Seed Python's, NumPy's and torch's (CPU and every accelerator's) global generators, through
+    transformers' ``set_seed``."""
+    set_seed(seed)
 
 
 def run_directory(run_dir: str | Path | None = None) -> Path:
