@@ -393,6 +393,8 @@ class DemoBenchmark:
         kind_weights: Mapping[str, float] | None = None,
         cascade: float = 1.0,
         corruption: str = "mixed",
+        corrupted_kinds: Sequence[str] | None = None,
+        domain_kind_weights: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         domains = [str(domain) for domain in domains]
         unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
@@ -421,6 +423,19 @@ class DemoBenchmark:
             "kind_weights >= 0 with known kinds": kind_weights is None
             or (set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
         }
+        if corrupted_kinds is not None:
+            corrupted_kinds = [str(kind) for kind in corrupted_kinds]
+            checks[f"corrupted_kinds from {list(ERROR_KINDS)}"] = bool(corrupted_kinds) and set(
+                corrupted_kinds
+            ) <= set(ERROR_KINDS)
+        domain_kind_weights = {
+            str(domain): {str(kind): float(odds) for kind, odds in weights.items()}
+            for domain, weights in (domain_kind_weights or {}).items()
+        }
+        checks["domain_kind_weights name training domains, known kinds, odds >= 0"] = all(
+            domain in domains and set(weights) <= set(ERROR_KINDS) and min(weights.values(), default=0) >= 0
+            for domain, weights in domain_kind_weights.items()
+        )
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
             raise ValueError(f"demo benchmark parameters break: {', '.join(failed)}")
@@ -444,6 +459,14 @@ class DemoBenchmark:
                 kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS
             },
         }
+        # Added only when set, so the benchmarks of earlier settings keep their hash (and cache).
+        if corrupted_kinds is not None:
+            self.params["corrupted_kinds"] = sorted(corrupted_kinds)
+        if domain_kind_weights:
+            self.params["domain_kind_weights"] = {
+                domain: {kind: weights.get(kind, 0.0) for kind in ERROR_KINDS}
+                for domain, weights in sorted(domain_kind_weights.items())
+            }
         self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
         self.directory = self.root / self.key
 
@@ -524,18 +547,20 @@ class DemoBenchmark:
         rng = random.Random(f"{p['seed']}:train:{domain}")
         share = p["noise_rate"] if domain == "noisy" else 0.0
         corrupted = set(rng.sample(range(size), round(share * size)))
+        kind_weights = p.get("domain_kind_weights", {}).get(domain, p["kind_weights"])
+        corrupted_kinds = p.get("corrupted_kinds")
         chains = []
         for index in range(size):
             problem = rng.choice(pool)
             success = rng.uniform(p["success_min"], 1.0)
             wrong = rng.random() < p["error_rate"]
-            slip = _sample_slip(problem, DOMAIN_ERRORS[domain], rng, p["kind_weights"]) if wrong else None
+            slip = _sample_slip(problem, DOMAIN_ERRORS[domain], rng, kind_weights) if wrong else None
             solution = _write(problem, slip, p["cascade"], rng)
             record_meta = _record_meta(problem, slip, solution)
             values = _mc_values(len(solution.steps), success, p["rollouts"], rng)
             true_labels = _mask(values, record_meta["first_error"])
             corruption, labels = None, true_labels
-            if index in corrupted:
+            if index in corrupted and (corrupted_kinds is None or record_meta["error_kind"] in corrupted_kinds):
                 corrupted_labels = _corrupt(values, record_meta["first_error"], rng, p["corruption"])
                 if corrupted_labels is not None:
                     corruption, labels = corrupted_labels
