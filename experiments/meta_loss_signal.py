@@ -33,10 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra.utils import instantiate  # noqa: E402
 
-from evaluate import load_prm  # noqa: E402
 from prm.aggregation import PROBABILITY_VALUED, Aggregation  # noqa: E402
 from prm.bilevel.meta_loss import TARGETS, meta_losses  # noqa: E402
 from prm.checkpoint import resolve_checkpoint  # noqa: E402
+
+try:  # load_prm lives in prm.checkpoint; older checkouts had it in evaluate.py
+    from prm.checkpoint import load_prm  # noqa: E402
+except ImportError:  # pragma: no cover - older layout
+    from evaluate import load_prm  # noqa: E402
 from prm.data.dataset import ChainDataset, PRMCollator  # noqa: E402
 from prm.evaluation.best_of_n import auroc  # noqa: E402
 

@@ -1,21 +1,27 @@
-"""Does bi-level reweighting find the corrupted data, and does it help best-of-N? The demo study.
+"""Does bi-level reweighting find the bad training data, and does the PRM it trains pick better answers?
 
-    python experiments/reweighting_demo/run.py [--seeds 0 1 2] [--coldstart-steps 3000] [--steps 400]
-                                              [--jobs 2] [--out outputs/reweighting_demo]
-                                              [--meta-aggregation prod] [--extra <overrides>]
+    python experiments/reweighting_demo/run.py [--data demo_shift] [--seeds 0 1 2] [--coldstart-steps 3000]
+                                              [--steps 400] [--jobs 2] [--out outputs/reweighting_demo]
+                                              [--meta-aggregation prod] [--upper-lr S=LR ...]
+                                              [--strategies ...] [--extra <overrides>]
 
-1. one cold start: ``reweight=none`` on the demo benchmark (domains clean / noisy / easy, 40% of the
-   noisy domain's chains with corrupted labels);
+1. one cold start: ``reweight=none`` on the chosen demo data (``--data``: ``demo_shift`` by default, a
+   domain whose labeller accepts arithmetic slips; ``demo`` is the earlier regime of noise without a
+   direction);
 2. from that checkpoint, for every seed, the same budget of further lower steps with each strategy:
    ``none`` (plain training continued), ``domain_table``, ``instance_table``, ``instance_net``, and
    ``oracle`` (plain training without the corrupted chains: perfect weights);
-3. every run evaluated by ``evaluate.py`` on the demo's best-of-N test set.
+3. every run evaluated by ``evaluate.py`` on the data's best-of-N test set.
 
 It prints one table (and writes it to ``<out>/results.md`` and ``results.json``): per strategy the
-mean and spread over seeds of the best-of-N accuracy with the ``mean`` aggregation, the learned
-noisy/clean domain weight ratio, the corrupted/clean mean instance weight ratio and the AUROC of the
-weight as a detector of clean chains; the random, majority-vote and oracle baselines beside them.
-Jobs run ``--jobs`` at a time with one thread each. Finished runs are reused when run again.
+mean and spread over seeds of the best-of-N accuracy with the ``mean`` aggregation, the share of the
+none-to-oracle gap it wins back, the mean weight each training domain ends with, the corrupted/clean
+mean instance weight ratio and the AUROC of the weight as a detector of clean chains; the random,
+majority-vote and pass@N baselines beside them. Jobs run ``--jobs`` at a time with one thread each.
+Finished runs are reused when run again (delete ``<out>`` to start over).
+
+When a strategy wins nothing back, ``python experiments/meta_loss_signal.py <out>/coldstart`` says
+whether the meta loss points at the bad chains at all (the command is printed with the table).
 """
 
 from __future__ import annotations
@@ -33,18 +39,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = ("none", "domain_table", "instance_table", "instance_net", "oracle")
 # "oracle": plain training (reweight=none) on the training set with the corrupted chains removed,
-# i.e. perfect weights 0 / 1. What any reweighting could at best win back from the noise.
+# i.e. perfect weights 0 / 1. What any reweighting could at best win back from the bad data.
+
+
+def override_names() -> dict[str, str]:
+    """The train.py keys this study sets, in one place. The upper level's learning rate moved from
+    ``reweight.upper.lr`` to ``reweight.upper.optimizer.lr`` when the upper optimiser became a Hydra
+    ``_target_``; whichever this checkout's conf/reweight/base/bilevel.yaml has is used."""
+    from omegaconf import OmegaConf
+
+    upper = OmegaConf.load(ROOT / "conf" / "reweight" / "base" / "bilevel.yaml").get("upper", {})
+    return {
+        "upper_lr": "reweight.upper.optimizer.lr" if "optimizer" in upper else "reweight.upper.lr",
+        "upper_batch": "reweight.upper.batch_size",
+        "steps": "train.steps",
+        "save_every": "train.save_every",
+        "validate_every": "train.validate_every",
+        "train_file": "data.train",
+        "cold_start": "backbone.path",
+    }
+
+
+KEYS = override_names()
 # Demo-scale learning rates of the upper level (the published meta lrs assume 10^4-10^5 steps). The
 # meta loss aggregates with --meta-aggregation (default prod): measured with
-# experiments/meta_loss_signal.py at the cold start, the DARTS signal g_i . G tells clean from
-# corrupted chains with AUROC 0.84 for prod (0.83 for a meta loss on true step labels), 0.46 for
-# min and 0.17 for mean: mean spreads a wrong meta chain's 0 over every step, its correct prefix
-# included, which is what the corrupted labels do, so it upweights them.
-UPPER = {
-    "domain_table": ["reweight.upper.lr=0.01"],
-    "instance_table": ["reweight.upper.lr=0.1"],
-    "instance_net": ["reweight.upper.lr=1e-3", "activation=softplus"],
-}
+# experiments/meta_loss_signal.py at the cold start of the earlier regime, the DARTS signal g_i . G
+# told clean from corrupted chains with AUROC 0.84 for prod (0.83 for a meta loss on true step
+# labels), 0.46 for min and 0.17 for mean: mean spreads a wrong meta chain's 0 over every step, its
+# correct prefix included, which is what that regime's corrupted labels do, so it upweights them.
+UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3}
+UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 
 
 def run(command: list[str], log: Path, threads: int = 1) -> None:
@@ -55,9 +79,11 @@ def run(command: list[str], log: Path, threads: int = 1) -> None:
         "WANDB_MODE": "disabled",
     }
     with log.open("w") as handle:
-        subprocess.run(
-            [sys.executable, *command], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True
+        done = subprocess.run(
+            [sys.executable, *command], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
         )
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command[:1])} failed (exit {done.returncode}); its log: {log}")
 
 
 def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
@@ -66,7 +92,7 @@ def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
         return json.loads(result_file.read_text())
     started = time.perf_counter()
     run(
-        ["train.py", f"hydra.run.dir={run_dir}", "train.save_every=0", "logger=none", *overrides],
+        ["train.py", f"hydra.run.dir={run_dir}", f"{KEYS['save_every']}=0", "logger=none", *overrides],
         run_dir.with_suffix(".train.log"),
     )
     evaluation = run_dir / "eval"
@@ -108,6 +134,7 @@ def uncorrupted_train_file(out: Path, coldstart: Path) -> Path:
 
 
 def spread(values: list[float], digits: int = 3) -> str:
+    """``mean ± population std`` of ``values`` ("-" for none)."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
@@ -118,38 +145,66 @@ def spread(values: list[float], digits: int = 3) -> str:
     )
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    lines = [
-        "| strategy | best-of-N mean agg. (%) | noisy/clean domain weight | corrupted/clean weight | "
-        "AUROC weight vs clean | runs |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+def domain_weight(result: dict, domain: str) -> float | None:
+    """The weight a domain ends with: the domain table's own weight, else its chains' mean weight."""
+    report = result.get("weights")
+    if not report:
+        return None
+    if report.get("domain_weights") and domain in report["domain_weights"]:
+        return report["domain_weights"][domain]
+    summary = report.get("per_domain", {}).get(domain)
+    return summary["mean"] if summary else None
+
+
+def gap_share(accuracy: float, none: float, oracle: float) -> float | None:
+    """(accuracy - none) / (oracle - none): 1 = the whole none-to-oracle gap won back, 0 = nothing;
+    None when the oracle is not above plain training (no gap to win back)."""
+    return (accuracy - none) / (oracle - none) if oracle > none else None
+
+
+def summarise(results: dict[str, list[dict]], domains: list[str]) -> dict[str, dict]:
+    """Per strategy: accuracies (%), gap share, per-domain weights, corruption ratio and AUROC."""
+    mean_of = {
+        strategy: statistics.fmean(100 * r["best_of_n_mean"] for r in runs)
+        for strategy, runs in results.items()
+        if runs
+    }
+    summary = {}
     for strategy, runs in results.items():
-        accuracy = [100 * r["best_of_n_mean"] for r in runs]
-        domain = [
-            r["weights"]["per_domain"]["noisy"]["mean"] / r["weights"]["per_domain"]["clean"]["mean"]
-            for r in runs
-            if "weights" in r
-        ]
-        ratio = [
-            r["weights"]["corruption"]["ratio"]
-            for r in runs
-            if "weights" in r and "corruption" in r["weights"]
-        ]
-        detect = [
-            r["weights"]["corruption"]["auroc_clean_vs_corrupted"]
-            for r in runs
-            if "weights" in r and "corruption" in r["weights"]
-        ]
+        row = {"accuracy": [100 * r["best_of_n_mean"] for r in runs], "seeds": len(runs)}
+        if "none" in mean_of and "oracle" in mean_of and strategy in mean_of:
+            row["gap_share"] = gap_share(mean_of[strategy], mean_of["none"], mean_of["oracle"])
+        row["domains"] = {
+            domain: [w for r in runs if (w := domain_weight(r, domain)) is not None] for domain in domains
+        }
+        corruption = [r["weights"]["corruption"] for r in runs if "corruption" in r.get("weights", {})]
+        row["ratio"] = [c["ratio"] for c in corruption]
+        row["auroc"] = [c["auroc_clean_vs_corrupted"] for c in corruption]
+        summary[strategy] = row
+    return summary
+
+
+def table(summary: dict[str, dict], domains: list[str], baselines: dict[str, float]) -> str:
+    """The study's Markdown table (see the module docstring)."""
+    lines = [
+        "| strategy | best-of-N (%) | gap won back | "
+        + " | ".join(f"weight {d}" for d in domains)
+        + " | corrupted/clean weight | AUROC weight vs clean | seeds |",
+        "|---|---:|---:|" + "---:|" * len(domains) + "---:|---:|---:|",
+    ]
+    for strategy, row in summary.items():
+        share = row.get("gap_share")
         lines.append(
-            f"| {strategy} | {spread(accuracy, 2)} | {spread(domain)} | {spread(ratio)} | "
-            f"{spread(detect)} | {len(runs)} |"
+            f"| {strategy} | {spread(row['accuracy'], 2)} | "
+            + ("-" if share is None else f"{100 * share:.0f}%")
+            + " | "
+            + " | ".join(spread(row["domains"][d], 2) for d in domains)
+            + f" | {spread(row['ratio'])} | {spread(row['auroc'])} | {row['seeds']} |"
         )
-    base = next(iter(results.values()))[0]["baselines"]
     lines.append("")
     lines.append(
         "Baselines on the same test set: "
-        + ", ".join(f"{name} {100 * value:.2f}%" for name, value in base.items())
+        + ", ".join(f"{name} {100 * value:.2f}%" for name, value in baselines.items())
     )
     return "\n".join(lines) + "\n"
 
@@ -158,33 +213,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--data", default="demo_shift", help="the data option (conf/data/<name>.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--coldstart-steps", type=int, default=3000)
     parser.add_argument(
         "--steps", type=int, default=400, help="lower steps of every run after the cold start"
     )
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reweighting_demo")
     parser.add_argument("--meta-aggregation", default="prod", help="aggregation of the meta loss")
     parser.add_argument("--upper-batch", type=int, default=None, help="meta chains per upper step")
+    parser.add_argument(
+        "--upper-lr",
+        nargs="*",
+        default=[],
+        metavar="STRATEGY=LR",
+        help=f"upper-level learning rates other than {UPPER_LR}",
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     args = parser.parse_args()
+    upper_lr = dict(UPPER_LR)
+    for item in args.upper_lr:
+        strategy, _, value = item.partition("=")
+        if strategy not in UPPER_LR or not value:
+            parser.error(f"--upper-lr {item!r}: expected STRATEGY=LR with STRATEGY in {sorted(UPPER_LR)}")
+        upper_lr[strategy] = float(value)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    common = [f"data={args.data}", *args.extra]
 
     coldstart = out / "coldstart"
-    print(f"cold start: {args.coldstart_steps} steps of reweight=none -> {coldstart}", flush=True)
+    print(f"cold start: {args.coldstart_steps} steps of reweight=none on data={args.data} -> {coldstart}")
     if not (coldstart / "checkpoints" / "latest").exists():
         run(
             [
                 "train.py",
                 f"hydra.run.dir={coldstart}",
-                f"train.steps={args.coldstart_steps}",
-                "train.save_every=0",
+                f"{KEYS['steps']}={args.coldstart_steps}",
+                f"{KEYS['save_every']}=0",
                 "logger=none",
-                *args.extra,
+                *common,
             ],
             out / "coldstart.train.log",
             threads=args.jobs,
@@ -202,7 +272,9 @@ def main() -> None:
 
     jobs = []
     oracle_data = (
-        [f"data.train={uncorrupted_train_file(out, coldstart)}"] if "oracle" in args.strategies else []
+        [f"{KEYS['train_file']}={uncorrupted_train_file(out, coldstart)}"]
+        if "oracle" in args.strategies
+        else []
     )
     for seed in args.seeds:
         for strategy in args.strategies:
@@ -210,18 +282,21 @@ def main() -> None:
             overrides = [
                 f"reweight={reweight}",
                 f"seed={seed}",
-                f"train.steps={args.steps}",
-                f"backbone.path={coldstart}",
-                "train.validate_every=0",
-                *UPPER.get(strategy, []),
-                *args.extra,
+                f"{KEYS['steps']}={args.steps}",
+                f"{KEYS['cold_start']}={coldstart}",
+                f"{KEYS['validate_every']}=0",
+                *common,
             ]
             if strategy == "oracle":
                 overrides += oracle_data
             elif strategy != "none":
-                overrides.append(f"aggregation={args.meta_aggregation}")
+                overrides += [
+                    f"aggregation={args.meta_aggregation}",
+                    f"{KEYS['upper_lr']}={upper_lr[strategy]}",
+                    *UPPER_EXTRA.get(strategy, []),
+                ]
                 if args.upper_batch:
-                    overrides.append(f"reweight.upper.batch_size={args.upper_batch}")
+                    overrides.append(f"{KEYS['upper_batch']}={args.upper_batch}")
             jobs.append((strategy, seed, out / f"{strategy}_seed{seed}", overrides))
 
     def work(job):
@@ -239,17 +314,37 @@ def main() -> None:
         for strategy, result in pool.map(work, jobs):
             results[strategy].append(result)
 
+    domains = training_domains(coldstart)
+    summary = summarise(results, domains)
+    baselines = next(iter(results.values()))[0]["baselines"]
     wall = time.perf_counter() - started
     markdown = (
-        f"# Reweighting on the demo benchmark\n\nCold start {args.coldstart_steps} steps, then "
-        f"{args.steps} steps per run, seeds {args.seeds}; mean ± population std over seeds. "
+        f"# Reweighting on data={args.data}\n\nCold start {args.coldstart_steps} steps, then "
+        f"{args.steps} steps per run, seeds {args.seeds}; mean ± population std over seeds; meta loss "
+        f"aggregation {args.meta_aggregation}, upper lrs {upper_lr}. "
         f"The cold start itself: {100 * cold:.2f}% best-of-N (mean).\n\n"
-        + table(results)
+        + table(summary, domains, baselines)
         + f"\nWall time: {wall / 60:.1f} min with {args.jobs} jobs.\n"
+        + "\nWhy a strategy does (not) win the gap back: does the meta loss point at the bad chains?\n"
+        + f"    python experiments/meta_loss_signal.py {coldstart}\n"
     )
     (out / "results.md").write_text(markdown)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=1))
     print("\n" + markdown)
+
+
+def training_domains(coldstart: Path) -> list[str]:
+    """The cold start's training domains, in the generator's order."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from prm.checkpoint import resolve_checkpoint
+
+    data = OmegaConf.load(resolve_checkpoint(coldstart) / "config.yaml").data
+    generator = data.get("generator")
+    if generator is not None and generator.get("domains"):
+        return [str(d) for d in generator.domains]
+    return sorted({chain.domain for chain in instantiate(data).load("train")})
 
 
 if __name__ == "__main__":
