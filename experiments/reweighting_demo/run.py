@@ -220,6 +220,12 @@ def main() -> None:
         "--steps", type=int, default=400, help="lower steps of every run after the cold start"
     )
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--coldstart-threads",
+        type=int,
+        default=None,
+        help="threads of the cold start and its evaluation (default: --jobs; 1 on a busy machine)",
+    )
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reweighting_demo")
     parser.add_argument("--meta-aggregation", default="prod", help="aggregation of the meta loss")
@@ -257,7 +263,7 @@ def main() -> None:
                 *common,
             ],
             out / "coldstart.train.log",
-            threads=args.jobs,
+            threads=args.coldstart_threads or args.jobs,
         )
 
     cold_eval = coldstart / "eval"
@@ -265,7 +271,7 @@ def main() -> None:
         run(
             ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}"],
             out / "coldstart.eval.log",
-            threads=args.jobs,
+            threads=args.coldstart_threads or args.jobs,
         )
     cold = json.loads((cold_eval / "best_of_n.json").read_text())["aggregations"]["mean"]["accuracy"]
     print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
