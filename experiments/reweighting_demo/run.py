@@ -282,8 +282,10 @@ def main() -> None:
         if "oracle" in args.strategies
         else []
     )
+    # per seed, the two reference runs first: the gap they span is known before the bi-level runs end
+    order = sorted(args.strategies, key=lambda strategy: strategy not in ("none", "oracle"))
     for seed in args.seeds:
-        for strategy in args.strategies:
+        for strategy in order:
             reweight = "none" if strategy == "oracle" else strategy
             overrides = [
                 f"reweight={reweight}",

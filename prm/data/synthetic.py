@@ -36,9 +36,15 @@ prefix with r steps left succeeds with probability q ** (r / steps); a step's la
   a wrong chain is labelled as if it had no error (what Monte Carlo labels give when the policy
   recovers from a wrong step), so the noise teaches the PRM to accept errors; only wrong chains can
   be corrupted this way, so ``noise_rate`` is then the share of the domain's wrong chains.
+  ``corrupted_kinds`` (e.g. ``["arithmetic"]``) restricts the corruption to chains whose error is of
+  those kinds: a labeller that always accepts one kind of error (``data=demo_shift``).
   ``meta["corrupted"]`` says which, so experiments can measure whether reweighting found them.
 - ``easy``: text-visible errors only (no misreads): a model can label it without the image.
 - ``visual``: misreads only: a model must read the image to label it.
+
+``domain_kind_weights`` gives a domain its own odds of each error kind (default: ``kind_weights``
+for every domain, and always within the kinds the domain allows): e.g. a noisy domain whose errors
+are all arithmetic. Meta and test sets always use ``kind_weights``.
 
 Every chain's ``meta`` has ``corrupted``, ``corruption`` (None, "flip" or "shift"), ``first_error``,
 ``true_labels``, ``error_kind``, ``final_answer``, ``answer`` and ``tiles``.
