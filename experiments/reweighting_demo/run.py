@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's prm, not another installed copy
 STRATEGIES = ("none", "domain_table", "instance_table", "instance_net", "oracle")
 # "oracle": plain training (reweight=none) on the training set with the corrupted chains removed,
 # i.e. perfect weights 0 / 1. What any reweighting could at best win back from the bad data.

@@ -566,7 +566,8 @@ class DemoBenchmark:
             values = _mc_values(len(solution.steps), success, p["rollouts"], rng)
             true_labels = _mask(values, record_meta["first_error"])
             corruption, labels = None, true_labels
-            if index in corrupted and (corrupted_kinds is None or record_meta["error_kind"] in corrupted_kinds):
+            accepted = corrupted_kinds is None or record_meta["error_kind"] in corrupted_kinds
+            if index in corrupted and accepted:
                 corrupted_labels = _corrupt(values, record_meta["first_error"], rng, p["corruption"])
                 if corrupted_labels is not None:
                     corruption, labels = corrupted_labels
