@@ -90,22 +90,31 @@ def run(command: list[str], log: Path, threads: int = 1) -> None:
         raise SystemExit(f"{' '.join(command[:1])} failed (exit {done.returncode}); its log: {log}")
 
 
-def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
+def train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: list[str]) -> dict:
+    """Train one run (``train.py`` with ``overrides``) and evaluate it on the test set of its data
+    (``evaluate.py`` with ``eval_overrides``). A run trained or evaluated before with the same settings
+    is reused; one with other settings is done again."""
     result_file = run_dir / "study_result.json"
+    settings = {"train": overrides, "evaluate": eval_overrides}
     if result_file.exists():
         result = json.loads(result_file.read_text())
-        if result.get("overrides", overrides) == overrides:
+        if result.get("settings") == settings:
             return result
-        print(f"  {run_dir.name}: settings changed since its last run; running it again", flush=True)
-        shutil.rmtree(run_dir)
     started = time.perf_counter()
-    run(
-        ["train.py", f"hydra.run.dir={run_dir}", f"{KEYS['save_every']}=0", "logger=none", *overrides],
-        run_dir.with_suffix(".train.log"),
-    )
+    trained = run_dir / "study_trained.json"
+    if not (trained.exists() and json.loads(trained.read_text()) == overrides):
+        if run_dir.exists():
+            print(f"  {run_dir.name}: settings changed since its last run; training it again", flush=True)
+            shutil.rmtree(run_dir)
+        run(
+            ["train.py", f"hydra.run.dir={run_dir}", f"{KEYS['save_every']}=0", "logger=none", *overrides],
+            run_dir.with_suffix(".train.log"),
+        )
+        trained.write_text(json.dumps(overrides))
     evaluation = run_dir / "eval"
+    shutil.rmtree(evaluation, ignore_errors=True)
     run(
-        ["evaluate.py", f"checkpoint={run_dir}", f"hydra.run.dir={evaluation}"],
+        ["evaluate.py", f"checkpoint={run_dir}", f"hydra.run.dir={evaluation}", *eval_overrides],
         run_dir.with_suffix(".eval.log"),
     )
     best = json.loads((evaluation / "best_of_n.json").read_text())
@@ -113,7 +122,7 @@ def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
         "best_of_n_mean": best["aggregations"]["mean"]["accuracy"],
         "baselines": {k: v["accuracy"] for k, v in best["baselines"].items()},
         "seconds": time.perf_counter() - started,
-        "overrides": overrides,
+        "settings": settings,
     }
     weights = run_dir / "weights.json"
     if weights.exists():
@@ -264,6 +273,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     common = [f"data={args.data}", *args.extra]
+    # evaluate.py composes its own config: the same data (and data overrides) give the same test set
+    evaluate_data = [f"data={args.data}", *(item for item in args.extra if item.startswith("data."))]
 
     coldstart = out / "coldstart"
     print(f"cold start: {args.coldstart_steps} steps of reweight=none on data={args.data} -> {coldstart}")
@@ -282,12 +293,15 @@ def main() -> None:
         )
 
     cold_eval = coldstart / "eval"
-    if not (cold_eval / "best_of_n.json").exists():
+    cold_settings = cold_eval / "study_settings.json"
+    if not (cold_settings.exists() and json.loads(cold_settings.read_text()) == evaluate_data):
+        shutil.rmtree(cold_eval, ignore_errors=True)
         run(
-            ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}"],
+            ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}", *evaluate_data],
             out / "coldstart.eval.log",
             threads=args.coldstart_threads or args.jobs,
         )
+        cold_settings.write_text(json.dumps(evaluate_data))
     cold = json.loads((cold_eval / "best_of_n.json").read_text())["aggregations"]["mean"]["accuracy"]
     print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
 
@@ -324,7 +338,7 @@ def main() -> None:
 
     def work(job):
         strategy, seed, run_dir, overrides = job
-        result = train_and_evaluate(run_dir, overrides)
+        result = train_and_evaluate(run_dir, overrides, evaluate_data)
         print(
             f"  {strategy:<15} seed {seed}: best-of-N (mean) {100 * result['best_of_n_mean']:.2f}% "
             f"in {result['seconds']:.0f} s",
