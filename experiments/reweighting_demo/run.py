@@ -27,6 +27,7 @@ whether the meta loss points at the bad chains at all (the command is printed wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -71,6 +72,8 @@ KEYS = override_names()
 # does); on demo_shift (arithmetic slips labelled as right) min 0.79, last 0.77, mean 0.69, prod 0.34
 # (prod points at the wrong chains).
 META_AGGREGATION = {"demo": "prod", "demo_shift": "min"}
+# Cold-start lengths the measured tables used (demo's earlier study: 3000; demo_shift: 1500).
+COLDSTART_STEPS = {"demo": 3000, "demo_shift": 1500}
 UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3}
 UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 
@@ -94,6 +97,36 @@ def train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: list
     """Train one run (``train.py`` with ``overrides``) and evaluate it on the test set of its data
     (``evaluate.py`` with ``eval_overrides``). A run trained or evaluated before with the same settings
     is reused; one with other settings is done again."""
+    with run_lock(run_dir):
+        return _train_and_evaluate(run_dir, overrides, eval_overrides)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``<run_dir>.lock`` (the holder's pid) while a run is trained or evaluated, so two study
+    processes sharing ``--out`` (e.g. one per strategy) wait for each other instead of clashing."""
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its holder is gone
+                continue
+            time.sleep(10)
+    os.write(handle, str(os.getpid()).encode())
+    os.close(handle)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: list[str]) -> dict:
     result_file = run_dir / "study_result.json"
     settings = {"train": overrides, "evaluate": eval_overrides}
     if result_file.exists():
@@ -102,7 +135,8 @@ def train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: list
             return result
     started = time.perf_counter()
     trained = run_dir / "study_trained.json"
-    if not (trained.exists() and json.loads(trained.read_text()) == overrides):
+    done = trained.exists() and (run_dir / "checkpoints" / "latest").exists()
+    if not (done and json.loads(trained.read_text()) == overrides):
         if run_dir.exists():
             print(f"  {run_dir.name}: settings changed since its last run; training it again", flush=True)
             shutil.rmtree(run_dir)
@@ -233,7 +267,12 @@ def main() -> None:
     )
     parser.add_argument("--data", default="demo_shift", help="the data option (conf/data/<name>.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--coldstart-steps", type=int, default=3000)
+    parser.add_argument(
+        "--coldstart-steps",
+        type=int,
+        default=None,
+        help=f"steps of the cold start (default: by data, {COLDSTART_STEPS}, else 1500)",
+    )
     parser.add_argument(
         "--steps", type=int, default=400, help="lower steps of every run after the cold start"
     )
@@ -267,6 +306,8 @@ def main() -> None:
         if strategy not in UPPER_LR or not value:
             parser.error(f"--upper-lr {item!r}: expected STRATEGY=LR with STRATEGY in {sorted(UPPER_LR)}")
         upper_lr[strategy] = float(value)
+    if args.coldstart_steps is None:
+        args.coldstart_steps = COLDSTART_STEPS.get(args.data, 1500)
     if args.meta_aggregation is None:
         args.meta_aggregation = META_AGGREGATION.get(args.data, "min")
     out = args.out.resolve()
