@@ -536,7 +536,8 @@ def load_prm(checkpoint: str | Path, device: str | torch.device | None = None):
     if not (checkpoint / "config.yaml").is_file():
         raise CheckpointError(f"{checkpoint}: no config.yaml (not a checkpoint written by train.py)")
     saved = OmegaConf.load(checkpoint / "config.yaml")
-    backbone = instantiate(saved.backbone, path=str(checkpoint))
+    # The saved prompt format (none in checkpoints older than prompt formats: the marker layout).
+    backbone = instantiate(saved.backbone, path=str(checkpoint), prompt=saved.get("prompt"))
     prm = ProcessRewardModel(backbone, head=saved.prm.head)
     prm.load_head_state_dict(load_head(checkpoint))
     return prm.to(device) if device is not None else prm

@@ -26,6 +26,7 @@ from prm.model import lora as lora_adapters
 from prm.model.chat import chatml_template, render_chain
 from prm.model.families import AUTO, FamilySpec, TinySize, family_for_config, family_names, get_family
 from prm.model.families import is_causal_lm_config as _is_causal_lm_config
+from prm.model.prompts import MarkerPrompt, PromptFormat, build_prompt
 from prm.model.tokenizer import (
     DEFAULT_STEP_MARKER,
     add_step_marker,
@@ -56,6 +57,7 @@ class Backbone:
     new_token_ids: tuple[int, ...] = ()
     peft_model: Any = None
     tiny_base: dict[str, Any] | None = None  # a tiny random model: what rebuilds it (family, sizes, seed)
+    prompt: PromptFormat = field(default_factory=MarkerPrompt)  # the layout chains are scored in
 
     @property
     def spec(self) -> FamilySpec:
@@ -86,8 +88,9 @@ class Backbone:
         return special_token_strings(self.tokenizer)
 
     def format_chain(self, question: str, steps: list[str], num_images: int = 0) -> str:
-        """One chain as text, rendered by the backbone's chat template (see :mod:`prm.model.chat`);
-        tokenise it with ``add_special_tokens=False``."""
+        """One chain as text in the marker layout, rendered by the backbone's chat template (see
+        :mod:`prm.model.chat`); tokenise it with ``add_special_tokens=False``. The collator renders
+        through ``self.prompt`` (marker or conversation layout)."""
         return render_chain(
             self.processor,
             question,
@@ -127,6 +130,7 @@ def build_backbone(
     gguf_file: str | None = None,
     lora: dict | lora_adapters.LoraSettings | None = None,
     gradient_checkpointing: bool = False,
+    prompt: PromptFormat | dict | str | None = None,
 ) -> Backbone:
     """Load the backbone at ``path`` or, when ``path`` is None, build a tiny random one of ``family``.
 
@@ -145,6 +149,8 @@ def build_backbone(
       ``tiny_base.json`` describes, whatever ``family``/``tiny``/``seed`` say here) and loads the
       adapter: trainable when ``enabled``, else merged into the weights.
     - ``gradient_checkpointing``: recompute layer activations in the backward pass (non-reentrant).
+    - ``prompt``: the prompt format (``conf/prompt/*.yaml`` node, name or instance; None: ``marker``),
+      see :mod:`prm.model.prompts`.
 
     Raises ValueError (unknown family, wrong model type, no chat template, multi-token label words,
     bad ``lora`` settings), FileNotFoundError (no checkpoint at ``path``, an adapter's missing base),
@@ -224,6 +230,7 @@ def _build_backbone(
         processor_kwargs=dict(processor_kwargs or {}),
         new_token_ids=new_token_ids,
         tiny_base=tiny_base,
+        prompt=build_prompt(prompt),
     )
 
 

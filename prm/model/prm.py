@@ -1,7 +1,11 @@
 """The process reward model: a backbone plus a step head, scoring every step in one forward pass.
 
 The backbone's base model (no language-model head) runs once per chain; the hidden states at the
-step markers are then scored:
+score positions the collator found (``batch["marker_positions"]``) are then scored. Which positions
+depends on the backbone's prompt format (:mod:`prm.model.prompts`): the step markers
+(``prompt=marker``), or under ``prompt=conversation`` the token just before each teacher-forced
+reply, whose next-token distribution is the model's answer for that step, so the token head reads
+P(+) exactly where the reply is predicted. The heads:
 
 - ``token`` head: the hidden state is projected onto the language-model head rows of the two label
   tokens only, and the step score is P(+) renormalised over (+, -), i.e. sigmoid(l+ - l-). Full
@@ -60,7 +64,8 @@ class ProcessRewardModel(nn.Module):
         return getattr(config, "text_config", config).hidden_size
 
     def hidden_at_markers(self, batch: dict) -> torch.Tensor:
-        """Hidden states of the last layer at each step marker: ``[chains, max_steps, hidden]``."""
+        """Hidden states of the last layer at each step's score position (its marker, or the token
+        that predicts its reply): ``[chains, max_steps, hidden]``."""
         outputs = self.model.model(**batch["inputs"], use_cache=False)
         hidden = outputs.last_hidden_state
         index = batch["marker_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])

@@ -72,7 +72,11 @@ def setup_model(run: TrainingRun) -> None:
     start_from = run.checkpoint or (
         resolve_checkpoint(cfg.backbone.path) if cfg.backbone.get("path") else None
     )
-    run.backbone = instantiate(cfg.backbone, **({"path": str(start_from)} if start_from is not None else {}))
+    run.backbone = instantiate(
+        cfg.backbone,
+        prompt=cfg.get("prompt"),
+        **({"path": str(start_from)} if start_from is not None else {}),
+    )
     run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))
