@@ -168,6 +168,7 @@ def build_backbone(
         family, path, tiny, step_marker, label_words, min_pixels, max_pixels, processor_kwargs, dtype, seed,
         attn_implementation, chat_template, gguf_file,
     )  # fmt: skip
+    backbone.prompt = build_prompt(prompt)
     if adapter is not None:
         peft_model = lora_adapters.load_lora(backbone.model, adapter, trainable=settings.enabled)
         if settings.enabled:
@@ -230,7 +231,6 @@ def _build_backbone(
         processor_kwargs=dict(processor_kwargs or {}),
         new_token_ids=new_token_ids,
         tiny_base=tiny_base,
-        prompt=build_prompt(prompt),
     )
 
 
