@@ -17,7 +17,8 @@ positions never leak into a result.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import torch
@@ -102,12 +103,42 @@ REGISTRY: dict[str, AggregationSpec] = {
     "sum_logit": AggregationSpec(agg_sum_logit, -math.inf, False),
     "mean_odd": AggregationSpec(agg_mean_odd, 0.0, False),
 }
+
+
+class _RegistryField(Mapping):
+    """A live read-only view ``{name: REGISTRY[name].<field>}``: an entry added to ``REGISTRY`` later
+    (an extension) shows up in it."""
+
+    def __init__(self, field_name: str):
+        self._field = field_name
+
+    def __getitem__(self, name: str):
+        return getattr(REGISTRY[name], self._field)
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+class _ProbabilityValued(AbstractSet):
+    """A live view of the names of the probability-valued aggregations (values in [0, 1])."""
+
+    def __contains__(self, name) -> bool:
+        return name in REGISTRY and REGISTRY[name].probability
+
+    def __iter__(self):
+        return (name for name, spec in REGISTRY.items() if spec.probability)
+
+    def __len__(self) -> int:
+        return sum(spec.probability for spec in REGISTRY.values())
+
+
 # Views of the registry, for readers that want one property of every aggregation.
-AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    name: spec.fn for name, spec in REGISTRY.items()
-}
-EMPTY_SCORE: dict[str, float] = {name: spec.empty for name, spec in REGISTRY.items()}
-PROBABILITY_VALUED: frozenset[str] = frozenset(name for name, spec in REGISTRY.items() if spec.probability)
+AGGREGATIONS: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = _RegistryField("fn")
+EMPTY_SCORE: Mapping[str, float] = _RegistryField("empty")
+PROBABILITY_VALUED: AbstractSet[str] = _ProbabilityValued()
 
 
 def pad_ragged(chains, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

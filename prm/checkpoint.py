@@ -310,6 +310,11 @@ def _step_folders(root: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step, reverse=True)
 
 
+def checkpoint_folders(run_dir: str | Path) -> list[Path]:
+    """Every ``checkpoints/step-*`` folder of a run directory, valid or not, newest step first."""
+    return _step_folders(Path(run_dir) / CHECKPOINTS)
+
+
 def _latest_pointer(root: Path) -> str | None:
     pointer = root / LATEST
     try:

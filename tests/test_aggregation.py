@@ -100,3 +100,19 @@ def test_probability_valued_entries_stay_in_unit_interval(name):
         assert inside
     else:  # unbounded: some random chain leaves [0, 1]
         assert not inside
+
+
+def test_an_entry_added_to_the_registry_reaches_every_reader(monkeypatch):
+    """The README's "Extending" recipe: one REGISTRY line is enough (views are live)."""
+    from prm import aggregation as agg
+    from prm.evaluation.best_of_n import aggregate_all
+
+    def agg_geomean(scores, mask):
+        logs = torch.where(mask, torch.log(scores.clamp_min(1e-12)), torch.zeros_like(scores))
+        return torch.exp(logs.sum(-1) / mask.sum(-1).clamp(min=1))
+
+    monkeypatch.setitem(agg.REGISTRY, "geomean", agg.AggregationSpec(agg_geomean, 0.0, True))
+    assert "geomean" in agg.AGGREGATIONS and "geomean" in agg.PROBABILITY_VALUED
+    assert agg.EMPTY_SCORE["geomean"] == 0.0
+    scores = aggregate_all([torch.tensor([0.25, 1.0]), torch.tensor([])])
+    assert scores["geomean"].tolist() == pytest.approx([0.5, 0.0])

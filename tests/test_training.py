@@ -377,3 +377,22 @@ def test_optimisers_and_schedules_come_from_config(cache):
     assert upper["lr"] == 0.25 and "weight_decay" not in upper  # SparseAdam from instance_table.yaml
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["prm/lr"] for row in rows if "prm/lr" in row] == pytest.approx([0.5, 0.05, 0.05, 0.005])
+
+
+def test_an_existing_run_is_neither_overwritten_nor_destroyed(cache):
+    """resume=false into a folder with checkpoints is refused; resume=true where no checkpoint verifies
+    is refused too, and nothing in the folder changes."""
+    from prm.checkpoint import CheckpointError
+    from prm.training import train
+
+    run = cache / "run"
+    train(config("train.steps=1", "train.save_every=1", "train.validate_every=0"), run_dir=run)
+    with pytest.raises(CheckpointError, match="already holds checkpoints.*resume=true"):
+        train(config("train.steps=1"), run_dir=run)
+    (run / "checkpoints" / "step-0000001" / "training_state.json").unlink()
+    before = sorted(p.name for p in (run / "checkpoints" / "step-0000001").iterdir())
+    rows = (run / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="none of the 1 checkpoint"):
+        train(config("train.steps=2", "resume=true"), run_dir=run)
+    assert sorted(p.name for p in (run / "checkpoints" / "step-0000001").iterdir()) == before
+    assert (run / "metrics.jsonl").read_text() == rows

@@ -113,7 +113,6 @@ def evaluate_checkpoint(
     run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench
     table, summary = run(cfg, records, score, data.name, out_dir, tracker, f"Evaluation of {source}")
     print(table)
-    print(report.summary())
     log.info("results written to %s", out_dir)
     return {**summary, "preflight": report.as_dict()}
 

@@ -105,6 +105,12 @@ def setup_data(run: TrainingRun) -> None:
     if run.world.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+    missing = [split for split in ("train", "meta") if split not in records]
+    if missing:
+        raise ConfigError(
+            f"data.{missing[0]} is not set: training needs data.train (step-labelled chains) and "
+            "data.meta (whole-chain labels, both classes) files"
+        )
     train_chains, meta_chains = records["train"], records["meta"]
     domains = sorted({chain.domain for chain in train_chains})
     if run.cfg.reweight.name == "domain_table" and len(domains) < 2:

@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 from prm.bilevel.deepspeed_lower import DeepSpeedLower
 from prm.bilevel.nonfinite import NonFiniteError, all_finite
 from prm.checkpoint import (
+    CheckpointError,
+    checkpoint_folders,
     find_resume_checkpoint,
     load_training_state,
     resolve_checkpoint,
@@ -33,12 +35,31 @@ DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """``resume=true``: this run directory's newest checkpoint (None, with a warning, when it has none);
-    ``resume=<dir>``: that run's or checkpoint folder's; ``resume=false``: None."""
+    """``resume=true``: this run directory's newest checkpoint that verifies (None, with a warning, when
+    it has none yet); ``resume=<dir>``: that run's or checkpoint folder's; ``resume=false``: None.
+
+    Raises:
+        CheckpointError: ``resume=false`` in a run directory that already holds checkpoints (a new
+            run would overwrite and prune them and mix its metrics with theirs), or ``resume=true``
+            where checkpoints exist but none verifies (nothing is overwritten or pruned; the log
+            names each one and why it was skipped).
+    """
+    existing = checkpoint_folders(run_dir)
     if cfg.resume in (False, None):
+        if existing:
+            raise CheckpointError(
+                f"{run_dir} already holds checkpoints ({existing[0].name}, ...): pass resume=true to "
+                "continue that run, or choose a new hydra.run.dir"
+            )
         return None
     if cfg.resume is True:
         found = find_resume_checkpoint(run_dir)
+        if found is None and existing:
+            raise CheckpointError(
+                f"resume=true: none of the {len(existing)} checkpoint(s) in {run_dir / 'checkpoints'} "
+                "verifies (see the log for each reason); nothing was changed. Move them away to start "
+                "afresh in this directory"
+            )
         if found is None:
             log.warning("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
         return found
