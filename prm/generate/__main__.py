@@ -20,6 +20,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from prm.config import user_error_exit
 from prm.data.errors import SkipReport
 from prm.data.readers import read_mmprm_seeds
 from prm.generate.run import demo_seeds, grow_trees, write_training_files
@@ -37,7 +38,13 @@ def generate(cfg: DictConfig) -> dict:
     else:
         image_root = cfg.image_root
     report = SkipReport(str(seeds_path))
-    seeds = read_mmprm_seeds(seeds_path, data_root=image_root, missing_image=cfg.missing_image, report=report)
+    seeds = read_mmprm_seeds(
+        seeds_path,
+        data_root=image_root,
+        missing_image=cfg.missing_image,
+        report=report,
+        allow_outside_paths=cfg.get("allow_outside_paths", False),
+    )
     report.log()
     policy, judge, search = instantiate(cfg.policy), instantiate(cfg.judge), instantiate(cfg.search)
     counts = grow_trees(seeds, search, policy, judge, out, shard=cfg.shard, num_shards=cfg.num_shards)
@@ -49,6 +56,7 @@ def generate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../../conf", config_name="generate", version_base="1.3")
+@user_error_exit
 def main(cfg: DictConfig) -> None:
     generate(cfg)
 
