@@ -63,7 +63,7 @@ def read_subset(path: Path, subset: str) -> list[dict]:
                 raise ValueError(f"{path}: record {index}: missing field {field!r}")
         steps, label = record["steps"], record["label"]
         where = f"{path}: record {index} (id {record['id']!r})"
-        if not isinstance(steps, list) or not steps or not all(isinstance(x, str) and x.strip() for x in steps):
+        if not (isinstance(steps, list) and steps and all(isinstance(x, str) and x.strip() for x in steps)):
             raise ValueError(f"{where}: field 'steps' must be a list of non-empty strings")
         if not isinstance(label, int) or not -1 <= label < len(steps):
             raise ValueError(f"{where}: field 'label' {label!r} outside [-1, {len(steps) - 1}]")
