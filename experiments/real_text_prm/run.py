@@ -125,21 +125,26 @@ def one_seed(args, model: Path, seed: int) -> dict:
     work = Path(args.work)
     data = work / f"data-s{seed}"
     times: dict[str, float] = {}
-    times["prepare"] = run(
-        [
-            sys.executable,
-            str(HERE / "prepare.py"),
-            f"--out={data}",
-            f"--data={args.data}",
-            f"--seed={seed}",
-            f"--test-problems={args.test_problems}",
-            f"--threshold-problems={args.threshold_problems}",
-            f"--meta-problems={args.meta_problems}",
-            f"--model={model}",
-            f"--max-length={args.max_length}",
-        ],
-        data / "prepare.log",
-        args.threads,
+    reuse = args.reuse_data and (data / "split.json").is_file()
+    times["prepare"] = (
+        0.0
+        if reuse
+        else run(
+            [
+                sys.executable,
+                str(HERE / "prepare.py"),
+                f"--out={data}",
+                f"--data={args.data}",
+                f"--seed={seed}",
+                f"--test-problems={args.test_problems}",
+                f"--threshold-problems={args.threshold_problems}",
+                f"--meta-problems={args.meta_problems}",
+                f"--model={model}",
+                f"--max-length={args.max_length}",
+            ],
+            data / "prepare.log",
+            args.threads,
+        )
     )
     results: dict[str, dict] = {}
     start = time.perf_counter()
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threshold-problems", type=int, default=100)
     parser.add_argument("--meta-problems", type=int, default=8)
     parser.add_argument("--phases", default="untrained,suite,trl")
+    parser.add_argument("--reuse-data", action="store_true", help="keep data-s<seed> when it exists")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every phase")
     args = parser.parse_args(argv)
     args.phases = set(args.phases.split(","))

@@ -81,7 +81,8 @@ def train(args, tokenizer):
         weight_decay=0.01,
         max_grad_norm=1.0,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,  # a float below 1: a share of the steps (the suite's schedule.warmup_ratio)
+        optim="adamw_torch",  # torch.optim.AdamW, as the suite's train.optimizer
         bf16=args.precision == "bf16",
         use_cpu=not use_cuda,
         logging_steps=10,
