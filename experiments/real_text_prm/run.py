@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.phases = set(args.phases.split(","))
     work = Path(args.work)
     model = work / "smollm2"
+    # phases run as separate invocations (side by side) write separate result files
+    suffix = "" if args.phases == {"untrained", "suite", "trl"} else "-" + "-".join(sorted(args.phases))
     times = {}
     if not (model / "config.json").is_file():
         times["export"] = run(
@@ -278,11 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
             "export": times,
             "seeds": per_seed,
         }
-        (work / "results.json").write_text(
+        (work / f"results{suffix}.json").write_text(
             json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8"
         )
     markdown = table(per_seed)
-    (work / "results.md").write_text(markdown, encoding="utf-8")
+    (work / f"results{suffix}.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     return summary
 
