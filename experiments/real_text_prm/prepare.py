@@ -20,7 +20,8 @@ Files written into ``--out`` (never into the repository):
   ``false`` at it; a correct chain keeps every step, all ``true``.
 - ``test.json``, ``threshold.json``, ``meta.json``: the held-out records unchanged (full chains with
   their first-error labels), ProcessBench format, so ``evaluate.py data=processbench`` applies.
-- ``split.json``: counts per split, the seed, the input files' sha256 and the fitting counts.
+- ``split.json``: counts per split, the seed, the input files' sha256, the fitting counts and (with
+  ``--model``) the token count of the longest held-out chain.
 
 With ``--model`` (a ``save_pretrained`` folder with a chat template) and ``--max-length``, every
 training chain is cut to its longest prefix of whole steps that fits ``--max-length`` tokens both
@@ -201,7 +202,7 @@ def prepare(
     counts = {"test": test_problems, "threshold": threshold_problems, "meta": meta_problems}
     splits = split_by_problem(records, seed, counts)
     chains = [training_chain(record) for record in splits["train"]]
-    fitted = {"cut": 0, "cut_before_wrong_step": 0, "dropped": 0, "steps_dropped": 0}
+    fitted = dict(cut=0, cut_before_wrong_step=0, dropped=0, steps_dropped=0, held_out_max_tokens=None)
     if model is not None:
         if max_length is None:
             raise ValueError("--model needs --max-length")
@@ -219,6 +220,12 @@ def prepare(
                 fitted["cut_before_wrong_step"] += int(not chain["labels"][-1])
             kept.append(fit)
         chains = kept
+        fitted["held_out_max_tokens"] = max(  # the longest held-out chain in either layout
+            length(r["problem"], [step.strip() for step in r["steps"]])
+            for name in counts
+            for r in splits[name]
+            for length in lengths
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     def write(name: str, rows: list) -> None:

@@ -1,8 +1,8 @@
 """SmolLM2-135M-Instruct trained as a PRM on real ProcessBench chains, judged on a held-out split.
 
-    python experiments/real_text_prm/run.py [--work DIR] [--seeds 0] [--steps 150] [--batch 4]
-        [--max-length 384] [--eval-max-length 1024] [--lr 2e-5] [--precision fp32]
-        [--test-problems 150] [--threshold-problems 100] [--meta-problems 8] [--skip-trl]
+    python experiments/real_text_prm/run.py [--work DIR] [--seeds 0] [--steps 100] [--batch 4]
+        [--max-length 384] [--eval-max-length 0] [--lr 2e-5] [--precision fp32]
+        [--test-problems 100] [--threshold-problems 60] [--meta-problems 8] [--phases untrained,suite,trl]
 
 For each seed, in this order (every phase a separate process; wall times recorded):
 
@@ -146,6 +146,9 @@ def one_seed(args, model: Path, seed: int) -> dict:
             args.threads,
         )
     )
+    split = json.loads((data / "split.json").read_text())
+    if not args.eval_max_length:  # 0: long enough for every held-out chain (nothing truncated)
+        args.eval_max_length = split["fit"]["held_out_max_tokens"]
     results: dict[str, dict] = {}
     start = time.perf_counter()
     if "untrained" in args.phases:
@@ -213,7 +216,6 @@ def one_seed(args, model: Path, seed: int) -> dict:
             args.threads,
         )
         results["trl"] = json.loads((trl_dir / "result.json").read_text())
-    split = json.loads((data / "split.json").read_text())
     return {"seed": seed, "results": results, "wall_seconds": times, "split": split}
 
 
@@ -248,15 +250,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--seeds", default="0", help="comma-separated: split, sampler and model seeds")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=384)
-    parser.add_argument("--eval-max-length", type=int, default=1024)
+    parser.add_argument("--eval-max-length", type=int, default=0, help="0: the longest held-out chain")
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--test-problems", type=int, default=150)
-    parser.add_argument("--threshold-problems", type=int, default=100)
+    parser.add_argument("--test-problems", type=int, default=100)
+    parser.add_argument("--threshold-problems", type=int, default=60)
     parser.add_argument("--meta-problems", type=int, default=8)
     parser.add_argument("--phases", default="untrained,suite,trl")
     parser.add_argument("--reuse-data", action="store_true", help="keep data-s<seed> when it exists")
