@@ -165,6 +165,9 @@ def one_seed(args, model: Path, seed: int) -> dict:
                 "data=files",
                 f"data.train={data / 'train.json'}",
                 f"data.meta={data / 'meta.json'}",
+                # the meta split only validates here (reweight=none); a small one may lose its
+                # erroneous chains to the length limit (preflight skips a chain whose first error is cut)
+                "data.allow_one_class_meta=true",
                 f"data.batch_size={args.batch}",
                 f"data.max_length={args.max_length}",
                 f"data.eval_batch_size={args.eval_batch}",
