@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH", "/work/shared/data/processbench")
+DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH")  # a folder with ProcessBench gsm8k.json, math.json
 SUBSETS = ("gsm8k", "math")
 STEP_MARKER = "<step>"
 FIELDS = ("id", "problem", "steps", "label")
@@ -264,7 +264,7 @@ def prepare(
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (outside the repository)")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="folder with ProcessBench gsm8k.json, math.json")
+    parser.add_argument("--data", default=DEFAULT_DATA, required=not DEFAULT_DATA, help="ProcessBench folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-problems", type=int, default=150)
     parser.add_argument("--threshold-problems", type=int, default=100)

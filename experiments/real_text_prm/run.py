@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_WORK = Path(
     os.environ.get("PRM_REAL_TEXT_WORK", Path.home() / ".cache" / "prm-suite" / "real_text_prm")
 )
-DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH", "/work/shared/data/processbench")
+DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH")  # a folder with ProcessBench gsm8k.json, math.json
 
 
 def env(threads: int | None) -> dict:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--work", default=str(DEFAULT_WORK), help="cache and output folder (outside the repo)"
     )
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--data", default=DEFAULT_DATA, required=not DEFAULT_DATA)
     parser.add_argument("--seeds", default="0", help="comma-separated: split, sampler and model seeds")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4)
