@@ -99,7 +99,7 @@ def test_real_backbones_require_a_local_path(name, tmp_path):
     tiny.save_pretrained(tmp_path)
     backbone = instantiate(composed(f"backbone={name}", f"backbone.path={tmp_path}").backbone)
     assert backbone.family == family
-    assert backbone.model.dtype == torch.bfloat16
+    assert backbone.model.dtype == torch.float32  # pretrained weights in fp32 by default
 
 
 @pytest.mark.parametrize("name", options("activation"))
