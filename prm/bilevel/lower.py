@@ -86,7 +86,7 @@ class PRMLower(ImplicitProblem):
             "loss": float(loss.detach()),
             "raw_loss": float(raw),
             "mean_weight": float(weights.detach().sum() / denominator),
-            "tokens": int(batch["inputs"]["attention_mask"].sum()),
+            "tokens": batch["num_tokens"],
             "chains": len(losses),
         }
         return loss

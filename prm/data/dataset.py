@@ -5,6 +5,15 @@ chain, the positions of its step markers and a padded ``[batch, max_steps]`` tab
 (NaN where a step has no label or the chain has fewer steps), the chain label for meta chains, and
 the instance and domain indices the reweighting modules look up. Sequences are right-padded, so a
 chain's tokens and marker positions do not depend on what else is in the batch.
+
+With ``packing=True`` the padded batch is then packed (:func:`pack_inputs`): the chains' real tokens
+are concatenated into one row without padding, each chain's positions restart at 0 (3-D M-RoPE
+positions for Qwen2-VL / Qwen2.5-VL, computed per chain by the model's own ``get_rope_index``), and
+no attention mask is passed, so transformers builds a block-diagonal causal mask from the position
+resets (its packed-sequence support, which works with the CPU ``sdpa`` and ``eager`` attention): a
+chain attends only to its own tokens, and its scores equal the padded batch's up to float noise.
+:func:`chain_lengths` gives the token lengths that :class:`prm.data.sampling.LengthGroupedSampler`
+groups by.
 """
 
 from __future__ import annotations
@@ -74,12 +83,69 @@ class ChainDataset(Dataset):
         }
 
 
+def chain_lengths(chains: Sequence[Chain], backbone: Backbone) -> list[int]:
+    """Token count of each chain as the collator formats it (text tokens of the chat-templated chain,
+    each image counted as its placeholder tokens before the processor expands them; images of one
+    data set have similar sizes, so this orders chains like their true lengths). Shape: ``len(chains)``."""
+    texts = [
+        backbone.format_chain(c.question, c.steps, len(c.images) if backbone.is_multimodal else 0)
+        for c in chains
+    ]
+    encoded = backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
+PER_TOKEN = ("input_ids", "mm_token_type_ids", "token_type_ids")  # [batch, length] inputs packed alike
+
+
+def pack_inputs(inputs: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Pack padded model inputs into one row without padding.
+
+    Args:
+        inputs: processor / tokenizer output with ``input_ids`` and ``attention_mask`` ``[batch, length]``
+            (padded on either side), plus pixel inputs that are passed through unchanged (they are already
+            concatenated over the batch's images in chain order).
+        model: the backbone's ``PreTrainedModel``; when its base model has ``get_rope_index`` and the
+            inputs carry images (Qwen2-VL, Qwen2.5-VL), that function gives the M-RoPE positions of
+            each chain as in the padded batch.
+
+    Returns:
+        The packed inputs (``input_ids`` ``[1, tokens]``, ``position_ids`` ``[1, tokens]``, or
+        ``[4, 1, tokens]`` for M-RoPE: the 1-D text positions first, which is how Qwen2-VL models take
+        packed positions, then the temporal/height/width rows; no ``attention_mask``) and, for every
+        padded position ``[batch, length]``, its index in the packed row (-1 at padding). Left- and
+        right-padded inputs both work.
+    """
+    mask = inputs["attention_mask"].bool()
+    lengths = mask.sum(1)
+    packed_index = torch.where(mask, mask.flatten().cumsum(0).view_as(mask) - 1, -1)
+    packed = {key: value for key, value in inputs.items() if key not in PER_TOKEN and key != "attention_mask"}
+    for key in PER_TOKEN:
+        if key in inputs:
+            packed[key] = inputs[key][mask].unsqueeze(0)
+    text_positions = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
+    base = getattr(model, "model", model)
+    if hasattr(base, "get_rope_index") and "image_grid_thw" in inputs:
+        extra = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+        rope, _ = base.get_rope_index(
+            inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            **{key: inputs[key] for key in extra if key in inputs},
+        )
+        rope = rope[:, mask].unsqueeze(1)  # [3, 1, tokens]
+        packed["position_ids"] = torch.cat([text_positions.unsqueeze(0), rope.to(text_positions.dtype)], 0)
+    else:
+        packed["position_ids"] = text_positions
+    return packed, packed_index
+
+
 @dataclass
 class PRMCollator:
-    """Turns dataset items into one right-padded batch for ``backbone``."""
+    """Turns dataset items into one right-padded batch for ``backbone``, or a packed one (``packing``)."""
 
     backbone: Backbone
     max_length: int | None = None
+    packing: bool = False
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         backbone = self.backbone
@@ -129,8 +195,14 @@ class PRMCollator:
                 for column, label in enumerate(chain.labels):
                     if label is not None:
                         step_labels[row, column] = float(label)
+        num_tokens = int(inputs["attention_mask"].sum())
+        if self.packing:
+            inputs, packed_index = pack_inputs(inputs, backbone.model)
+            marker_positions = torch.where(step_mask, packed_index.gather(1, marker_positions), 0)
         batch = {
             "inputs": inputs,
+            "packed": self.packing,
+            "num_tokens": num_tokens,
             "marker_positions": marker_positions,
             "step_mask": step_mask,
             "step_labels": step_labels,

@@ -13,7 +13,9 @@ step markers are then scored:
 Losses are returned per example (the mean over the chain's labelled steps), so the upper level of a
 bi-level run can weight each instance; a chain with no labelled step has loss 0 and ``has_label``
 False. Padding never changes a chain's result: sequences are right-padded and the markers are
-gathered by position.
+gathered by position. A packed batch (``batch["packed"]``, see :func:`prm.data.dataset.pack_inputs`)
+holds all chains in one row with per-chain positions and a block-diagonal causal mask; its markers
+are positions in that row.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class ProcessRewardModel(nn.Module):
         """Hidden states of the last layer at each step marker: ``[chains, max_steps, hidden]``."""
         outputs = self.model.model(**batch["inputs"], use_cache=False)
         hidden = outputs.last_hidden_state
+        if batch.get("packed"):  # one row [1, tokens, hidden]; markers index into it
+            return hidden[0][batch["marker_positions"]]
         index = batch["marker_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, index)
 

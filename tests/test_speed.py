@@ -1,0 +1,182 @@
+"""Speed features change no chain's result: packed batches score like padded ones on every tiny family,
+length-grouped batches hold the same chains per epoch, resumable like the plain sampler."""
+
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths
+from prm.data.records import StepChain
+from prm.data.sampling import LengthGroupedSampler, ResumableSampler
+from prm.model.backbones import build_backbone
+from prm.model.families import family_names, get_family
+from prm.model.prm import ProcessRewardModel
+
+TINY_FAMILIES = [name for name in family_names() if get_family(name).has_tiny]
+PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for name, size, colour in [("a", (56, 56), "red"), ("b", (112, 56), "blue"), ("c", (56, 112), "green")]:
+        Image.new("RGB", size, colour).save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    return paths
+
+
+def chains_with(images):
+    return [
+        StepChain(
+            id="a",
+            question="Sum the tiles.",
+            steps=["1 + 2 = 3.", "Final answer: 3"],
+            labels=[1.0, 0.75],
+            images=[images[0]],
+        ),
+        StepChain(
+            id="b",
+            question="What is 4 x 2? Look at the picture carefully before you answer it.",
+            steps=["4 x 2 = 9.", "So it is 9.", "Then 9 + 1 = 10.", "Final answer: 10"],
+            labels=[0.0, None, 0.0, 0.0],
+            images=[images[1]],
+        ),
+        StepChain(id="c", question="Count.", steps=["There are 4 tiles."], labels=[None], images=[images[2]]),
+        StepChain(
+            id="d",
+            question="Two pictures?",
+            steps=["Yes.", "Final answer: 2"],
+            labels=[1.0, 1.0],
+            images=[images[0], images[2]],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("head", ["token", "value"])
+def test_packed_batch_scores_equal_padded_batch(family, head, images):
+    torch.manual_seed(0)
+    backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family))
+    prm = ProcessRewardModel(backbone, head).eval()
+    chains = chains_with(images)
+    items = [ChainDataset(chains)[i] for i in range(len(chains))]
+    padded = PRMCollator(backbone)(items)
+    packed = PRMCollator(backbone, packing=True)(items)
+    assert packed["inputs"]["input_ids"].shape == (1, packed["num_tokens"])
+    assert "attention_mask" not in packed["inputs"]
+    assert packed["num_tokens"] == padded["num_tokens"] < padded["inputs"]["input_ids"].numel()
+    with torch.no_grad():
+        a, b = prm(padded), prm(packed)
+        alone = [prm(PRMCollator(backbone, packing=True)([item])) for item in items]
+    assert torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(b.logits[a.mask], a.logits[a.mask], rtol=0, atol=1e-5)
+    for row, single in enumerate(alone):  # isolation: a chain packed with others = the chain alone
+        n = len(chains[row].steps)
+        torch.testing.assert_close(b.logits[row, :n], single.logits[0, :n], rtol=0, atol=1e-5)
+    losses_a, _ = prm.losses(a, padded["step_labels"])
+    losses_b, _ = prm.losses(b, packed["step_labels"])
+    torch.testing.assert_close(losses_b, losses_a, rtol=0, atol=1e-5)
+
+
+def test_packed_gradients_equal_padded_gradients(images):
+    torch.manual_seed(0)
+    backbone = build_backbone("qwen2_vl")
+    prm = ProcessRewardModel(backbone, "token")
+    items = [ChainDataset(chains_with(images))[i] for i in range(4)]
+    grads = []
+    for packing in (False, True):
+        prm.zero_grad()
+        batch = PRMCollator(backbone, packing=packing)(items)
+        losses, _ = prm.losses(prm(batch), batch["step_labels"])
+        losses.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in prm.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_positions_restart_per_chain(images):
+    backbone = build_backbone("qwen2")
+    items = [ChainDataset(chains_with(images))[i] for i in range(3)]
+    padded = PRMCollator(backbone)(items)
+    packed = PRMCollator(backbone, packing=True)(items)
+    lengths = padded["inputs"]["attention_mask"].sum(1).tolist()
+    expected = torch.cat([torch.arange(n) for n in lengths])
+    assert torch.equal(packed["inputs"]["position_ids"][0], expected)
+    offsets = [0, lengths[0], lengths[0] + lengths[1]]
+    for row in range(3):
+        n = len(items[row]["chain"].steps)
+        assert torch.equal(
+            packed["marker_positions"][row, :n], padded["marker_positions"][row, :n] + offsets[row]
+        )
+        ids = packed["inputs"]["input_ids"][0, packed["marker_positions"][row, :n]]
+        assert (ids == backbone.step_marker_id).all()
+
+
+def test_chain_lengths_are_the_collated_token_counts(images):
+    backbone = build_backbone("qwen2")
+    chains = chains_with(images)
+    batch = PRMCollator(backbone)([ChainDataset(chains)[i] for i in range(len(chains))])
+    assert chain_lengths(chains, backbone) == batch["inputs"]["attention_mask"].sum(1).tolist()
+
+
+def _take(sampler, n):
+    iterator = iter(sampler)
+    return [next(iterator) for _ in range(n)]
+
+
+LENGTHS = [5, 40, 12, 33, 7, 21, 50, 3, 18, 27, 9, 44, 15, 36, 2, 30, 25, 11, 48, 6, 39, 14, 8]
+
+
+def test_length_grouped_batches_cover_each_epoch_once_and_group_lengths():
+    n, batch = len(LENGTHS), 4
+    sampler = LengthGroupedSampler(LENGTHS, batch_size=batch, window=3, seed=7)
+    stream = _take(sampler, 3 * n)
+    for epoch in range(3):
+        assert Counter(stream[epoch * n : (epoch + 1) * n]) == Counter(range(n))
+    # every full batch of a window spans a narrower length range than the plain sampler's batches
+    grouped = _take(LengthGroupedSampler(LENGTHS, batch_size=batch, window=100, seed=7), 20)
+    plain = _take(ResumableSampler(n, seed=7), 20)
+
+    def spread(order):
+        return sum(
+            max(LENGTHS[i] for i in order[k : k + batch]) - min(LENGTHS[i] for i in order[k : k + batch])
+            for k in range(0, 20, batch)
+        )
+
+    assert spread(grouped) < spread(plain) / 2
+    # a window is one sorted run cut into batches: each batch is a contiguous slice of the sorted window
+    epoch0 = _take(LengthGroupedSampler(LENGTHS, batch_size=batch, window=100, seed=7), n)
+    ordered = sorted(epoch0, key=lambda i: -LENGTHS[i])
+    batches = [epoch0[k : k + batch] for k in range(0, n, batch)]
+    assert sorted(LENGTHS[i] for b in batches for i in b) == sorted(LENGTHS)
+    assert {tuple(b) for b in batches[:-1]} <= {tuple(ordered[k : k + batch]) for k in range(0, n, batch)}
+    assert batches[-1] == ordered[-(n % batch) :]  # the partial batch stays last
+
+
+def test_length_grouped_sampler_is_deterministic_and_resumable():
+    full = _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=3), 70)
+    assert full == _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=3), 70)
+    assert full != _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=4), 70)
+    for start in (0, 4, 23, 44, 52):
+        resumed = _take(
+            LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=3, start=start), 70 - start
+        )
+        assert resumed == full[start:]
+
+
+def test_length_grouped_ranks_split_the_global_batch():
+    single = _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=1), 40)
+    ranks = [
+        _take(LengthGroupedSampler(LENGTHS, batch_size=2, window=2, seed=1, rank=r, world_size=2), 20)
+        for r in range(2)
+    ]
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+
+
+def test_length_grouped_sampler_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="empty"):
+        LengthGroupedSampler([], batch_size=2)
+    with pytest.raises(ValueError, match="window=0"):
+        LengthGroupedSampler(LENGTHS, batch_size=2, window=0)
