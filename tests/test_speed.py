@@ -2,10 +2,13 @@
 length-grouped batches hold the same chains per epoch, resumable like the plain sampler."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
+from safetensors.torch import load_file
 
 from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths
 from prm.data.records import StepChain
@@ -180,3 +183,72 @@ def test_length_grouped_sampler_refuses_bad_arguments():
         LengthGroupedSampler([], batch_size=2)
     with pytest.raises(ValueError, match="window=0"):
         LengthGroupedSampler(LENGTHS, batch_size=2, window=0)
+
+
+def test_scoring_sorts_by_length_and_restores_input_order(images):
+    from prm.evaluation.scoring import length_order, score_chains
+
+    assert length_order([3, 9, 1, 9, 5]) == [1, 3, 4, 0, 2]
+    torch.manual_seed(0)
+    backbone = build_backbone("qwen2_vl")
+    prm = ProcessRewardModel(backbone, "token")
+    chains = chains_with(images) * 2
+    alone = [score_chains(prm, [chain])[0] for chain in chains]
+    for packing in (False, True):
+        together = score_chains(prm, chains, batch_size=3, packing=packing)
+        assert [len(s) for s in together] == [len(c.steps) for c in chains]
+        for a, b in zip(together, alone):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert prm.training  # restored
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def weights(checkpoint):
+    return load_file(checkpoint / "model.safetensors")
+
+
+def _config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", *overrides])
+
+
+def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypatch):
+    import shutil
+
+    from prm.checkpoint import LATEST, latest_checkpoint
+    from prm.training import train
+
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [
+        "reweight=instance_table",
+        "train.steps=4",
+        "train.save_every=2",
+        "train.validate_every=2",
+        "data.group_by_length=true",
+        "data.length_window=2",
+        "data.packing=true",
+        "+train.optimizer.fused=true",
+    ]
+    full = tmp_path / "full"
+    metrics = train(_config(*overrides), run_dir=full)
+    assert 0.0 <= metrics["auroc"] <= 1.0
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
+    train(_config(*overrides, "resume=true"), run_dir=interrupted)
+    a, b = weights(latest_checkpoint(full)), weights(latest_checkpoint(interrupted))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monkeypatch):
+    from prm.checkpoint import latest_checkpoint
+    from prm.training import train
+
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    train(_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run")
+    names = weights(latest_checkpoint(tmp_path / "run")).keys()
+    assert names and not any("_orig_mod" in name for name in names)

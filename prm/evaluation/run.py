@@ -62,7 +62,14 @@ def evaluate_checkpoint(
 
     def score(chains):
         return score_chains(
-            prm, chains, data.eval_batch_size, data.max_length, device, cfg.precision, progress=True
+            prm,
+            chains,
+            data.eval_batch_size,
+            data.max_length,
+            device,
+            cfg.precision,
+            progress=True,
+            packing=data.packing,
         )
 
     run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench

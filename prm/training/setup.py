@@ -75,7 +75,11 @@ def setup_model(run: TrainingRun) -> None:
     run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))
-    run.collator = PRMCollator(run.backbone, run.data.config.max_length)
+    run.collator = PRMCollator(run.backbone, run.data.config.max_length, run.data.config.packing)
+    if cfg.train.get("compile"):
+        # In place (nn.Module.compile): parameter names, checkpoints and optimisers are unchanged.
+        # dynamic: batch shapes vary (lengths, packing), one graph serves them all.
+        run.backbone.model.model.compile(dynamic=True)
     run.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     log.info(
         "PRM: %s backbone, %s head, %d parameters; %d training chains, %d meta chains",
