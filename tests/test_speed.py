@@ -252,3 +252,60 @@ def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monk
     train(_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run")
     names = weights(latest_checkpoint(tmp_path / "run")).keys()
     assert names and not any("_orig_mod" in name for name in names)
+
+
+@pytest.mark.parametrize("kind", ["instance_table", "domain_table", "instance_net"])
+def test_darts_perturbed_passes_build_no_prm_graph_and_keep_the_exact_hypergradient(kind, monkeypatch):
+    """With the suite's hypergradients registered, DARTS' two perturbed forwards of the lower batch run
+    without autograd through the PRM, and the upper gradient still equals the exact mixed derivative."""
+    from betty import hypergradient as betty_hypergradient
+    from test_hypergradient import (
+        STEPS,
+        ToyPRM,
+        analytic_hypergradient,
+        build,
+        capture_grad,
+        data,
+        make_batch,
+    )
+    from test_hypergradient import run as run_engine
+
+    from prm.bilevel import hypergradient
+    from prm.reweight import DomainTable, InstanceNet, InstanceTable, TrainingSet
+
+    monkeypatch.setattr(betty_hypergradient, "jvp_fn_mapping", dict(betty_hypergradient.jvp_fn_mapping))
+    hypergradient.register()
+    grad_enabled = []
+    original = ToyPRM.forward
+    monkeypatch.setattr(
+        ToyPRM, "forward", lambda self, b: grad_enabled.append(torch.is_grad_enabled()) or original(self, b)
+    )
+    torch.manual_seed(0)
+    features, labels = data()
+    meta_features, _ = data(seed=1, n=4)
+    training_set = TrainingSet(
+        ids=[f"c{i}" for i in range(8)], domains=["a", "b"], instance_domain=[0, 0, 1, 1, 0, 1, 0, 1]
+    )
+    lower_batch = make_batch(features, labels, instances=[0, 2, 3, 5, 6, 7], domains=[0, 1, 1, 1, 0, 1])
+    meta_batch = make_batch(
+        meta_features,
+        torch.full((4, STEPS), float("nan"), dtype=torch.float64),
+        instances=[0, 1, 2, 3],
+        domains=[0, 0, 0, 0],
+        chain_label=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+    )
+    reweighter = {
+        "instance_table": lambda: InstanceTable(training_set, torch.nn.Softplus(), initialization=1.0),
+        "domain_table": lambda: DomainTable(training_set),
+        "instance_net": lambda: InstanceNet(training_set, torch.nn.Softplus(), hidden_size=4, layers=2),
+    }[kind]().double()
+    prm, lower, upper = build(reweighter, [lower_batch], [meta_batch], alpha=1e-6)
+    seen = capture_grad(upper)
+    run_engine(lower, upper, steps=1)
+    # lower step (graph), meta forward (graph: the meta gradient), DARTS +eps and -eps (no graph)
+    assert grad_enabled == [True, True, False, False]
+    assert lower.graph_free is False  # reset after the hypergradient
+    expected = analytic_hypergradient(prm, reweighter, lower_batch, meta_batch)
+    for got, want in zip(seen[0], expected):
+        assert want.abs().max() > 1e-6
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
