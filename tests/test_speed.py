@@ -245,11 +245,22 @@ def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monkeypatch):
+    """train.compile compiles the backbone in place (the eager backend here: inductor's C++ build takes
+    minutes on 2 cores); checkpoints keep plain parameter names."""
     from prm.checkpoint import latest_checkpoint
     from prm.training import train
 
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def compile_eagerly(self, *args, **kwargs):
+        compiled.append((type(self).__name__, kwargs))
+        return original(self, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     train(_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run")
+    assert compiled == [("Qwen2Model", {"dynamic": True})]
     names = weights(latest_checkpoint(tmp_path / "run")).keys()
     assert names and not any("_orig_mod" in name for name in names)
 
