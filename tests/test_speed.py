@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import load_file
 
-from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths
+from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, pack_rows
 from prm.data.records import StepChain
 from prm.data.sampling import LengthGroupedSampler, ResumableSampler
 from prm.model.backbones import build_backbone
@@ -68,7 +68,9 @@ def test_packed_batch_scores_equal_padded_batch(family, head, images):
     items = [ChainDataset(chains)[i] for i in range(len(chains))]
     padded = PRMCollator(backbone)(items)
     packed = PRMCollator(backbone, packing=True)(items)
-    assert packed["inputs"]["input_ids"].shape == (1, packed["num_tokens"])
+    lengths = padded["inputs"]["attention_mask"].sum(1)
+    assert packed["inputs"]["input_ids"].shape[1] == int(lengths.max())
+    assert packed["inputs"]["input_ids"].shape[0] < len(chains)
     assert "attention_mask" not in packed["inputs"]
     assert packed["num_tokens"] == padded["num_tokens"] < padded["inputs"]["input_ids"].numel()
     with torch.no_grad():
@@ -101,20 +103,30 @@ def test_packed_gradients_equal_padded_gradients(images):
 
 def test_packed_positions_restart_per_chain(images):
     backbone = build_backbone("qwen2")
-    items = [ChainDataset(chains_with(images))[i] for i in range(3)]
+    items = [ChainDataset(chains_with(images))[i] for i in range(4)]
     padded = PRMCollator(backbone)(items)
     packed = PRMCollator(backbone, packing=True)(items)
     lengths = padded["inputs"]["attention_mask"].sum(1).tolist()
-    expected = torch.cat([torch.arange(n) for n in lengths])
-    assert torch.equal(packed["inputs"]["position_ids"][0], expected)
-    offsets = [0, lengths[0], lengths[0] + lengths[1]]
-    for row in range(3):
-        n = len(items[row]["chain"].steps)
-        assert torch.equal(
-            packed["marker_positions"][row, :n], padded["marker_positions"][row, :n] + offsets[row]
-        )
-        ids = packed["inputs"]["input_ids"][0, packed["marker_positions"][row, :n]]
-        assert (ids == backbone.step_marker_id).all()
+    longest = max(lengths)
+    rows = pack_rows(lengths, longest)
+    assert [c for row in rows for c in row] == [0, 1, 2, 3]  # order kept
+    assert packed["inputs"]["input_ids"].shape == (len(rows), longest)
+    flat_ids = packed["inputs"]["input_ids"].flatten()
+    flat_positions = packed["inputs"]["position_ids"].flatten()
+    for row in range(4):
+        n, start = len(items[row]["chain"].steps), int(packed["marker_positions"][row, 0])
+        real = padded["inputs"]["input_ids"][row, : lengths[row]]
+        first = start - int(padded["marker_positions"][row, 0])  # the chain's first token
+        assert torch.equal(flat_ids[first : first + lengths[row]], real)
+        assert torch.equal(flat_positions[first : first + lengths[row]], torch.arange(lengths[row]))
+        assert (flat_ids[packed["marker_positions"][row, :n]] == backbone.step_marker_id).all()
+
+
+def test_pack_rows_next_fit_in_order():
+    assert pack_rows([5, 3, 2, 4, 1], 5) == [[0], [1, 2], [3, 4]]
+    assert pack_rows([2, 2, 2], 6) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="over the row capacity"):
+        pack_rows([7], 6)
 
 
 def test_chain_lengths_are_the_collated_token_counts(images):

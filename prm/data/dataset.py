@@ -7,11 +7,12 @@ the instance and domain indices the reweighting modules look up. Sequences are r
 chain's tokens and marker positions do not depend on what else is in the batch.
 
 With ``packing=True`` the padded batch is then packed (:func:`pack_inputs`): the chains' real tokens
-are concatenated into one row without padding, each chain's positions restart at 0 (3-D M-RoPE
-positions for Qwen2-VL / Qwen2.5-VL, computed per chain by the model's own ``get_rope_index``), and
-no attention mask is passed, so transformers builds a block-diagonal causal mask from the position
-resets (its packed-sequence support, which works with the CPU ``sdpa`` and ``eager`` attention): a
-chain attends only to its own tokens, and its scores equal the padded batch's up to float noise.
+are laid end to end in rows as long as the batch's longest chain, each chain's positions restart at
+0 (3-D M-RoPE positions for Qwen2-VL / Qwen2.5-VL, computed per chain by the model's own
+``get_rope_index``), and no attention mask is passed, so transformers builds a block-diagonal causal
+mask from the position resets (its packed-sequence support, which works with the CPU ``sdpa`` and
+``eager`` attention): a chain attends only to its own tokens, and its scores equal the padded batch's
+up to float noise.
 :func:`chain_lengths` gives the token lengths that :class:`prm.data.sampling.LengthGroupedSampler`
 groups by.
 """
@@ -98,8 +99,33 @@ def chain_lengths(chains: Sequence[Chain], backbone: Backbone) -> list[int]:
 PER_TOKEN = ("input_ids", "mm_token_type_ids", "token_type_ids")  # [batch, length] inputs packed alike
 
 
-def pack_inputs(inputs: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Pack padded model inputs into one row without padding.
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Chains placed into rows of ``capacity`` tokens in their order (next fit: a chain that does not
+    fit the current row opens the next one). Returns the chain indices of each row. Raises ValueError
+    for a chain longer than ``capacity``."""
+    rows: list[list[int]] = []
+    used = capacity
+    for index, length in enumerate(lengths):
+        if length > capacity:
+            raise ValueError(f"chain {index} has {length} tokens, over the row capacity {capacity}")
+        if used + length > capacity:
+            rows.append([])
+            used = 0
+        rows[-1].append(index)
+        used += length
+    return rows
+
+
+def pack_inputs(
+    inputs: dict[str, torch.Tensor], model, pad_token_id: int = 0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Pack padded model inputs into as few rows as the chains fit, each as long as the longest chain.
+
+    Chains keep their order (rows are filled by :func:`pack_rows`), so images stay in the order of
+    their placeholder tokens. Every chain's positions restart at 0, and so do those of the padding at
+    a row's end; with no attention mask, transformers reads the position resets as sequence
+    boundaries and builds a block-diagonal causal mask (each chain attends only to itself). The
+    attention cost per row never exceeds the padded batch's, and the rows hold fewer pad tokens.
 
     Args:
         inputs: processor / tokenizer output with ``input_ids`` and ``attention_mask`` ``[batch, length]``
@@ -108,22 +134,38 @@ def pack_inputs(inputs: dict[str, torch.Tensor], model) -> tuple[dict[str, torch
         model: the backbone's ``PreTrainedModel``; when its base model has ``get_rope_index`` and the
             inputs carry images (Qwen2-VL, Qwen2.5-VL), that function gives the M-RoPE positions of
             each chain as in the padded batch.
+        pad_token_id: the token id written into a row's unused tail.
 
     Returns:
-        The packed inputs (``input_ids`` ``[1, tokens]``, ``position_ids`` ``[1, tokens]``, or
-        ``[4, 1, tokens]`` for M-RoPE: the 1-D text positions first, which is how Qwen2-VL models take
-        packed positions, then the temporal/height/width rows; no ``attention_mask``) and, for every
-        padded position ``[batch, length]``, its index in the packed row (-1 at padding). Left- and
-        right-padded inputs both work.
+        The packed inputs (``input_ids`` ``[rows, longest]``, ``position_ids`` ``[rows, longest]``, or
+        ``[4, rows, longest]`` for M-RoPE: the 1-D text positions first, which is how Qwen2-VL models
+        take packed positions, then the temporal/height/width rows; no ``attention_mask``) and, for
+        every padded position ``[batch, length]``, its index in the flattened packed rows (-1 at
+        padding).
     """
     mask = inputs["attention_mask"].bool()
-    lengths = mask.sum(1)
-    packed_index = torch.where(mask, mask.flatten().cumsum(0).view_as(mask) - 1, -1)
+    lengths = mask.sum(1).tolist()
+    capacity = max(lengths)
+    rows = pack_rows(lengths, capacity)
+    starts = torch.zeros(len(lengths), dtype=torch.long)  # flat index of each chain's first token
+    positions = torch.zeros(len(rows), capacity, dtype=torch.long)
+    for row, chains in enumerate(rows):
+        used = 0
+        for chain in chains:
+            starts[chain] = row * capacity + used
+            positions[row, used : used + lengths[chain]] = torch.arange(lengths[chain])
+            used += lengths[chain]
+        positions[row, used:] = torch.arange(capacity - used)  # the tail: a sequence of its own
+    within = mask.long().cumsum(1) - 1  # a real token's position within its chain
+    packed_index = torch.where(mask, starts.unsqueeze(1) + within, -1)
+    destination = packed_index[mask]
     packed = {key: value for key, value in inputs.items() if key not in PER_TOKEN and key != "attention_mask"}
     for key in PER_TOKEN:
         if key in inputs:
-            packed[key] = inputs[key][mask].unsqueeze(0)
-    text_positions = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
+            fill = pad_token_id if key == "input_ids" else 0
+            flat = torch.full((len(rows) * capacity,), fill, dtype=inputs[key].dtype)
+            flat[destination] = inputs[key][mask]
+            packed[key] = flat.view(len(rows), capacity)
     base = getattr(model, "model", model)
     if hasattr(base, "get_rope_index") and "image_grid_thw" in inputs:
         extra = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
@@ -132,10 +174,11 @@ def pack_inputs(inputs: dict[str, torch.Tensor], model) -> tuple[dict[str, torch
             attention_mask=inputs["attention_mask"],
             **{key: inputs[key] for key in extra if key in inputs},
         )
-        rope = rope[:, mask].unsqueeze(1)  # [3, 1, tokens]
-        packed["position_ids"] = torch.cat([text_positions.unsqueeze(0), rope.to(text_positions.dtype)], 0)
+        flat = torch.zeros(3, len(rows) * capacity, dtype=torch.long)
+        flat[:, destination] = rope[:, mask].long()
+        packed["position_ids"] = torch.cat([positions.unsqueeze(0), flat.view(3, len(rows), capacity)], 0)
     else:
-        packed["position_ids"] = text_positions
+        packed["position_ids"] = positions
     return packed, packed_index
 
 
@@ -197,7 +240,8 @@ class PRMCollator:
                         step_labels[row, column] = float(label)
         num_tokens = int(inputs["attention_mask"].sum())
         if self.packing:
-            inputs, packed_index = pack_inputs(inputs, backbone.model)
+            pad = backbone.tokenizer.pad_token_id
+            inputs, packed_index = pack_inputs(inputs, backbone.model, pad if pad is not None else 0)
             marker_positions = torch.where(step_mask, packed_index.gather(1, marker_positions), 0)
         batch = {
             "inputs": inputs,

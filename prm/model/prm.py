@@ -14,8 +14,8 @@ Losses are returned per example (the mean over the chain's labelled steps), so t
 bi-level run can weight each instance; a chain with no labelled step has loss 0 and ``has_label``
 False. Padding never changes a chain's result: sequences are right-padded and the markers are
 gathered by position. A packed batch (``batch["packed"]``, see :func:`prm.data.dataset.pack_inputs`)
-holds all chains in one row with per-chain positions and a block-diagonal causal mask; its markers
-are positions in that row.
+lays chains end to end in rows with per-chain positions and a block-diagonal causal mask; its markers
+are indices into the flattened rows.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class ProcessRewardModel(nn.Module):
         """Hidden states of the last layer at each step marker: ``[chains, max_steps, hidden]``."""
         outputs = self.model.model(**batch["inputs"], use_cache=False)
         hidden = outputs.last_hidden_state
-        if batch.get("packed"):  # one row [1, tokens, hidden]; markers index into it
-            return hidden[0][batch["marker_positions"]]
+        if batch.get("packed"):  # rows [rows, length, hidden]; markers index the flattened rows
+            return hidden.reshape(-1, hidden.shape[-1])[batch["marker_positions"]]
         index = batch["marker_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, index)
 
