@@ -16,10 +16,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from prm.config import user_error_exit
 from prm.evaluation.run import evaluate
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+@user_error_exit
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

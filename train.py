@@ -16,10 +16,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from prm.config import user_error_exit
 from prm.training import train
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@user_error_exit
 def main(cfg: DictConfig) -> float:
     """Train; return the final validation's ``optimized_metric`` (for sweepers; NaN if absent)."""
     return train(cfg).get(cfg.optimized_metric, float("nan"))

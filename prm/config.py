@@ -38,6 +38,12 @@ LOSS_TARGETS = ("+", "both")
 EVALUATE_MODES = ("auto", "best_of_n", "processbench")
 SPLITS = ("train", "meta", "test")
 
+# The preflight pass's policies (prm/preflight.py) and their allowed values, default first.
+PREFLIGHT_POLICIES = {
+    "too_long": ("truncate", "error", "skip"),
+    "bad_image": ("fix", "skip", "error"),
+    "special_tokens": ("neutralize", "error"),
+}
 
 class ConfigError(UserError, ValueError):
     """A config value or combination that cannot work; the message names the key and what to set."""
@@ -130,6 +136,11 @@ class DataSchema:
     length_window: int = 64  # global batches per length-sorting window (group_by_length)
     packing: bool = False  # one padding-free row per batch, per-chain positions and attention
     limit: Any = None  # null | records per split (int) | {train: int, meta: int, test: int}
+    too_long: str = "truncate"  # error | truncate | skip (preflight)
+    bad_image: str = "fix"  # fix | skip | error (preflight)
+    special_tokens: str = "neutralize"  # neutralize | error (preflight)
+    allow_one_class_meta: bool = False
+    allow_outside_paths: bool = False
 
 
 @dataclass
@@ -274,6 +285,9 @@ def _check_data(cfg, evaluate: bool) -> None:
         missing in ("error", "skip", "blank"),
         f"data.missing_image={missing!r}: expected one of error, skip, blank",
     )
+    for key, allowed in PREFLIGHT_POLICIES.items():
+        value = _get(cfg, f"data.{key}", allowed[0])
+        _require(value in allowed, f"data.{key}={value!r}: expected one of {', '.join(allowed)}")
     _check_limit(cfg)
 
 

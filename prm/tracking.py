@@ -48,6 +48,46 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Drop the rows of ``metrics.jsonl`` logged past ``step`` (a resumed run logs them again).
+
+    Rows are kept up to the first row whose ``"step"`` exceeds ``step``; that row and every row after
+    it go, as does an unparsable line (a row cut short when the process was killed). The file is
+    rewritten atomically. Returns the number of lines dropped (logged when nonzero). A missing file
+    is left missing (0).
+    """
+    from prm.data.native import atomic_write_text
+
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept, broken = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            broken += 1
+            log.warning("%s line %d: not a JSON row (cut short by a kill?): dropped", path, number)
+            continue
+        if isinstance(row.get("step"), int) and row["step"] > step:
+            break
+        kept.append(line)
+    dropped = len([line for line in lines if line.strip()]) - len(kept)
+    if dropped:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        log.info(
+            "%s: dropped %d row(s) past step %d (%d unparsable) before resuming",
+            path,
+            dropped,
+            step,
+            broken,
+        )
+    return dropped
+
+
 class Tracker:
     """Logs metric dictionaries by step to the configured sinks."""
 
@@ -64,9 +104,14 @@ class Tracker:
         name: str | None = None,
         group: str | None = None,
         job_type: str | None = None,
+        resume_step: int | None = None,
     ) -> None:
+        """Open the sinks. ``resume_step``: a resumed run's starting step; rows of ``metrics.jsonl``
+        past it are dropped first (:func:`truncate_metrics`), so no step is logged twice."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if self.jsonl and resume_step is not None:
+            truncate_metrics(run_dir / "metrics.jsonl", resume_step)
         if self.jsonl:
             self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if self.wandb_settings is not None:

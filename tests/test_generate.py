@@ -113,7 +113,8 @@ def test_training_files_are_balanced_and_readable(seeds, tmp_path):
     chains = read_native(tmp_path / "train.jsonl")
     assert len(chains) == counts["chains"] > 0
     assert abs(counts["positive"] - counts["negative"]) <= counts["chains"] // 2
-    exported = read_mmprm(tmp_path / "train_mmprm.jsonl")
+    # The seed images lie outside the output folder: their paths are absolute, refused by default.
+    exported = read_mmprm(tmp_path / "train_mmprm.jsonl", allow_outside_paths=True)
     # MM-PRM: one label per chunk; native: the chunk's last step carries it, its other steps none
     assert ["\n".join(c.steps) for c in exported] == ["\n".join(c.steps) for c in chains]
     assert [c.labels for c in exported] == [[x for x in c.labels if x is not None] for c in chains]

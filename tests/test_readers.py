@@ -324,7 +324,9 @@ def test_dreamprm_meta_malformed(tmp_path, changes, field, message):
 
 def test_dreamprm15_meta_real_sample(tmp_path):
     report = SkipReport("meta15")
-    chains = read_conversations(DREAMPRM15_META, missing_image="blank", report=report)
+    # Its paths are "../data/meta_images/x.png": under a root named "data" they stay inside it.
+    root = tmp_path / "data"
+    chains = read_conversations(DREAMPRM15_META, root, missing_image="blank", report=report)
     raw = load_json_records(DREAMPRM15_META)
     assert len(chains) == 20 and all(isinstance(c, LabelledChain) for c in chains)
     assert [c.label for c in chains] == [int(r["true_false"]) for r in raw]
@@ -355,14 +357,19 @@ def test_dreamprm15_meta_images_resolve_against_the_file_folder(tmp_path):
 
 def test_dreamprm15_meta_missing_image_policies():
     with pytest.raises(RecordError, match=r"record 0, field 'image': image not found: .*test_Art_113\.png"):
-        read_conversations(DREAMPRM15_META)
+        read_conversations(DREAMPRM15_META, allow_outside_paths=True)
     report = SkipReport("meta15")
-    assert read_conversations(DREAMPRM15_META, missing_image="skip", report=report) == []
+    assert (
+        read_conversations(DREAMPRM15_META, allow_outside_paths=True, missing_image="skip", report=report)
+        == []
+    )
     assert dict(report.skipped) == {"missing_image": 20}
 
 
 def test_conversations_kind_train_uses_the_marks():
-    chains = read_conversations(DREAMPRM15_META, missing_image="blank", kind="train")
+    chains = read_conversations(
+        DREAMPRM15_META, allow_outside_paths=True, missing_image="blank", kind="train"
+    )
     assert all(isinstance(c, StepChain) for c in chains)
     assert [c.labels for c in chains[:3]] == [[1.0], [1.0] * 4, [1.0] * 2]
 
@@ -658,24 +665,40 @@ def test_one_report_accumulates_over_files():
     assert (report.read, report.kept, report.total_skipped) == (22, 22, 0)
 
 
-def test_resolve_images_keeps_absolute_paths_and_normalises(tmp_path):
+def test_resolve_images_refuses_paths_outside_the_root_unless_allowed(tmp_path):
     _images(tmp_path, "a/x.png")
     report = SkipReport("r")
     absolute = str(tmp_path / "a/x.png")
     source = tmp_path / "f.json"
-    assert resolve_images([absolute], "/elsewhere", "error", source, 0, "image", report) == [absolute]
-    assert resolve_images(["../a/x.png"], tmp_path / "b", "error", "f.json", 0, "image", report) == [absolute]
+    for raw, reason in (
+        (absolute, "is absolute"),
+        ("../a/x.png", "leaves the image root through '..'"),
+        ("~/x.png", "starts with '~'"),
+    ):
+        with pytest.raises(RecordError) as caught:
+            resolve_images([raw], tmp_path / "b", "error", source, 3, "image", report)
+        assert str(caught.value).startswith(f"{source}, record 3, field 'image': image path {raw!r} {reason}")
+        assert "data.allow_outside_paths=true" in str(caught.value)
+    assert resolve_images([absolute], "/elsewhere", "error", source, 0, "image", report, True) == [absolute]
+    allowed = resolve_images(["../a/x.png"], tmp_path / "b", "error", "f.json", 0, "image", report, True)
+    assert allowed == [absolute]
+    # ".." that stays inside the root is fine; a link out of the root is not.
+    assert resolve_images(["b/../a/x.png"], tmp_path, "error", source, 0, "image", report) == [absolute]
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "link.png").symlink_to(tmp_path / "a/x.png")
+    with pytest.raises(RecordError, match="leaves the image root through a link"):
+        resolve_images(["link.png"], tmp_path / "root", "error", source, 0, "image", report)
     assert resolve_images(["a/x.png"], None, "error", tmp_path / "f.json", 0, "image", report) == [absolute]
     assert report.total_skipped == 0
 
 
 def test_load_image_converts_to_rgb(tmp_path):
-    Image.new("RGBA", (3, 2), (255, 0, 0, 128)).save(tmp_path / "a.png")
-    Image.new("P", (2, 2)).save(tmp_path / "p.png")
+    Image.new("RGBA", (30, 29), (255, 0, 0, 128)).save(tmp_path / "a.png")
+    Image.new("P", (28, 28)).save(tmp_path / "p.png")
     for name in ("a.png", "p.png"):
         image = load_image(tmp_path / name)
         assert image.mode == "RGB"
-    assert load_image(tmp_path / "a.png").size == (3, 2)
+    assert load_image(tmp_path / "a.png").size == (30, 29)
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "none.png")
     assert os.path.exists(tmp_path / "a.png")

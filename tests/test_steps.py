@@ -181,3 +181,24 @@ def test_candidate_answer_variants():
 )
 def test_extract_final_answer(text, answer):
     assert extract_final_answer(text) == answer
+
+
+def test_line_endings_and_unusual_spaces_do_not_change_splitting():
+    from prm.data.steps import normalize_whitespace, split_candidate, split_dreamprm_input
+
+    plain = "Q?\nStep 1: a\nStep 2: b\nFinal answer: 3"
+    for variant in (
+        plain.replace("\n", "\r\n"),
+        plain.replace("\n", "\r"),
+        plain.replace("\n", "\u2028"),
+        plain.replace("\nStep 2", "\n\u00a0Step 2"),
+    ):
+        assert (
+            split_dreamprm_input(variant)
+            == split_dreamprm_input(plain)
+            == ("Q?", ["Step 1: a", "Step 2: b"], "3")
+        )
+    candidate = "[Reasoning]\nfirst part\n\nsecond part\nAnswer: 7"
+    assert split_candidate(candidate.replace("\n", "\r\n")) == split_candidate(candidate)
+    assert split_candidate(candidate).steps == ["first part", "second part", "Answer: 7"]
+    assert normalize_whitespace("a\r\nb\x0cc\u3000d\te") == "a\nb\nc d\te"

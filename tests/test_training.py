@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from prm.checkpoint import LATEST, latest_checkpoint
+from prm.checkpoint import LATEST, latest_checkpoint, load_training_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def test_checkpoint_is_a_loadable_backbone_path(cache):
     first = cache / "first"
     train(config("train.steps=2"), run_dir=first)
     checkpoint = latest_checkpoint(first)
-    assert (checkpoint / "config.yaml").is_file() and (checkpoint / "training_state.pt").is_file()
+    assert (checkpoint / "config.yaml").is_file() and (checkpoint / "training_state.json").is_file()
     second = cache / "second"
     metrics = train(config("train.steps=1", f"backbone.path={checkpoint}"), run_dir=second)
     assert "auroc" in metrics
@@ -91,7 +91,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ckpt.torch, "save", crash)
+    monkeypatch.setattr(ckpt, "write_training_state", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         ckpt.save_checkpoint(run, 99, _prm_from(before), {}, "")
     assert latest_checkpoint(run) == before
@@ -100,7 +100,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
     # Saving the same step again: a failure keeps the old folder, a success replaces it whole.
     with pytest.raises(RuntimeError, match="disk full"):
         ckpt.save_checkpoint(run, 2, _prm_from(before), {}, "")
-    assert latest_checkpoint(run) == before and (before / "training_state.pt").is_file()
+    assert latest_checkpoint(run) == before and (before / "training_state.json").is_file()
     monkeypatch.undo()
     ckpt.save_checkpoint(run, 2, _prm_from(before), {"marker": 1}, "again")
     assert (before / "config.yaml").read_text() == "again"
@@ -228,7 +228,7 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         assert len(moved) <= 8
     if strategy == "domain_table":
         assert sum(report["domain_weights"].values()) / 3 == pytest.approx(1.0)
-    state = torch.load(latest_checkpoint(full) / "training_state.pt", weights_only=False)
+    state = load_training_state(latest_checkpoint(full))
     assert state["upper"]["steps"] == 2
     if strategy != "instance_net":
         assert (latest_checkpoint(full) / "weights.json").exists()
@@ -237,10 +237,8 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
     shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
     train(config(*overrides, "resume=true"), run_dir=interrupted)
-    a = torch.load(latest_checkpoint(full) / "training_state.pt", weights_only=False)["upper"]["module"]
-    b = torch.load(latest_checkpoint(interrupted) / "training_state.pt", weights_only=False)["upper"][
-        "module"
-    ]
+    a = load_training_state(latest_checkpoint(full))["upper"]["module"]
+    b = load_training_state(latest_checkpoint(interrupted))["upper"]["module"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     for key, value in weights(latest_checkpoint(full)).items():
@@ -336,7 +334,7 @@ def test_optimisers_and_schedules_come_from_config(cache):
         "reweight.upper.sampler_seed=7",
     ]
     train(config(*overrides), run_dir=run)
-    state = torch.load(latest_checkpoint(run) / "training_state.pt", weights_only=False)
+    state = load_training_state(latest_checkpoint(run))
     assert "momentum" in state["optimizer"]["param_groups"][0]  # SGD
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 0.1**2)  # StepLR(2, 0.1) x 4
     upper = state["upper"]["optimizer"]["param_groups"][0]

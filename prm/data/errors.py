@@ -11,17 +11,33 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from prm.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class RecordError(ValueError):
-    """A malformed record: names the file, the record index and the field."""
+class RecordError(UserError, ValueError):
+    """A malformed record: names the file, the record index and the field.
 
-    def __init__(self, path: object, index: int | None, field_name: str | None, message: str):
+    A :class:`prm.errors.UserError` (one readable line, exit status 2) and, for older callers, a
+    ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        path: object,
+        index: int | None,
+        field_name: str | None,
+        message: str,
+        record_id: str | None = None,
+    ):
         self.path, self.index, self.field, self.message = str(path), index, field_name, message
+        self.record_id = record_id
         where = self.path
         if index is not None:
             where += f", record {index}"
+        if record_id is not None:
+            where += f" (id {record_id!r})"
         if field_name is not None:
             where += f", field {field_name!r}"
         super().__init__(f"{where}: {message}")

@@ -124,8 +124,10 @@ class _Source:
         missing_image: str,
         report: SkipReport | None,
         domain: str | None = None,
+        allow_outside_paths: bool = False,
     ):
         check_policy(missing_image)
+        self.allow_outside_paths = allow_outside_paths
         self.path, self.data_root, self.missing_image = Path(path), data_root, missing_image
         self.own_report = report is None
         self.report = report if report is not None else SkipReport(str(path))
@@ -192,7 +194,14 @@ class _Source:
         ``weight`` is how many report units the record stands for (DreamPRM prefixes of one chain).
         """
         images = resolve_images(
-            paths, self.data_root, self.missing_image, self.path, index, name, self.report
+            paths,
+            self.data_root,
+            self.missing_image,
+            self.path,
+            index,
+            name,
+            self.report,
+            self.allow_outside_paths,
         )
         if weight > 1 and images is None:
             self.report.skipped["missing_image"] += weight - 1
@@ -240,6 +249,7 @@ def read_dreamprm_train(
     data_root: str | Path | None = None,
     missing_image: str = "error",
     report: SkipReport | None = None,
+    allow_outside_paths: bool = False,
 ) -> list[StepChain]:
     """DreamPRM training file: one record per solution prefix, grouped into one chain per ``id``.
 
@@ -262,7 +272,7 @@ def read_dreamprm_train(
     Report counts are prefix records (the file's records): a chain skipped for its image counts all
     its prefixes.
     """
-    source = _Source(path, data_root, missing_image, report)
+    source = _Source(path, data_root, missing_image, report, allow_outside_paths=allow_outside_paths)
     groups: dict[str, list[int]] = {}
     raw = source.records()
     for index, obj in enumerate(raw):
@@ -349,6 +359,7 @@ def read_dreamprm_meta(
     missing_image: str = "error",
     report: SkipReport | None = None,
     *,
+    allow_outside_paths: bool = False,
     no_steps: str = "skip",
     domain: str | None = None,
 ) -> list[LabelledChain]:
@@ -359,7 +370,7 @@ def read_dreamprm_meta(
     they are counted as ``no_steps`` and left out, with ``"error"`` they raise.
     """
     _check_choice("no_steps", no_steps, ("skip", "error"))
-    source = _Source(path, data_root, missing_image, report, domain)
+    source = _Source(path, data_root, missing_image, report, domain, allow_outside_paths=allow_outside_paths)
     chains = []
     for index, obj in enumerate(source.records()):
         label = source.flag(obj, index, "true_false")
@@ -398,6 +409,7 @@ def read_conversations(
     missing_image: str = "error",
     report: SkipReport | None = None,
     *,
+    allow_outside_paths: bool = False,
     kind: str = "auto",
     no_steps: str = "skip",
     domain: str | None = None,
@@ -417,7 +429,7 @@ def read_conversations(
     """
     _check_choice("kind", kind, ("train", "meta", "auto"))
     _check_choice("no_steps", no_steps, ("skip", "error"))
-    source = _Source(path, data_root, missing_image, report, domain)
+    source = _Source(path, data_root, missing_image, report, domain, allow_outside_paths=allow_outside_paths)
     records: list[StepChain | LabelledChain] = []
     for index, obj in enumerate(source.records()):
         is_meta = kind == "meta" or (kind == "auto" and obj.get("true_false") is not None)
@@ -520,6 +532,7 @@ def read_bestofn_test(
     missing_image: str = "error",
     report: SkipReport | None = None,
     *,
+    allow_outside_paths: bool = False,
     domain: str | None = None,
 ) -> list[BestOfNProblem]:
     """DreamPRM-1.5 test file: ``question, image_path, candidates: [str], true_false: [bool]``.
@@ -528,7 +541,7 @@ def read_bestofn_test(
     ``true_false`` must have the same length. A candidate with no text keeps zero steps rather than
     being dropped: dropping it would change N and the random baseline.
     """
-    source = _Source(path, data_root, missing_image, report, domain)
+    source = _Source(path, data_root, missing_image, report, domain, allow_outside_paths=allow_outside_paths)
     problems = []
     for index, obj in enumerate(source.records()):
         question = source.get(obj, index, "question", str)
@@ -566,6 +579,7 @@ def read_mmprm(
     missing_image: str = "error",
     report: SkipReport | None = None,
     *,
+    allow_outside_paths: bool = False,
     domain: str | None = None,
 ) -> list[StepChain]:
     """MM-PRM training file: ``question, answer, image_path, process, labels: [float]``.
@@ -574,7 +588,7 @@ def read_mmprm(
     ``len(labels)``, no text may follow the last marker and no chunk may be empty. Labels are soft
     Monte Carlo values in [0, 1]. ``answer`` (the reference answer) goes to ``meta["answer"]``.
     """
-    source = _Source(path, data_root, missing_image, report, domain)
+    source = _Source(path, data_root, missing_image, report, domain, allow_outside_paths=allow_outside_paths)
     chains = []
     for index, obj in enumerate(source.records()):
         question = source.get(obj, index, "question", str)
@@ -619,13 +633,14 @@ def read_mmprm_seeds(
     data_root: str | Path | None = None,
     missing_image: str = "error",
     report: SkipReport | None = None,
+    allow_outside_paths: bool = False,
 ) -> list[SeedProblem]:
     """MM-PRM seed file for OmegaPRM: ``id, question, correct_answer, image_path``.
 
     ``id``, ``question`` and ``correct_answer`` are required (a number as answer is read as its text);
     ``image_path`` may be null for text-only seeds.
     """
-    source = _Source(path, data_root, missing_image, report)
+    source = _Source(path, data_root, missing_image, report, allow_outside_paths=allow_outside_paths)
     seeds = []
     for index, obj in enumerate(source.records()):
         if obj.get("id") is None:
@@ -651,13 +666,14 @@ def read_trl(
     missing_image: str = "error",
     report: SkipReport | None = None,
     *,
+    allow_outside_paths: bool = False,
     domain: str | None = None,
 ) -> list[StepChain]:
     """TRL stepwise supervision: ``prompt, completions: [str], labels: [bool]`` -> text-only chains.
 
     Only the standard (string) prompt is read; one completion is one step, labelled 1.0 / 0.0.
     """
-    source = _Source(path, data_root, missing_image, report, domain)
+    source = _Source(path, data_root, missing_image, report, domain, allow_outside_paths=allow_outside_paths)
     chains = []
     for index, obj in enumerate(source.records()):
         prompt = source.get(obj, index, "prompt", str)
@@ -691,6 +707,7 @@ def read_processbench(
     missing_image: str = "error",
     report: SkipReport | None = None,
     *,
+    allow_outside_paths: bool = False,
     domain: str | None = None,
 ) -> list[LabelledChain]:
     """ProcessBench: ``id, generator, problem, steps, final_answer_correct, label`` -> labelled chains.
@@ -701,7 +718,7 @@ def read_processbench(
     0, since ProcessBench judges the process. ``generator`` and ``final_answer_correct`` are kept in
     ``meta``; the final answer is read from the last step.
     """
-    source = _Source(path, data_root, missing_image, report, domain)
+    source = _Source(path, data_root, missing_image, report, domain, allow_outside_paths=allow_outside_paths)
     chains = []
     for index, obj in enumerate(source.records()):
         if obj.get("id") is None:
@@ -740,14 +757,17 @@ def _read_native_resolved(
     data_root: str | Path | None = None,
     missing_image: str = "error",
     report: SkipReport | None = None,
+    allow_outside_paths: bool = False,
 ) -> list[Record]:
     """Native records with their image paths resolved under the missing-image policy."""
-    source = _Source(path, data_root, missing_image, report)
+    source = _Source(path, data_root, missing_image, report, allow_outside_paths=allow_outside_paths)
     records = read_native(path)
     source.report.read += len(records)
     kept = []
     for index, record in enumerate(records):
-        images = resolve_images(record.images, data_root, missing_image, path, index, "images", source.report)
+        images = resolve_images(
+            record.images, data_root, missing_image, path, index, "images", source.report, allow_outside_paths
+        )
         if images is not None:
             record.images = images
             kept.append(record)

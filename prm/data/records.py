@@ -36,6 +36,11 @@ class StepChain:
             if label is not None and not 0.0 <= float(label) <= 1.0:
                 raise ValueError(f"chain {self.id!r}: label {label!r} of step {position} is outside [0, 1]")
 
+    @property
+    def supervised_steps(self) -> int:
+        """How many steps carry a label (not None)."""
+        return sum(label is not None for label in self.labels)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from prm.data.errors import SkipReport
 from prm.data.readers import read_records
+from prm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,12 @@ class DataSources:
     test_format: str | None = None
     image_root: str | None = None
     missing_image: str = "error"
+    allow_outside_paths: bool = False  # accept absolute, "~" and root-leaving ".." image paths
+    # Preflight policies (prm.preflight): each case is counted in the preflight report.
+    too_long: str = "truncate"  # error | truncate (drop trailing steps) | skip
+    bad_image: str = "fix"  # fix (pad / enlarge) | skip | error: sizes the processor refuses
+    special_tokens: str = "neutralize"  # neutralize | error: special-token text inside questions / steps
+    allow_one_class_meta: bool = False  # a meta split of one class: a warning instead of an error
     generator: Any = None  # an object with .build() -> DemoFiles-like (train, meta, test, image_root)
     batch_size: int = 8
     eval_batch_size: int = 16
@@ -52,6 +59,15 @@ class DataSources:
     limit: Any = None
 
     def __post_init__(self) -> None:
+        for name, choices in (
+            ("too_long", ("error", "truncate", "skip")),
+            ("bad_image", ("fix", "skip", "error")),
+            ("special_tokens", ("neutralize", "error")),
+        ):
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"data.{name} must be one of {'|'.join(choices)}, got {getattr(self, name)!r}"
+                )
         self._built = False
         self.reports: dict[str, SkipReport] = {}
 
@@ -78,9 +94,9 @@ class DataSources:
         """Read ``split`` into native records; the skip report is kept in ``self.reports[split]``."""
         path = self.path(split)
         if path is None:
-            raise ValueError(f"data.{split} is not set (data={self.name}); give data.{split}=<file>")
+            raise UserError(f"data.{split} is not set (data={self.name}); give data.{split}=<file>")
         if not path.is_file():
-            raise FileNotFoundError(f"data.{split}={path}: no such file")
+            raise UserError(f"data.{split}={path}: no such file")
         report = SkipReport(str(path))
         records = read_records(
             path,
@@ -88,6 +104,7 @@ class DataSources:
             data_root=self.image_root,
             missing_image=self.missing_image,
             report=report,
+            allow_outside_paths=self.allow_outside_paths,
         )
         self.reports[split] = report
         report.log()

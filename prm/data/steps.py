@@ -7,7 +7,9 @@ Two published layouts need it (the other formats ship their steps already split)
 - DreamPRM-1.5 best-of-N candidates: ``[Reasoning]`` ... ``Answer: X`` (:func:`split_candidate`).
 
 Both rules are plain functions of the text (no model, no randomness), so a chain is always split the
-same way at training, meta and test time.
+same way at training, meta and test time. Line endings and unusual whitespace are normalised first
+(:func:`normalize_whitespace`), so a file written with CRLF or a non-breaking space before ``Step 2``
+splits exactly like its plain-LF twin.
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
 _REASONING_TAG = "[Reasoning]"
 
 
+# Line breaks other than "\n": CRLF, lone CR, vertical tab, form feed, NEL, line / paragraph separators.
+_LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
+# Horizontal spaces other than " " and tab: no-break, en/em/thin/... spaces, narrow no-break, ideographic.
+_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+
+
+def normalize_whitespace(text: str) -> str:
+    r"""``text`` with every line break written ``\n`` and every horizontal Unicode space ``" "``.
+
+    CRLF and lone CR, vertical tab, form feed, U+0085, U+2028 and U+2029 become ``\n``; U+00A0,
+    U+1680, U+2000-U+200A, U+202F, U+205F and U+3000 become a space. Tabs are kept.
+    """
+    return _SPACES.sub(" ", _LINE_BREAKS.sub("\n", text))
+
+
 class DreamPRMInput(NamedTuple):
     question: str
     steps: list[str]
@@ -42,7 +59,7 @@ class CandidateSteps(NamedTuple):
 
 def extract_final_answer(text: str) -> str | None:
     """The answer a solution commits to, or None: :func:`prm.answers.extract_answer` (strict)."""
-    return extract_answer(text)
+    return extract_answer(normalize_whitespace(text))
 
 
 def _in_sequence(numbered: list[tuple[int, T]]) -> list[T]:
@@ -66,6 +83,7 @@ def split_dreamprm_input(text: str) -> DreamPRMInput:
     ``Step 1`` (the published meta file has question-only records) gives zero steps, the whole text as
     question and no answer: the caller decides what to do with it.
     """
+    text = normalize_whitespace(text)
     headings = _in_sequence([(int(m.group(1)), m) for m in _STEP_HEADING.finditer(text)])
     if not headings:
         return DreamPRMInput(text.strip(), [], None)
@@ -99,6 +117,7 @@ def split_candidate(text: str) -> CandidateSteps:
     Unlike the published splitter, numbers inside a line ("(378 + 2) = 380") never split a step: it
     cut steps mid-sentence there.
     """
+    text = normalize_whitespace(text)
     body = text
     tag = text.find(_REASONING_TAG)
     if tag >= 0:

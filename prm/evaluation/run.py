@@ -18,14 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from prm import plots
 from prm.checkpoint import find_resume_checkpoint, load_prm, resolve_checkpoint
+from prm.config import validate_evaluate_config
 from prm.data.dataset import flatten_candidates
 from prm.data.readers import read_records
 from prm.data.records import BestOfNProblem, LabelledChain
 from prm.device import pick_device
+from prm.errors import UserError
 from prm.evaluation.best_of_n import accuracy_vs_n, best_of_n
 from prm.evaluation.processbench import choose_threshold, processbench
 from prm.evaluation.report import write_best_of_n, write_processbench
 from prm.evaluation.scoring import score_chains
+from prm.preflight import preflight
 from prm.tracking import Tracker
 
 log = logging.getLogger("evaluate")
@@ -38,13 +41,19 @@ def detect_mode(records: list) -> str:
         isinstance(record, LabelledChain) and record.first_error is not None for record in records
     ):
         return "processbench"
-    raise ValueError("the test split holds neither best-of-N problems nor chains with known first errors")
+    raise UserError(
+        "data.test holds neither best-of-N problems nor chains with known first errors (ProcessBench)"
+    )
 
 
-def load_test(cfg: DictConfig):
-    """The data config and its test records (read once, however many checkpoints are scored)."""
+def load_test(cfg: DictConfig, backbone):
+    """The data config and its test records, read and checked by the preflight pass with ``backbone``'s
+    chain format (over-long chains truncated or skipped per ``data.too_long``, every case counted;
+    the report is logged and written to ``preflight.json`` beside the results by the caller).
+    Returns ``(data, records, report)``."""
     data = instantiate(cfg.data)
-    return data, data.load("test")
+    records, report = preflight(data, backbone, ("test",))
+    return data, records["test"], report
 
 
 def evaluate_checkpoint(
@@ -52,13 +61,14 @@ def evaluate_checkpoint(
 ) -> dict:
     """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``;
     returns the result summary. ``test``: (data, records) from :func:`load_test`, read here when not
-    given. Raises ValueError when the test records fit neither mode."""
+    given. Raises UserError when the test records fit neither mode or fail the preflight checks."""
     device = pick_device(cfg.device)
     prm = load_prm(checkpoint, device)
-    data, records = test if test is not None else load_test(cfg)
+    data, records, report = test if test is not None else load_test(cfg, prm.backbone)
     mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
     log.info("evaluating %s on %d %s records (%s)", checkpoint, len(records), data.name, mode)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
 
     def score(chains):
         return score_chains(
@@ -75,8 +85,9 @@ def evaluate_checkpoint(
     run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench
     table, summary = run(cfg, records, score, data.name, out_dir, tracker, f"Evaluation of {checkpoint}")
     print(table)
+    print(report.summary())
     log.info("results written to %s", out_dir)
-    return summary
+    return {**summary, "preflight": report.as_dict()}
 
 
 def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
@@ -139,7 +150,7 @@ def sweep_jobs(path: Path) -> list[Path]:
 
 def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tracker) -> dict:
     """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot."""
-    results, test = {}, load_test(cfg)
+    results, test = {}, None  # each job's test set is checked with its own backbone's chain format
     for job in jobs:
         overrides = [
             o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
@@ -189,7 +200,9 @@ def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tra
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """One checkpoint (or run directory), or every job of a multirun directory."""
+    """One checkpoint (or run directory), or every job of a multirun directory. Raises ConfigError
+    (before anything loads) for an invalid config."""
+    validate_evaluate_config(cfg)
     target = Path(cfg.checkpoint)
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else target / "eval"
     tracker = instantiate(cfg.logger)

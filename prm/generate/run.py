@@ -68,6 +68,15 @@ def load_trees(out: Path) -> list[dict]:
     return [json.loads(path.read_text(encoding="utf-8")) for path in sorted((out / "trees").glob("*.json"))]
 
 
+def _portable_image_path(image: str, out: Path) -> str:
+    """``image`` relative to ``out`` (the training files' folder) when it lies under it, else absolute.
+
+    Readers refuse absolute image paths unless ``data.allow_outside_paths=true``, so images under the
+    output folder (the demo seeds') make a training file usable as it is."""
+    path, root = Path(image).resolve(), Path(out).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> dict[str, int]:
     """``train.jsonl`` (native StepChains: every policy step, a chunk's MC value as the soft label of
     its last step, the chunk's other steps unlabelled) and ``train_mmprm.jsonl`` (MM-PRM's format:
@@ -78,7 +87,7 @@ def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> d
         problem = SeedProblem(**tree["seed"])
         for number, (chunks, labels) in enumerate(sample_paths(tree, rng, paths_per_seed)):
             steps = ["\n".join(chunk) for chunk in chunks]
-            images = [str(Path(image).resolve()) for image in problem.images]
+            images = [_portable_image_path(image, out) for image in problem.images]
             # native: one step per policy step; a chunk's value labels its last step, the others none
             flat = [step for chunk in chunks for step in chunk]
             step_labels = [

@@ -1,6 +1,7 @@
 """The training recipe: ``train(cfg, run_dir)`` runs the named steps of one job, top to bottom.
 
-seed -> run directory -> resume checkpoint -> device and process group -> tracker -> data -> model
+seed -> run directory -> resume checkpoint -> device and process group -> tracker -> model -> data
+(read and checked by the preflight pass with the model's chain format)
 -> Betty problems (each with its optimiser and schedule) -> engine -> restore -> train -> finish.
 Every step count is an optimiser step (micro-batches / ``train.gradient_accumulation``).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from prm.bilevel import hypergradient
+from prm.config import validate_train_config
 from prm.distributed import same_on_every_rank
 from prm.training.problems import setup_engine, setup_problems
 from prm.training.run import TrainingRun
@@ -35,16 +37,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     """Run one training job in ``run_dir`` (default: Hydra's output directory); returns the final
     validation metrics (keys: auroc, auroc_<aggregation>, ...). Raises NonFiniteError after
     ``train.max_nonfinite_steps`` non-finite steps in a row."""
+    validate_train_config(cfg)  # before any data or model loads: ConfigError names the key
     seed_everything(cfg.seed)
     run_dir = run_directory(run_dir)
     checkpoint = resume_checkpoint(cfg, run_dir)
     device, world = setup_device(cfg)
     hypergradient.register()
-    tracker = setup_tracker(cfg, run_dir, world)
+    tracker = setup_tracker(cfg, run_dir, world, checkpoint)
     try:  # the JSONL file and the wandb run are closed even when training fails
         run = TrainingRun(cfg, run_dir, device, world, tracker, checkpoint)
-        setup_data(run)
         setup_model(run)
+        setup_data(run)
         load_state(run)
         setup_problems(run)
         setup_engine(run, validate=lambda step: validate(run, step), save=lambda step: save(run, step))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -12,11 +13,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prm.checkpoint import load_head, resolve_checkpoint
+from prm.checkpoint import checkpoint_step, load_head, resolve_checkpoint
+from prm.config import ConfigError
 from prm.data.dataset import PRMCollator
 from prm.device import pick_device
 from prm.distributed import World, setup
 from prm.model.prm import ProcessRewardModel
+from prm.preflight import preflight
 from prm.tracking import Tracker, job_identity
 from prm.training.run import TrainingData, TrainingRun
 
@@ -46,25 +49,26 @@ def setup_device(cfg: DictConfig) -> tuple[str, World]:
     return device, world
 
 
-def setup_tracker(cfg: DictConfig, run_dir: Path, world: World) -> Tracker:
-    """The ``logger`` group's tracker, started; only rank 0 writes metrics."""
+def setup_tracker(cfg: DictConfig, run_dir: Path, world: World, checkpoint: Path | None) -> Tracker:
+    """The ``logger`` group's tracker, started; only rank 0 writes metrics. On resume, the rows of
+    ``metrics.jsonl`` past the resumed checkpoint's step are dropped (all rows when ``resume=true``
+    found no checkpoint), so a resumed run never repeats a step."""
     tracker = instantiate(cfg.logger) if world.is_main else Tracker(jsonl=False)
+    resume_step = None
+    if cfg.resume not in (False, None):
+        resume_step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     tracker.start(
-        run_dir, OmegaConf.to_container(cfg, resolve=True), job_type="train", **job_identity(run_dir)
+        run_dir,
+        OmegaConf.to_container(cfg, resolve=True),
+        job_type="train",
+        resume_step=resume_step,
+        **job_identity(run_dir),
     )
     return tracker
 
 
-def setup_data(run: TrainingRun) -> None:
-    """Training chains (lower level) and the meta set (validation, and the upper level's data)."""
-    data = instantiate(run.cfg.data)
-    train_chains, meta_chains = data.load("train"), data.load("meta")
-    domains = sorted({chain.domain for chain in train_chains})
-    run.data = TrainingData(data, train_chains, meta_chains, domains)
-
-
 def setup_model(run: TrainingRun) -> None:
-    """Backbone, PRM and collator; the aggregation. Weights come from the checkpoint being resumed,
+    """Backbone and PRM. Weights come from the checkpoint being resumed,
     else from ``backbone.path`` (a checkpoint folder or a run directory: its latest checkpoint), else
     from the backbone config (a random tiny model or a pretrained one)."""
     cfg = run.cfg
@@ -75,17 +79,47 @@ def setup_model(run: TrainingRun) -> None:
     run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))
-    run.collator = PRMCollator(run.backbone, run.data.config.max_length, run.data.config.packing)
     if cfg.train.get("compile"):
         # In place (nn.Module.compile): parameter names, checkpoints and optimisers are unchanged.
         # dynamic: batch shapes vary (lengths, packing), one graph serves them all.
         run.backbone.model.model.compile(dynamic=True)
     run.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     log.info(
-        "PRM: %s backbone, %s head, %d parameters; %d training chains, %d meta chains",
+        "PRM: %s backbone, %s head, %d parameters",
         run.backbone.family,
         cfg.prm.head,
         sum(p.numel() for p in run.prm.parameters()),
-        len(run.data.train_chains),
-        len(run.data.meta_chains),
+    )
+
+
+def setup_data(run: TrainingRun) -> None:
+    """Training chains (lower level) and the meta set (validation, and the upper level's data), read and
+    checked by the preflight pass with the backbone's own chain format (:func:`prm.preflight.preflight`:
+    policies ``data.too_long``, ``data.bad_image``, ``data.special_tokens``; every case counted in the
+    report, which is logged and written to ``preflight.json``). Needs :func:`setup_model` first.
+
+    Raises:
+        PreflightError / RecordError (user errors): a record fails a check.
+        ConfigError: ``reweight=domain_table`` with fewer than two training domains (one weight per
+            domain, normalised to mean 1, would stay 1: the run would silently do nothing).
+    """
+    data = instantiate(run.cfg.data)
+    records, report = preflight(data, run.backbone, ("train", "meta"))
+    if run.world.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+    train_chains, meta_chains = records["train"], records["meta"]
+    domains = sorted({chain.domain for chain in train_chains})
+    if run.cfg.reweight.name == "domain_table" and len(domains) < 2:
+        raise ConfigError(
+            f"reweight=domain_table needs at least two training domains; data.train has {domains}: "
+            "use reweight=instance_table or instance_net, or give the chains their domains"
+        )
+    run.data = TrainingData(data, train_chains, meta_chains, domains)
+    run.collator = PRMCollator(run.backbone, data.max_length, data.packing)
+    log.info(
+        "data: %d training chains (%d domains), %d meta chains",
+        len(train_chains),
+        len(domains),
+        len(meta_chains),
     )
