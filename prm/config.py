@@ -45,6 +45,7 @@ PREFLIGHT_POLICIES = {
     "special_tokens": ("neutralize", "error"),
 }
 
+
 class ConfigError(UserError, ValueError):
     """A config value or combination that cannot work; the message names the key and what to set."""
 
