@@ -106,7 +106,7 @@ def measure(args, model_dir: Path, data_dir: Path, work: Path, run_suite, speed_
         f"forward+backward {times['meta']:.3f} s, forward without graph {times['no_graph']:.3f} s"
     )
     window = 5  # steps 6..N: whole unroll periods at unroll 1 and 5, warm-up left out
-    base = [f"data.train={train_file}", "data.train_format=native", *speed_overrides]
+    base = [f"data.train={train_file}", "data.train_format=native", f"train.steps={steps}", *speed_overrides]
     results = []
     for strategy in args.bilevel_strategies.split(","):
         for unroll in [int(u) for u in args.unrolls.split(",")]:

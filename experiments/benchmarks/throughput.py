@@ -185,9 +185,10 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
     """Write ``suite_train.json`` / ``trl_train.json`` (same chains, same steps) and ``meta.json``."""
     from transformers import AutoTokenizer
 
-    from prm.model.chat import format_chain
+    from prm.model.backbones import build_backbone
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    backbone = build_backbone(family="qwen2", path=str(model_dir))  # the suite's own chain format
     records = gsm8k_records(args.data)
     random.Random(args.seed).shuffle(records)
     separator = tokenizer.encode("\n", add_special_tokens=False)
@@ -200,7 +201,9 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
         # TRL's tokenize_row: prompt ids + (step ids + separator ids) per step (no BOS in this tokenizer).
         trl = len(tokenizer(trl_prompt(question), add_special_tokens=False)["input_ids"])
         trl += sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) + len(separator) for s in steps)
-        suite = len(tokenizer(format_chain("qwen2", question, steps, STEP_MARKER, 0))["input_ids"])
+        suite = len(
+            tokenizer(backbone.format_chain(question, steps, 0), add_special_tokens=False)["input_ids"]
+        )
         return trl, suite
 
     chains, dropped = [], 0
@@ -596,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="run the suite without its speed options (length grouping, packing, fused AdamW)",
     )
-    parser.add_argument("--length-window", type=int, default=16, help="data.length_window of the suite")
+    parser.add_argument("--length-window", type=int, default=64, help="data.length_window of the suite")
     parser.add_argument(
         "--bilevel",
         action="store_true",
