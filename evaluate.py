@@ -7,8 +7,9 @@ best_of_n.{json,md} / processbench.{json,md} in the evaluation's run directory (
 <checkpoint>/eval/<time>) and the table is printed. Examples:
     python evaluate.py checkpoint=outputs/2026-11-21/12-00-00
     python evaluate.py checkpoint=<dir> data=dreamprm15 data.test=<best-of-n.json> data.image_root=<images>
-    python evaluate.py checkpoint=<dir> data=processbench data.test=<gsm8k.json> backbone=...
+    python evaluate.py checkpoint=<dir> data=processbench data.test=<gsm8k.json>
     python evaluate.py checkpoint=multirun/2026-11-21/12-00-00   # every job of a sweep + comparison
+    python evaluate.py backbone=internvl3_1b backbone.path=<dir> prompt=conversation data=...  # any model
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from prm.data.native import atomic_write_text
 from prm.distributed import barrier, broadcast_object
+from prm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ LEGACY_STATE = "training_state.pt"  # a pickle written by older versions: never 
 HEAD_FILE = "head.safetensors"
 FORMAT = 1
 STEP_FOLDER = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(UserError, FileNotFoundError):
+    """A checkpoint that is missing, damaged or not of the expected kind; the message names the folder
+    and what is wrong (a user error: exit status 2 from the entry points)."""
+
+
 ASIDE = ".replaced"  # suffix of a same-step checkpoint moved aside while its successor is renamed in
 
 # Markers of the JSON encoding (a JSON object with exactly one of these keys is a marker).
@@ -199,12 +207,12 @@ def load_training_state(checkpoint: str | Path) -> dict[str, Any]:
     folder = Path(checkpoint)
     if not (folder / STATE_JSON).is_file():
         if (folder / LEGACY_STATE).exists():
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"{folder}: holds {LEGACY_STATE}, a pickle written by an older version; it is never "
                 "loaded (unpickling can run arbitrary code). Resume from a newer checkpoint, or start "
                 f"a new run with backbone.path={folder} (the weights are safetensors)."
             )
-        raise FileNotFoundError(f"{folder}: no {STATE_JSON} (not a training checkpoint)")
+        raise CheckpointError(f"{folder}: no {STATE_JSON} (not a training checkpoint)")
     try:
         saved = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -358,7 +366,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / MANIFEST).is_file():
         reason = verify_checkpoint(path)
         if reason is not None:
-            raise FileNotFoundError(f"{path}: damaged checkpoint: {reason}")
+            raise CheckpointError(f"{path}: damaged checkpoint: {reason}")
         return path
     if (path / "config.json").is_file():
         return path
@@ -367,8 +375,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
             found = _newest_valid(run_dir, report=True)
             if found is not None:
                 return found
-            raise FileNotFoundError(f"{run_dir / CHECKPOINTS}: no checkpoint verifies (see the log)")
-    raise FileNotFoundError(
+            raise CheckpointError(
+                f"{run_dir / CHECKPOINTS}: no checkpoint verifies (see the log); a model folder "
+                "written by an older version can still be named directly: <run>/checkpoints/step-NNNNNNN"
+            )
+    raise CheckpointError(
         f"{path}: neither a checkpoint (no config.json) nor a run directory with checkpoints"
     )
 
@@ -523,9 +534,10 @@ def load_prm(checkpoint: str | Path, device: str | torch.device | None = None):
 
     checkpoint = resolve_checkpoint(checkpoint)
     if not (checkpoint / "config.yaml").is_file():
-        raise FileNotFoundError(f"{checkpoint}: no config.yaml (not a checkpoint written by train.py)")
+        raise CheckpointError(f"{checkpoint}: no config.yaml (not a checkpoint written by train.py)")
     saved = OmegaConf.load(checkpoint / "config.yaml")
-    backbone = instantiate(saved.backbone, path=str(checkpoint))
+    # The saved prompt format (none in checkpoints older than prompt formats: the marker layout).
+    backbone = instantiate(saved.backbone, path=str(checkpoint), prompt=saved.get("prompt"))
     prm = ProcessRewardModel(backbone, head=saved.prm.head)
     prm.load_head_state_dict(load_head(checkpoint))
     return prm.to(device) if device is not None else prm

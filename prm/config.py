@@ -149,6 +149,7 @@ class TrainRunSchema:
     """``conf/config.yaml``: what train.py composes."""
 
     backbone: Any = MISSING
+    prompt: Any = MISSING  # conf/prompt/<name>.yaml: the layout chains are scored in
     data: DataSchema = field(default_factory=DataSchema)
     reweight: ReweightSchema = field(default_factory=ReweightSchema)
     activation: Any = MISSING
@@ -171,15 +172,20 @@ class ProcessBenchSchema:
 
 @dataclass
 class EvaluateSchema:
-    """``conf/evaluate.yaml``: what evaluate.py composes."""
+    """``conf/evaluate.yaml``: what evaluate.py composes: ``checkpoint`` (a model train.py wrote), or
+    ``backbone`` + ``prompt`` (any model at ``backbone.path``)."""
 
     data: DataSchema = field(default_factory=DataSchema)
     aggregation: Any = MISSING
     logger: Any = MISSING
     checkpoint: str = MISSING
+    backbone: Any = None
+    prompt: Any = None
+    seed: int = 0  # only for backbone configs that read ${seed}
     device: str = "auto"
     precision: str = "fp32"
     mode: str = "auto"  # auto | best_of_n | processbench
+    prefix_sharing: bool = True  # best-of-N: one encoding of each problem's question + images
     processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
 
 
@@ -346,13 +352,30 @@ def validate_train_config(cfg: DictConfig) -> None:
 def validate_evaluate_config(cfg: DictConfig) -> None:
     """Check a composed ``conf/evaluate.yaml`` before any checkpoint or data loads.
 
-    Rules (each failure raises :class:`ConfigError` naming the key): ``checkpoint`` set;
+    Rules (each failure raises :class:`ConfigError` naming the key): either ``checkpoint`` or
+    ``backbone`` with ``backbone.path`` set, not both, and ``prompt`` only with ``backbone``;
     ``precision`` fp32 or bf16; ``device`` cuda only where torch sees CUDA; ``mode`` known;
     ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation.
     """
+    checkpoint = bool(_get(cfg, "checkpoint"))
+    backbone = _get(cfg, "backbone") is not None
     _require(
-        _exists(cfg, "checkpoint") and not OmegaConf.is_missing(cfg, "checkpoint") and cfg.checkpoint,
-        "checkpoint is not set: give checkpoint=<run dir, checkpoint folder or multirun dir>",
+        checkpoint or backbone,
+        "checkpoint is not set: give checkpoint=<run dir, checkpoint folder or multirun dir> (a model "
+        "train.py wrote), or backbone=<config> backbone.path=<dir> [prompt=<format>] (any model)",
+    )
+    _require(
+        not (checkpoint and backbone),
+        "checkpoint= and backbone= exclude each other: a checkpoint's config.yaml sets its backbone and "
+        "prompt; use backbone=<config> backbone.path=<dir> for a model train.py never wrote",
+    )
+    _require(
+        backbone or _get(cfg, "prompt") is None,
+        "prompt= goes with backbone=<config> backbone.path=<dir>; a checkpoint's config.yaml sets its prompt",
+    )
+    _require(
+        not backbone or bool(_get(cfg, "backbone.path")),
+        "backbone.path is not set: evaluate.py backbone=<config> backbone.path=<checkpoint dir>",
     )
     _check_precision("precision", _get(cfg, "precision"))
     _check_device("device", _get(cfg, "device", "auto"))

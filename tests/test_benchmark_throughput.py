@@ -103,14 +103,14 @@ def test_both_files_hold_the_same_chains_cut_after_the_first_error(prepared):
 def test_no_trainer_truncates_a_prepared_chain(prepared):
     from transformers import AutoTokenizer
 
-    from prm.model.chat import format_chain
+    from prm.model.chat import render_chain
 
     tokenizer = AutoTokenizer.from_pretrained(prepared.model_dir, local_files_only=True)
     assert prepared.summary["cut"] >= 1  # the long chain lost trailing steps
     assert prepared.summary["max_tokens"] <= prepared.args.max_length
     for chain in read_trl(prepared.out / "suite_train.json"):
-        text = format_chain("qwen2", chain.question, chain.steps, "<step>", 0)
-        assert len(tokenizer(text)["input_ids"]) <= prepared.args.max_length
+        text = render_chain(tokenizer, chain.question, chain.steps, "<step>", 0, multimodal=False)
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= prepared.args.max_length
     meta = read_processbench(prepared.out / "meta.json")
     assert len(meta) >= 1 and all(chain.label in (0, 1) for chain in meta)
 

@@ -33,7 +33,7 @@ def lr_after(cfg, steps: int, total: int) -> list[float]:
     """The lower learning rate after each of ``steps`` optimiser steps of a ``total``-step run."""
     optimizer = instantiate(cfg.train.optimizer)([parameter()])
     make = instantiate(cfg.schedule)
-    scheduler = make(optimizer, total_steps=total) if "name" in cfg.schedule else make(optimizer)
+    scheduler = make(optimizer, total_steps=total)  # every schedule: fn(optimizer, total_steps, ...)
     rates = []
     for _ in range(steps):
         optimizer.step()
@@ -64,7 +64,7 @@ def test_dreamprm():
     assert cfg.train.steps == 10000 and cfg.train.precision == "bf16" and cfg.train.gradient_clipping == 1.0
     assert cfg.data.batch_size == 1 and cfg.reweight.upper.batch_size == 1
     # StepLR(step_size=5000, gamma=0.5): 5e-7 for 5000 steps, then 2.5e-7.
-    assert cfg.schedule._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert cfg.schedule._target_ == "prm.schedules.step_schedule"  # StepLR, one schedule signature
     rates = lr_after(cfg, 5000, cfg.train.steps)
     assert rates[4998] == pytest.approx(5e-7, rel=1e-12) and rates[4999] == pytest.approx(2.5e-7, rel=1e-12)
 

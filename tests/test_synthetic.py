@@ -169,6 +169,40 @@ def test_false_positive_corruption_labels_wrong_chains_as_right(tmp_path):
         DemoBenchmark(tmp_path, corruption="sometimes")
 
 
+def test_a_labeller_that_accepts_one_kind_of_error(tmp_path):
+    """demo_shift's harmful domain: its errors are all arithmetic and every one is labelled as right."""
+    files = build_demo(
+        tmp_path,
+        seed=1,
+        train_per_domain=60,
+        meta_size=2,
+        test_problems=2,
+        noise_rate=1.0,
+        corruption="false_positive",
+        corrupted_kinds=["arithmetic"],
+        domain_kind_weights={"noisy": {"arithmetic": 1.0}},
+    )
+    train = read_native(files.train)
+    noisy = [c for c in train if c.domain == "noisy"]
+    wrong = [c for c in noisy if c.meta["first_error"] >= 0]
+    assert wrong and {c.meta["error_kind"] for c in wrong} == {"arithmetic"}
+    assert [c.id for c in noisy if c.meta["corrupted"]] == [c.id for c in wrong]  # every one, only them
+    assert all(all(value > 0 for value in c.labels) for c in wrong)
+    # the other domains keep the default odds of every kind, and their true labels
+    assert len({c.meta["error_kind"] for c in train if c.domain == "clean"} - {None}) >= 4
+    assert not any(c.meta["corrupted"] for c in train if c.domain != "noisy")
+    manifest = json.loads(files.manifest.read_text())
+    assert manifest["corrupted"] == {"clean": 0, "noisy": len(wrong), "easy": 0}
+    assert manifest["params"]["corrupted_kinds"] == ["arithmetic"]
+    assert manifest["params"]["domain_kind_weights"]["noisy"]["value"] == 0.0
+    # unset, they leave the parameters (and so the cache key of earlier benchmarks) as they were
+    assert "corrupted_kinds" not in DemoBenchmark(tmp_path).params
+    with pytest.raises(ValueError, match="corrupted_kinds"):
+        DemoBenchmark(tmp_path, corrupted_kinds=["typo"])
+    with pytest.raises(ValueError, match="domain_kind_weights"):
+        DemoBenchmark(tmp_path, domain_kind_weights={"visual": {"misread": 1.0}})
+
+
 def test_meta_labels_follow_first_error(small):
     meta = read_native(small.meta)
     assert sum(chain.label for chain in meta) == len(meta) // 2

@@ -203,6 +203,42 @@ def test_evaluate_reads_published_test_formats(cache):
     assert 0.0 <= result["f1"] <= 1.0
     assert "F1" in bench.stdout or "f1" in bench.stdout
 
+    # Over-long chains (real ProcessBench math records): the default policy truncates or skips them,
+    # counted in preflight.json; too_long=error names every one and scores nothing (exit status 2).
+    long_sample = fixtures / "published" / "processbench_math_long_sample.json"
+    common = [
+        sys.executable,
+        "evaluate.py",
+        f"checkpoint={run}",
+        "data=processbench",
+        f"data.test={long_sample}",
+    ]
+    common += ["data.max_length=2048", "processbench.threshold=0.5"]
+    subprocess.run(
+        [*common, f"hydra.run.dir={run}/eval_long"], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    preflight = json.loads((run / "eval_long" / "preflight.json").read_text())
+    assert preflight["test"] == {
+        "read": 6,
+        "kept": 5,
+        "truncated": 2,
+        "steps_dropped": 14,
+        "skipped_first_error_cut": 1,
+    }
+    scored = json.loads((run / "eval_long" / "processbench.json").read_text())["processbench"]
+    assert scored["erroneous"] + scored["correct"] == 5
+    refused = subprocess.run(
+        [*common, "data.too_long=error", f"hydra.run.dir={run}/eval_refused"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "3 chain(s) over data.max_length=2048" in refused.stderr
+    assert all(f"'math-{n}'" in refused.stderr for n in (44, 76, 1))
+    assert not (run / "eval_refused" / "processbench.json").exists()
+
 
 @pytest.mark.parametrize("strategy", ["domain_table", "instance_table", "instance_net"])
 def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):

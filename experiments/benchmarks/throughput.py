@@ -27,8 +27,8 @@
 trainers' batches: where the suite's step time goes (collator, forward, backward, optimiser, the
 Betty loop around them).
 
-The data default is ``$PRM_PROCESSBENCH`` or ``/work/shared/data/processbench``; any folder with
-ProcessBench's ``gsm8k.json`` works (QwenLM/ProcessBench ``dataset/gsm8k.json``).
+The data: ``--data <folder>`` or ``$PRM_PROCESSBENCH``, any folder with ProcessBench's ``gsm8k.json``
+(QwenLM/ProcessBench ``dataset/gsm8k.json``, Apache-2.0).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH", "/work/shared/data/processbench")
+DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH")  # a folder with ProcessBench gsm8k.json
 DEFAULT_CACHE = ROOT / "outputs" / "benchmarks" / "throughput"
 
 # Model size (11.5M parameters with the 2,000-token vocabulary).
@@ -185,10 +185,9 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
     """Write ``suite_train.json`` / ``trl_train.json`` (same chains, same steps) and ``meta.json``."""
     from transformers import AutoTokenizer
 
-    from prm.model.backbones import build_backbone
+    from prm.model.chat import render_chain
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    backbone = build_backbone(family="qwen2", path=str(model_dir))  # the suite's own chain format
     records = gsm8k_records(args.data)
     random.Random(args.seed).shuffle(records)
     separator = tokenizer.encode("\n", add_special_tokens=False)
@@ -201,9 +200,8 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
         # TRL's tokenize_row: prompt ids + (step ids + separator ids) per step (no BOS in this tokenizer).
         trl = len(tokenizer(trl_prompt(question), add_special_tokens=False)["input_ids"])
         trl += sum(len(tokenizer(s, add_special_tokens=False)["input_ids"]) + len(separator) for s in steps)
-        suite = len(
-            tokenizer(backbone.format_chain(question, steps, 0), add_special_tokens=False)["input_ids"]
-        )
+        chain = render_chain(tokenizer, question, steps, STEP_MARKER, 0, multimodal=False)
+        suite = len(tokenizer(chain, add_special_tokens=False)["input_ids"])
         return trl, suite
 
     chains, dropped = [], 0
@@ -575,7 +573,11 @@ def suite_padding(args, model_dir: Path, data_dir: Path) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=Path(DEFAULT_DATA), help="folder with ProcessBench gsm8k.json"
+        "--data",
+        type=Path,
+        default=Path(DEFAULT_DATA) if DEFAULT_DATA else None,
+        required=not DEFAULT_DATA,
+        help="folder with ProcessBench gsm8k.json (default: $PRM_PROCESSBENCH)",
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="model, tokenizer, examples, runs")
     parser.add_argument("--repeats", type=int, default=3)

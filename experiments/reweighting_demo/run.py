@@ -1,28 +1,36 @@
-"""Does bi-level reweighting find the corrupted data, and does it help best-of-N? The demo study.
+"""Does bi-level reweighting find the bad training data, and does the PRM it trains pick better answers?
 
-    python experiments/reweighting_demo/run.py [--seeds 0 1 2] [--coldstart-steps 3000] [--steps 400]
-                                              [--jobs 2] [--out outputs/reweighting_demo]
-                                              [--meta-aggregation prod] [--extra <overrides>]
+    python experiments/reweighting_demo/run.py [--data demo_shift] [--seeds 0 1 2] [--coldstart-steps 3000]
+                                              [--steps 400] [--jobs 2] [--out outputs/reweighting_demo]
+                                              [--meta-aggregation prod] [--upper-lr S=LR ...]
+                                              [--strategies ...] [--extra <overrides>]
 
-1. one cold start: ``reweight=none`` on the demo benchmark (domains clean / noisy / easy, 40% of the
-   noisy domain's chains with corrupted labels);
+1. one cold start: ``reweight=none`` on the chosen demo data (``--data``: ``demo_shift`` by default, a
+   domain whose labeller accepts arithmetic slips; ``demo`` is the earlier regime of noise without a
+   direction);
 2. from that checkpoint, for every seed, the same budget of further lower steps with each strategy:
    ``none`` (plain training continued), ``domain_table``, ``instance_table``, ``instance_net``, and
    ``oracle`` (plain training without the corrupted chains: perfect weights);
-3. every run evaluated by ``evaluate.py`` on the demo's best-of-N test set.
+3. every run evaluated by ``evaluate.py`` on the data's best-of-N test set.
 
 It prints one table (and writes it to ``<out>/results.md`` and ``results.json``): per strategy the
-mean and spread over seeds of the best-of-N accuracy with the ``mean`` aggregation, the learned
-noisy/clean domain weight ratio, the corrupted/clean mean instance weight ratio and the AUROC of the
-weight as a detector of clean chains; the random, majority-vote and oracle baselines beside them.
-Jobs run ``--jobs`` at a time with one thread each. Finished runs are reused when run again.
+mean and spread over seeds of the best-of-N accuracy with the ``mean`` aggregation, the share of the
+none-to-oracle gap it wins back, the mean weight each training domain ends with, the corrupted/clean
+mean instance weight ratio and the AUROC of the weight as a detector of clean chains; the random,
+majority-vote and pass@N baselines beside them. Jobs run ``--jobs`` at a time with one thread each.
+Finished runs are reused when run again (delete ``<out>`` to start over).
+
+When a strategy wins nothing back, ``python experiments/meta_loss_signal.py <out>/coldstart`` says
+whether the meta loss points at the bad chains at all (the command is printed with the table).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,20 +39,39 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's prm, not another installed copy
 STRATEGIES = ("none", "domain_table", "instance_table", "instance_net", "oracle")
 # "oracle": plain training (reweight=none) on the training set with the corrupted chains removed,
-# i.e. perfect weights 0 / 1. What any reweighting could at best win back from the noise.
-# Demo-scale learning rates of the upper level (the published meta lrs assume 10^4-10^5 steps). The
-# meta loss aggregates with --meta-aggregation (default prod): measured with
-# experiments/meta_loss_signal.py at the cold start, the DARTS signal g_i . G tells clean from
-# corrupted chains with AUROC 0.84 for prod (0.83 for a meta loss on true step labels), 0.46 for
-# min and 0.17 for mean: mean spreads a wrong meta chain's 0 over every step, its correct prefix
-# included, which is what the corrupted labels do, so it upweights them.
-UPPER = {
-    "domain_table": ["reweight.upper.optimizer.lr=0.01"],
-    "instance_table": ["reweight.upper.optimizer.lr=0.1"],
-    "instance_net": ["reweight.upper.optimizer.lr=1e-3", "activation=softplus"],
-}
+# i.e. perfect weights 0 / 1. What any reweighting could at best win back from the bad data.
+
+
+def override_names() -> dict[str, str]:
+    """The train.py keys this study sets, in one place."""
+
+    return {
+        "upper_lr": "reweight.upper.optimizer.lr",
+        "upper_batch": "reweight.upper.batch_size",
+        "steps": "train.steps",
+        "save_every": "train.save_every",
+        "validate_every": "train.validate_every",
+        "train_file": "data.train",
+        "cold_start": "backbone.path",
+    }
+
+
+KEYS = override_names()
+# Demo-scale learning rates of the upper level (the published meta lrs assume 10^4-10^5 steps).
+# The meta loss's aggregation decides which steps of a wrong meta chain take the blame, and so the
+# direction of the hypergradient (measured with experiments/meta_loss_signal.py at each cold start):
+# on demo (noise without a direction) prod 0.84, min 0.46, mean 0.17 AUROC of g_i . G for clean vs
+# corrupted chains (mean blames every step, the correct prefix included, which is what that noise
+# does); on demo_shift (arithmetic slips labelled as right) min 0.79, last 0.77, mean 0.69, prod 0.34
+# (prod points at the wrong chains); on demo_shift_hard min 0.80, prod 0.38.
+META_AGGREGATION = {"demo": "prod", "demo_shift": "min", "demo_shift_hard": "min"}
+# Cold-start lengths the measured tables used (demo's earlier study: 3000; demo_shift: 1500).
+COLDSTART_STEPS = {"demo": 3000, "demo_shift": 1500, "demo_shift_hard": 1500}
+UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3}
+UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 
 
 def run(command: list[str], log: Path, threads: int = 1) -> None:
@@ -55,23 +82,69 @@ def run(command: list[str], log: Path, threads: int = 1) -> None:
         "WANDB_MODE": "disabled",
     }
     with log.open("w") as handle:
-        subprocess.run(
-            [sys.executable, *command], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True
+        done = subprocess.run(
+            [sys.executable, *command], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
         )
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command[:1])} failed (exit {done.returncode}); its log: {log}")
 
 
-def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
+def train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: list[str]) -> dict:
+    """Train one run (``train.py`` with ``overrides``) and evaluate it on the test set of its data
+    (``evaluate.py`` with ``eval_overrides``). A run trained or evaluated before with the same settings
+    is reused; one with other settings is done again."""
+    with run_lock(run_dir):
+        return _train_and_evaluate(run_dir, overrides, eval_overrides)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``<run_dir>.lock`` (the holder's pid) while a run is trained or evaluated, so two study
+    processes sharing ``--out`` (e.g. one per strategy) wait for each other instead of clashing."""
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its holder is gone
+                continue
+            time.sleep(10)
+    os.write(handle, str(os.getpid()).encode())
+    os.close(handle)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: list[str]) -> dict:
     result_file = run_dir / "study_result.json"
+    settings = {"train": overrides, "evaluate": eval_overrides}
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if result.get("settings") == settings:
+            return result
     started = time.perf_counter()
-    run(
-        ["train.py", f"hydra.run.dir={run_dir}", "train.save_every=0", "logger=none", *overrides],
-        run_dir.with_suffix(".train.log"),
-    )
+    trained = run_dir / "study_trained.json"
+    done = trained.exists() and (run_dir / "checkpoints" / "latest").exists()
+    if not (done and json.loads(trained.read_text()) == overrides):
+        if run_dir.exists():
+            print(f"  {run_dir.name}: settings changed since its last run; training it again", flush=True)
+            shutil.rmtree(run_dir)
+        run(
+            ["train.py", f"hydra.run.dir={run_dir}", f"{KEYS['save_every']}=0", "logger=none", *overrides],
+            run_dir.with_suffix(".train.log"),
+        )
+        trained.write_text(json.dumps(overrides))
     evaluation = run_dir / "eval"
+    shutil.rmtree(evaluation, ignore_errors=True)
     run(
-        ["evaluate.py", f"checkpoint={run_dir}", f"hydra.run.dir={evaluation}"],
+        ["evaluate.py", f"checkpoint={run_dir}", f"hydra.run.dir={evaluation}", *eval_overrides],
         run_dir.with_suffix(".eval.log"),
     )
     best = json.loads((evaluation / "best_of_n.json").read_text())
@@ -79,6 +152,7 @@ def train_and_evaluate(run_dir: Path, overrides: list[str]) -> dict:
         "best_of_n_mean": best["aggregations"]["mean"]["accuracy"],
         "baselines": {k: v["accuracy"] for k, v in best["baselines"].items()},
         "seconds": time.perf_counter() - started,
+        "settings": settings,
     }
     weights = run_dir / "weights.json"
     if weights.exists():
@@ -108,6 +182,7 @@ def uncorrupted_train_file(out: Path, coldstart: Path) -> Path:
 
 
 def spread(values: list[float], digits: int = 3) -> str:
+    """``mean ± population std`` of ``values`` ("-" for none)."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
@@ -118,38 +193,66 @@ def spread(values: list[float], digits: int = 3) -> str:
     )
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    lines = [
-        "| strategy | best-of-N mean agg. (%) | noisy/clean domain weight | corrupted/clean weight | "
-        "AUROC weight vs clean | runs |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+def domain_weight(result: dict, domain: str) -> float | None:
+    """The weight a domain ends with: the domain table's own weight, else its chains' mean weight."""
+    report = result.get("weights")
+    if not report:
+        return None
+    if report.get("domain_weights") and domain in report["domain_weights"]:
+        return report["domain_weights"][domain]
+    summary = report.get("per_domain", {}).get(domain)
+    return summary["mean"] if summary else None
+
+
+def gap_share(accuracy: float, none: float, oracle: float) -> float | None:
+    """(accuracy - none) / (oracle - none): 1 = the whole none-to-oracle gap won back, 0 = nothing;
+    None when the oracle is not above plain training (no gap to win back)."""
+    return (accuracy - none) / (oracle - none) if oracle > none else None
+
+
+def summarise(results: dict[str, list[dict]], domains: list[str]) -> dict[str, dict]:
+    """Per strategy: accuracies (%), gap share, per-domain weights, corruption ratio and AUROC."""
+    mean_of = {
+        strategy: statistics.fmean(100 * r["best_of_n_mean"] for r in runs)
+        for strategy, runs in results.items()
+        if runs
+    }
+    summary = {}
     for strategy, runs in results.items():
-        accuracy = [100 * r["best_of_n_mean"] for r in runs]
-        domain = [
-            r["weights"]["per_domain"]["noisy"]["mean"] / r["weights"]["per_domain"]["clean"]["mean"]
-            for r in runs
-            if "weights" in r
-        ]
-        ratio = [
-            r["weights"]["corruption"]["ratio"]
-            for r in runs
-            if "weights" in r and "corruption" in r["weights"]
-        ]
-        detect = [
-            r["weights"]["corruption"]["auroc_clean_vs_corrupted"]
-            for r in runs
-            if "weights" in r and "corruption" in r["weights"]
-        ]
+        row = {"accuracy": [100 * r["best_of_n_mean"] for r in runs], "seeds": len(runs)}
+        if "none" in mean_of and "oracle" in mean_of and strategy in mean_of:
+            row["gap_share"] = gap_share(mean_of[strategy], mean_of["none"], mean_of["oracle"])
+        row["domains"] = {
+            domain: [w for r in runs if (w := domain_weight(r, domain)) is not None] for domain in domains
+        }
+        corruption = [r["weights"]["corruption"] for r in runs if "corruption" in r.get("weights", {})]
+        row["ratio"] = [c["ratio"] for c in corruption]
+        row["auroc"] = [c["auroc_clean_vs_corrupted"] for c in corruption]
+        summary[strategy] = row
+    return summary
+
+
+def table(summary: dict[str, dict], domains: list[str], baselines: dict[str, float]) -> str:
+    """The study's Markdown table (see the module docstring)."""
+    lines = [
+        "| strategy | best-of-N (%) | gap won back | "
+        + " | ".join(f"weight {d}" for d in domains)
+        + " | corrupted/clean weight | AUROC weight vs clean | seeds |",
+        "|---|---:|---:|" + "---:|" * len(domains) + "---:|---:|---:|",
+    ]
+    for strategy, row in summary.items():
+        share = row.get("gap_share")
         lines.append(
-            f"| {strategy} | {spread(accuracy, 2)} | {spread(domain)} | {spread(ratio)} | "
-            f"{spread(detect)} | {len(runs)} |"
+            f"| {strategy} | {spread(row['accuracy'], 2)} | "
+            + ("-" if share is None else f"{100 * share:.0f}%")
+            + " | "
+            + " | ".join(spread(row["domains"][d], 2) for d in domains)
+            + f" | {spread(row['ratio'])} | {spread(row['auroc'])} | {row['seeds']} |"
         )
-    base = next(iter(results.values()))[0]["baselines"]
     lines.append("")
     lines.append(
         "Baselines on the same test set: "
-        + ", ".join(f"{name} {100 * value:.2f}%" for name, value in base.items())
+        + ", ".join(f"{name} {100 * value:.2f}%" for name, value in baselines.items())
     )
     return "\n".join(lines) + "\n"
 
@@ -158,75 +261,121 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--data", default="demo_shift", help="the data option (conf/data/<name>.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--coldstart-steps", type=int, default=3000)
+    parser.add_argument(
+        "--coldstart-steps",
+        type=int,
+        default=None,
+        help=f"steps of the cold start (default: by data, {COLDSTART_STEPS}, else 1500)",
+    )
     parser.add_argument(
         "--steps", type=int, default=400, help="lower steps of every run after the cold start"
     )
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument(
+        "--coldstart-threads",
+        type=int,
+        default=None,
+        help="threads of the cold start and its evaluation (default: --jobs; 1 on a busy machine)",
+    )
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reweighting_demo")
-    parser.add_argument("--meta-aggregation", default="prod", help="aggregation of the meta loss")
+    parser.add_argument(
+        "--meta-aggregation",
+        default=None,
+        help=f"aggregation of the meta loss (default: by data, {META_AGGREGATION}, else min)",
+    )
     parser.add_argument("--upper-batch", type=int, default=None, help="meta chains per upper step")
+    parser.add_argument(
+        "--upper-lr",
+        nargs="*",
+        default=[],
+        metavar="STRATEGY=LR",
+        help=f"upper-level learning rates other than {UPPER_LR}",
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     args = parser.parse_args()
+    upper_lr = dict(UPPER_LR)
+    for item in args.upper_lr:
+        strategy, _, value = item.partition("=")
+        if strategy not in UPPER_LR or not value:
+            parser.error(f"--upper-lr {item!r}: expected STRATEGY=LR with STRATEGY in {sorted(UPPER_LR)}")
+        upper_lr[strategy] = float(value)
+    if args.coldstart_steps is None:
+        args.coldstart_steps = COLDSTART_STEPS.get(args.data, 1500)
+    if args.meta_aggregation is None:
+        args.meta_aggregation = META_AGGREGATION.get(args.data, "min")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    common = [f"data={args.data}", *args.extra]
+    # evaluate.py composes its own config: the same data (and data overrides) give the same test set
+    evaluate_data = [f"data={args.data}", *(item for item in args.extra if item.startswith("data."))]
 
     coldstart = out / "coldstart"
-    print(f"cold start: {args.coldstart_steps} steps of reweight=none -> {coldstart}", flush=True)
+    print(f"cold start: {args.coldstart_steps} steps of reweight=none on data={args.data} -> {coldstart}")
     if not (coldstart / "checkpoints" / "latest").exists():
         run(
             [
                 "train.py",
                 f"hydra.run.dir={coldstart}",
-                f"train.steps={args.coldstart_steps}",
-                "train.save_every=0",
+                f"{KEYS['steps']}={args.coldstart_steps}",
+                f"{KEYS['save_every']}=0",
                 "logger=none",
-                *args.extra,
+                *common,
             ],
             out / "coldstart.train.log",
-            threads=args.jobs,
+            threads=args.coldstart_threads or args.jobs,
         )
 
     cold_eval = coldstart / "eval"
-    if not (cold_eval / "best_of_n.json").exists():
+    cold_settings = cold_eval / "study_settings.json"
+    if not (cold_settings.exists() and json.loads(cold_settings.read_text()) == evaluate_data):
+        shutil.rmtree(cold_eval, ignore_errors=True)
         run(
-            ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}"],
+            ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}", *evaluate_data],
             out / "coldstart.eval.log",
-            threads=args.jobs,
+            threads=args.coldstart_threads or args.jobs,
         )
+        cold_settings.write_text(json.dumps(evaluate_data))
     cold = json.loads((cold_eval / "best_of_n.json").read_text())["aggregations"]["mean"]["accuracy"]
     print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
 
     jobs = []
     oracle_data = (
-        [f"data.train={uncorrupted_train_file(out, coldstart)}"] if "oracle" in args.strategies else []
+        [f"{KEYS['train_file']}={uncorrupted_train_file(out, coldstart)}"]
+        if "oracle" in args.strategies
+        else []
     )
+    # per seed, the two reference runs first: the gap they span is known before the bi-level runs end
+    order = sorted(args.strategies, key=lambda strategy: strategy not in ("none", "oracle"))
     for seed in args.seeds:
-        for strategy in args.strategies:
+        for strategy in order:
             reweight = "none" if strategy == "oracle" else strategy
             overrides = [
                 f"reweight={reweight}",
                 f"seed={seed}",
-                f"train.steps={args.steps}",
-                f"backbone.path={coldstart}",
-                "train.validate_every=0",
-                *UPPER.get(strategy, []),
-                *args.extra,
+                f"{KEYS['steps']}={args.steps}",
+                f"{KEYS['cold_start']}={coldstart}",
+                f"{KEYS['validate_every']}=0",
+                *common,
             ]
             if strategy == "oracle":
                 overrides += oracle_data
             elif strategy != "none":
-                overrides.append(f"aggregation={args.meta_aggregation}")
+                overrides += [
+                    f"aggregation={args.meta_aggregation}",
+                    f"{KEYS['upper_lr']}={upper_lr[strategy]}",
+                    *UPPER_EXTRA.get(strategy, []),
+                ]
                 if args.upper_batch:
-                    overrides.append(f"reweight.upper.batch_size={args.upper_batch}")
+                    overrides.append(f"{KEYS['upper_batch']}={args.upper_batch}")
             jobs.append((strategy, seed, out / f"{strategy}_seed{seed}", overrides))
 
     def work(job):
         strategy, seed, run_dir, overrides = job
-        result = train_and_evaluate(run_dir, overrides)
+        result = train_and_evaluate(run_dir, overrides, evaluate_data)
         print(
             f"  {strategy:<15} seed {seed}: best-of-N (mean) {100 * result['best_of_n_mean']:.2f}% "
             f"in {result['seconds']:.0f} s",
@@ -239,17 +388,37 @@ def main() -> None:
         for strategy, result in pool.map(work, jobs):
             results[strategy].append(result)
 
+    domains = training_domains(coldstart)
+    summary = summarise(results, domains)
+    baselines = next(iter(results.values()))[0]["baselines"]
     wall = time.perf_counter() - started
     markdown = (
-        f"# Reweighting on the demo benchmark\n\nCold start {args.coldstart_steps} steps, then "
-        f"{args.steps} steps per run, seeds {args.seeds}; mean ± population std over seeds. "
+        f"# Reweighting on data={args.data}\n\nCold start {args.coldstart_steps} steps, then "
+        f"{args.steps} steps per run, seeds {args.seeds}; mean ± population std over seeds; meta loss "
+        f"aggregation {args.meta_aggregation}, upper lrs {upper_lr}. "
         f"The cold start itself: {100 * cold:.2f}% best-of-N (mean).\n\n"
-        + table(results)
+        + table(summary, domains, baselines)
         + f"\nWall time: {wall / 60:.1f} min with {args.jobs} jobs.\n"
+        + "\nWhy a strategy does (not) win the gap back: does the meta loss point at the bad chains?\n"
+        + f"    python experiments/meta_loss_signal.py {coldstart}\n"
     )
     (out / "results.md").write_text(markdown)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=1))
     print("\n" + markdown)
+
+
+def training_domains(coldstart: Path) -> list[str]:
+    """The cold start's training domains, in the generator's order."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from prm.checkpoint import resolve_checkpoint
+
+    data = OmegaConf.load(resolve_checkpoint(coldstart) / "config.yaml").data
+    generator = data.get("generator")
+    if generator is not None and generator.get("domains"):
+        return [str(d) for d in generator.domains]
+    return sorted({chain.domain for chain in instantiate(data).load("train")})
 
 
 if __name__ == "__main__":

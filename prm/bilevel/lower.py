@@ -70,6 +70,11 @@ class PRMLower(ImplicitProblem):
         if self._strategy not in (None, "default"):
             raise NotImplementedError(f"Betty strategy {self._strategy!r}: use the distributed config group")
 
+    def trainable_parameters(self):
+        """The PRM's parameters that require gradients: what Betty differentiates, and what the
+        hypergradient (DARTS) perturbs. With LoRA adapters the frozen backbone is left out."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
     def score(self, batch):
         """The PRM's forward on a training batch (the DeepSpeed problem routes it through its engine)."""
         return self.module(batch)

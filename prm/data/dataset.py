@@ -1,7 +1,9 @@
 """Datasets and collation: native records -> padded model batches with step-marker positions.
 
 A batch holds the processor's model inputs (token ids, attention mask, pixel values, ...) plus, per
-chain, the positions of its step markers and a padded ``[batch, max_steps]`` table of step labels
+chain, the positions whose hidden state scores each step (``marker_positions``: the step markers
+under ``prompt=marker``, the token before each reply under ``prompt=conversation``; see
+:mod:`prm.model.prompts`) and a padded ``[batch, max_steps]`` table of step labels
 (NaN where a step has no label or the chain has fewer steps), the chain label for meta chains, and
 the instance and domain indices the reweighting modules look up. Sequences are right-padded, so a
 chain's tokens and marker positions do not depend on what else is in the batch.
@@ -192,13 +194,21 @@ class PRMCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         backbone = self.backbone
-        texts, images = [], []
+        prompt = backbone.prompt  # marker or conversation layout (prm/model/prompts.py)
+        rendered, images = [], []
         for item in items:
             chain = item["chain"]
             if not backbone.is_multimodal and item["images"]:
                 item = {**item, "images": []}  # text-only backbone: images are not read
-            texts.append(backbone.format_chain(chain.question, chain.steps, len(item["images"])))
+            labels = chain.labels if isinstance(chain, StepChain) else None
+            try:
+                rendered.append(
+                    prompt.render(backbone, chain.question, chain.steps, len(item["images"]), labels)
+                )
+            except ValueError as error:
+                raise ValueError(f"chain {chain.id!r} (prompt={prompt.name}): {error}") from error
             images.extend(load_image(path) for path in item["images"])
+        texts = [r.text for r in rendered]
         if backbone.is_multimodal:
             inputs = backbone.processor(
                 text=texts,
@@ -226,13 +236,14 @@ class PRMCollator:
         step_labels = torch.full((len(items), max(max_steps, 1)), math.nan)
         for row, item in enumerate(items):
             chain = item["chain"]
-            positions = (input_ids[row] == backbone.step_marker_id).nonzero().flatten()
-            if len(positions) != len(chain.steps):
-                raise ValueError(
-                    f"chain {chain.id!r}: found {len(positions)} step markers for {len(chain.steps)} steps; "
-                    f"does a step's text contain the step marker {backbone.step_marker!r}?"
-                )
-            marker_positions[row, : len(positions)] = positions
+            end = int(inputs["attention_mask"][row].nonzero().max()) + 1  # some processors pad left
+            try:
+                positions = prompt.score_positions(backbone, rendered[row], input_ids[row], end)
+                if len(positions) != len(chain.steps):
+                    raise ValueError(f"{len(positions)} score positions for {len(chain.steps)} steps")
+            except ValueError as error:
+                raise ValueError(f"chain {chain.id!r} (prompt={prompt.name}): {error}") from error
+            marker_positions[row, : len(positions)] = torch.tensor(positions, dtype=torch.long)
             step_mask[row, : len(positions)] = True
             if isinstance(chain, StepChain):
                 for column, label in enumerate(chain.labels):

@@ -36,9 +36,15 @@ prefix with r steps left succeeds with probability q ** (r / steps); a step's la
   a wrong chain is labelled as if it had no error (what Monte Carlo labels give when the policy
   recovers from a wrong step), so the noise teaches the PRM to accept errors; only wrong chains can
   be corrupted this way, so ``noise_rate`` is then the share of the domain's wrong chains.
+  ``corrupted_kinds`` (e.g. ``["arithmetic"]``) restricts the corruption to chains whose error is of
+  those kinds: a labeller that always accepts one kind of error (``data=demo_shift``).
   ``meta["corrupted"]`` says which, so experiments can measure whether reweighting found them.
 - ``easy``: text-visible errors only (no misreads): a model can label it without the image.
 - ``visual``: misreads only: a model must read the image to label it.
+
+``domain_kind_weights`` gives a domain its own odds of each error kind (default: ``kind_weights``
+for every domain, and always within the kinds the domain allows): e.g. a noisy domain whose errors
+are all arithmetic. Meta and test sets always use ``kind_weights``.
 
 Every chain's ``meta`` has ``corrupted``, ``corruption`` (None, "flip" or "shift"), ``first_error``,
 ``true_labels``, ``error_kind``, ``final_answer``, ``answer`` and ``tiles``.
@@ -394,6 +400,8 @@ class DemoBenchmark:
         kind_weights: Mapping[str, float] | None = None,
         cascade: float = 1.0,
         corruption: str = "mixed",
+        corrupted_kinds: Sequence[str] | None = None,
+        domain_kind_weights: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         domains = [str(domain) for domain in domains]
         unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
@@ -422,6 +430,19 @@ class DemoBenchmark:
             "kind_weights >= 0 with known kinds": kind_weights is None
             or (set(kind_weights) <= set(ERROR_KINDS) and min(map(float, kind_weights.values())) >= 0),
         }
+        if corrupted_kinds is not None:
+            corrupted_kinds = [str(kind) for kind in corrupted_kinds]
+            checks[f"corrupted_kinds from {list(ERROR_KINDS)}"] = bool(corrupted_kinds) and set(
+                corrupted_kinds
+            ) <= set(ERROR_KINDS)
+        domain_kind_weights = {
+            str(domain): {str(kind): float(odds) for kind, odds in weights.items()}
+            for domain, weights in (domain_kind_weights or {}).items()
+        }
+        checks["domain_kind_weights name training domains, known kinds, odds >= 0"] = all(
+            domain in domains and set(weights) <= set(ERROR_KINDS) and min(weights.values(), default=0) >= 0
+            for domain, weights in domain_kind_weights.items()
+        )
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
             raise ValueError(f"demo benchmark parameters break: {', '.join(failed)}")
@@ -445,6 +466,14 @@ class DemoBenchmark:
                 kind: float((kind_weights or DEFAULT_KIND_WEIGHTS).get(kind, 0.0)) for kind in ERROR_KINDS
             },
         }
+        # Added only when set, so the benchmarks of earlier settings keep their hash (and cache).
+        if corrupted_kinds is not None:
+            self.params["corrupted_kinds"] = sorted(corrupted_kinds)
+        if domain_kind_weights:
+            self.params["domain_kind_weights"] = {
+                domain: {kind: weights.get(kind, 0.0) for kind in ERROR_KINDS}
+                for domain, weights in sorted(domain_kind_weights.items())
+            }
         self.key = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
         self.directory = self.root / self.key
 
@@ -525,18 +554,21 @@ class DemoBenchmark:
         rng = random.Random(f"{p['seed']}:train:{domain}")
         share = p["noise_rate"] if domain == "noisy" else 0.0
         corrupted = set(rng.sample(range(size), round(share * size)))
+        kind_weights = p.get("domain_kind_weights", {}).get(domain, p["kind_weights"])
+        corrupted_kinds = p.get("corrupted_kinds")
         chains = []
         for index in range(size):
             problem = rng.choice(pool)
             success = rng.uniform(p["success_min"], 1.0)
             wrong = rng.random() < p["error_rate"]
-            slip = _sample_slip(problem, DOMAIN_ERRORS[domain], rng, p["kind_weights"]) if wrong else None
+            slip = _sample_slip(problem, DOMAIN_ERRORS[domain], rng, kind_weights) if wrong else None
             solution = _write(problem, slip, p["cascade"], rng)
             record_meta = _record_meta(problem, slip, solution)
             values = _mc_values(len(solution.steps), success, p["rollouts"], rng)
             true_labels = _mask(values, record_meta["first_error"])
             corruption, labels = None, true_labels
-            if index in corrupted:
+            accepted = corrupted_kinds is None or record_meta["error_kind"] in corrupted_kinds
+            if index in corrupted and accepted:
                 corrupted_labels = _corrupt(values, record_meta["first_error"], rng, p["corruption"])
                 if corrupted_labels is not None:
                     corruption, labels = corrupted_labels

@@ -1,5 +1,10 @@
 """Evaluating PRM checkpoints (behind evaluate.py): ``evaluate(cfg)``.
 
+The model is a checkpoint train.py wrote (``checkpoint=``: its config.yaml rebuilds backbone, head and
+prompt format), or any model at ``backbone.path`` (``backbone=<config>``, ``prompt=<format>``, label
+words from ``backbone.label_words``): a published PRM such as a DreamPRM-1.5 checkpoint in the
+conversation layout, scored with the token head as it was trained.
+
 Every candidate is scored once (all steps in one forward pass); best-of-N accuracy is then computed
 for every aggregation at once from those scores, beside the baselines (random expectation, first
 candidate, majority vote, pass@N). A ProcessBench test file gives the first-error metric instead.
@@ -28,6 +33,7 @@ from prm.evaluation.best_of_n import accuracy_vs_n, best_of_n
 from prm.evaluation.processbench import choose_threshold, processbench
 from prm.evaluation.report import write_best_of_n, write_processbench
 from prm.evaluation.scoring import score_chains
+from prm.model.prm import ProcessRewardModel
 from prm.preflight import preflight
 from prm.tracking import Tracker
 
@@ -56,21 +62,43 @@ def load_test(cfg: DictConfig, backbone):
     return data, records["test"], report
 
 
+def load_model(cfg: DictConfig, checkpoint: Path | None, device) -> ProcessRewardModel:
+    """The PRM of ``checkpoint`` (its config.yaml), or with ``checkpoint=None`` the model that
+    ``cfg.backbone`` loads from ``backbone.path`` in the ``cfg.prompt`` format (default: marker) with
+    the token head, i.e. P(+) renormalised over ``backbone.label_words``."""
+    if checkpoint is not None:
+        return load_prm(checkpoint, device)
+    backbone = instantiate(cfg.backbone, prompt=cfg.get("prompt"))
+    log.info(
+        "%s: %s backbone (%s), prompt=%s, label words %s",
+        cfg.backbone.path,
+        backbone.family,
+        backbone.model_type,
+        backbone.prompt.name,
+        list(backbone.label_words),
+    )
+    return ProcessRewardModel(backbone, head="token").to(device)
+
+
 def evaluate_checkpoint(
-    cfg: DictConfig, checkpoint: Path, out_dir: Path, tracker: Tracker, test=None
+    cfg: DictConfig, checkpoint: Path | None, out_dir: Path, tracker: Tracker, test=None
 ) -> dict:
-    """Score the test split with one checkpoint; write results, plots and report.md into ``out_dir``;
-    returns the result summary. ``test``: (data, records) from :func:`load_test`, read here when not
-    given. Raises UserError when the test records fit neither mode or fail the preflight checks."""
+    """Score the test split with one checkpoint (None: the model at ``backbone.path``, see
+    :func:`load_model`); write results, plots and report.md into ``out_dir``; returns the result
+    summary. ``test``: (data, records, report) from :func:`load_test`, read here when not given.
+    Raises UserError when the test records fit neither mode or fail the preflight checks."""
     device = pick_device(cfg.device)
-    prm = load_prm(checkpoint, device)
+    prm = load_model(cfg, checkpoint, device)
+    source = (
+        checkpoint if checkpoint is not None else f"{cfg.backbone.path} (prompt={prm.backbone.prompt.name})"
+    )
     data, records, report = test if test is not None else load_test(cfg, prm.backbone)
     mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
-    log.info("evaluating %s on %d %s records (%s)", checkpoint, len(records), data.name, mode)
+    log.info("evaluating %s on %d %s records (%s)", source, len(records), data.name, mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
 
-    def score(chains):
+    def score(chains, prefix_sharing: bool = False):
         return score_chains(
             prm,
             chains,
@@ -80,10 +108,11 @@ def evaluate_checkpoint(
             cfg.precision,
             progress=True,
             packing=data.packing,
+            prefix_sharing=prefix_sharing,
         )
 
     run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench
-    table, summary = run(cfg, records, score, data.name, out_dir, tracker, f"Evaluation of {checkpoint}")
+    table, summary = run(cfg, records, score, data.name, out_dir, tracker, f"Evaluation of {source}")
     print(table)
     print(report.summary())
     log.info("results written to %s", out_dir)
@@ -93,7 +122,7 @@ def evaluate_checkpoint(
 def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
     """Best-of-N accuracy of every aggregation and baseline, accuracy against N; (table, summary)."""
     chains = flatten_candidates(records)
-    flat = score(chains)
+    flat = score(chains, prefix_sharing=cfg.prefix_sharing)  # siblings share the encoded prefix
     grouped, start = [], 0
     for problem in records:
         grouped.append(flat[start : start + len(problem.candidates)])
@@ -127,7 +156,14 @@ def evaluate_processbench(cfg, records, score, name, out_dir: Path, tracker: Tra
         split = cfg.processbench.threshold_split
         tune = records if split is None else read_records(split, "processbench")
         tune_scores = scores if split is None else score(tune)
-        threshold = choose_threshold(tune_scores, [record.first_error for record in tune])
+        tune_errors = [record.first_error for record in tune]
+        if len({error >= 0 for error in tune_errors}) < 2:
+            raise UserError(
+                f"processbench.threshold=null chooses the threshold on {split or 'data.test'}, which holds "
+                "only erroneous or only correct chains: set processbench.threshold=<value> or "
+                "processbench.threshold_split=<a ProcessBench file with both>"
+            )
+        threshold = choose_threshold(tune_scores, tune_errors)
         log.info("threshold %.4f chosen on %s", threshold, split or "the test split itself")
     result = processbench(scores, first_errors, threshold)
     table = write_processbench({name: result}, out_dir)
@@ -199,17 +235,27 @@ def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tra
     return results
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    """One checkpoint (or run directory), or every job of a multirun directory. Raises ConfigError
-    (before anything loads) for an invalid config."""
+def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
+    """One checkpoint (or run directory), every job of a multirun directory, or (``backbone=`` with
+    ``backbone.path=``) any model. Raises ConfigError for an invalid combination (see
+    :func:`prm.config.validate_evaluate_config`). ``out_dir``: where results go (default: Hydra's
+    output directory, else ``<checkpoint>/eval``, else ``outputs/eval``)."""
     validate_evaluate_config(cfg)
-    target = Path(cfg.checkpoint)
-    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else target / "eval"
+    any_model = cfg.get("backbone") is not None
+    target = Path(cfg.backbone.path if any_model else cfg.checkpoint)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+    elif HydraConfig.initialized():
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    else:
+        out_dir = Path("outputs/eval") if any_model else target / "eval"
     tracker = instantiate(cfg.logger)
     tracker.start(
         out_dir, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate", name=f"eval-{target.name}"
     )
     try:
+        if any_model:
+            return evaluate_checkpoint(cfg, None, out_dir, tracker)
         jobs = sweep_jobs(target)
         if jobs:
             log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))

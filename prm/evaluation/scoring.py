@@ -33,10 +33,19 @@ def score_chains(
     precision: str = "fp32",
     progress: bool = False,
     packing: bool = False,
+    prefix_sharing: bool = False,
 ) -> list[torch.Tensor]:
     """Step probabilities of every chain, in the order given: ``len(chains)`` tensors of shape
     ``[steps of that chain]``. ``packing``: batches without padding (same scores up to float noise).
-    Raises ValueError (from the collator) for a chain over ``max_length`` tokens."""
+    Raises ValueError (from the collator) for a chain over ``max_length`` tokens.
+
+    ``prefix_sharing``: encode the question and images that chains share (the candidates of one
+    best-of-N problem) once, see :mod:`prm.evaluation.prefix_sharing`; same scores up to float rounding.
+    """
+    if prefix_sharing:
+        from prm.evaluation.prefix_sharing import score_chains_shared
+
+        return score_chains_shared(prm, chains, batch_size, max_length, device, precision, progress)
     was_training = prm.training
     prm.eval()
     order = length_order(chain_lengths(chains, prm.backbone)) if len(chains) > batch_size else None

@@ -15,16 +15,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
+from prm.model import lora as lora_adapters
 from prm.model.chat import chatml_template, render_chain
 from prm.model.families import AUTO, FamilySpec, TinySize, family_for_config, family_names, get_family
 from prm.model.families import is_causal_lm_config as _is_causal_lm_config
+from prm.model.prompts import MarkerPrompt, PromptFormat, build_prompt
 from prm.model.tokenizer import (
     DEFAULT_STEP_MARKER,
     add_step_marker,
@@ -50,6 +52,12 @@ class Backbone:
     label_words: tuple[str, str]
     label_token_ids: tuple[int, int]
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Embedding rows added for the step marker (a checkpoint without it), and with LoRA adapters the
+    # peft.PeftModel around ``model`` (which stays the transformers model, adapters injected in place).
+    new_token_ids: tuple[int, ...] = ()
+    peft_model: Any = None
+    tiny_base: dict[str, Any] | None = None  # a tiny random model: what rebuilds it (family, sizes, seed)
+    prompt: PromptFormat = field(default_factory=MarkerPrompt)  # the layout chains are scored in
 
     @property
     def spec(self) -> FamilySpec:
@@ -80,8 +88,9 @@ class Backbone:
         return special_token_strings(self.tokenizer)
 
     def format_chain(self, question: str, steps: list[str], num_images: int = 0) -> str:
-        """One chain as text, rendered by the backbone's chat template (see :mod:`prm.model.chat`);
-        tokenise it with ``add_special_tokens=False``."""
+        """One chain as text in the marker layout, rendered by the backbone's chat template (see
+        :mod:`prm.model.chat`); tokenise it with ``add_special_tokens=False``. The collator renders
+        through ``self.prompt`` (marker or conversation layout)."""
         return render_chain(
             self.processor,
             question,
@@ -96,7 +105,12 @@ class Backbone:
         return sum(p.numel() for p in self.model.parameters())
 
     def save_pretrained(self, directory: str | Path) -> None:
-        self.model.save_pretrained(directory, safe_serialization=True)
+        """The model (with LoRA: the adapter and the base config, see :mod:`prm.model.lora`) and the
+        tokenizer / processor, as ``save_pretrained`` files in ``directory``."""
+        if self.peft_model is not None:
+            lora_adapters.save_adapter(self.peft_model, directory, self.tiny_base)
+        else:
+            self.model.save_pretrained(directory, safe_serialization=True)
         self.processor.save_pretrained(directory)
 
 
@@ -114,6 +128,9 @@ def build_backbone(
     attn_implementation: str = "sdpa",
     chat_template: str | None = None,
     gguf_file: str | None = None,
+    lora: dict | lora_adapters.LoraSettings | None = None,
+    gradient_checkpointing: bool = False,
+    prompt: PromptFormat | dict | str | None = None,
 ) -> Backbone:
     """Load the backbone at ``path`` or, when ``path`` is None, build a tiny random one of ``family``.
 
@@ -126,10 +143,51 @@ def build_backbone(
       weights are dequantised to ``dtype``, the tokenizer comes from the GGUF too. Needs the
       ``gguf`` package (``pip install .[gguf]``).
     - ``dtype``: a torch dtype name (``float32``, ``bfloat16``).
+    - ``lora``: ``{enabled, r, alpha, dropout, target_modules}`` (:class:`prm.model.lora.LoraSettings`):
+      with ``enabled`` the backbone is frozen and adapters are added. A ``path`` holding an adapter
+      checkpoint rebuilds its base (the adapter's ``base_model_name_or_path``, or the tiny model its
+      ``tiny_base.json`` describes, whatever ``family``/``tiny``/``seed`` say here) and loads the
+      adapter: trainable when ``enabled``, else merged into the weights.
+    - ``gradient_checkpointing``: recompute layer activations in the backward pass (non-reentrant).
+    - ``prompt``: the prompt format (``conf/prompt/*.yaml`` node, name or instance; None: ``marker``),
+      see :mod:`prm.model.prompts`.
 
-    Raises ValueError (unknown family, wrong model type, no chat template, multi-token label words),
-    FileNotFoundError (no checkpoint at ``path``), ImportError (GGUF without ``gguf``).
+    Raises ValueError (unknown family, wrong model type, no chat template, multi-token label words,
+    bad ``lora`` settings), FileNotFoundError (no checkpoint at ``path``, an adapter's missing base),
+    ImportError (GGUF without ``gguf``).
     """
+    settings = lora_adapters.LoraSettings.of(lora)
+    adapter = Path(path) if lora_adapters.is_adapter_checkpoint(path) else None
+    if adapter is not None:
+        path = lora_adapters.adapter_base(adapter)
+        if path is None:  # a tiny random base: rebuilt as it was built, not from this run's settings
+            saved = lora_adapters.saved_tiny_base(adapter)
+            family, tiny, seed = saved["family"], saved["tiny"], saved["seed"]
+            step_marker, dtype = saved["step_marker"], saved["dtype"]
+    backbone = _build_backbone(
+        family, path, tiny, step_marker, label_words, min_pixels, max_pixels, processor_kwargs, dtype, seed,
+        attn_implementation, chat_template, gguf_file,
+    )  # fmt: skip
+    backbone.prompt = build_prompt(prompt)
+    if adapter is not None:
+        peft_model = lora_adapters.load_lora(backbone.model, adapter, trainable=settings.enabled)
+        if settings.enabled:
+            backbone.peft_model = peft_model
+        else:
+            log.info("backbone.lora.enabled=false: merging the adapter of %s into the weights", adapter)
+            backbone.model = lora_adapters.merge(peft_model)
+            backbone.model.requires_grad_(True)
+    elif settings.enabled:
+        backbone.peft_model = lora_adapters.add_lora(backbone.model, settings, path, backbone.new_token_ids)
+    if gradient_checkpointing:
+        lora_adapters.enable_gradient_checkpointing(backbone.model)
+    return backbone
+
+
+def _build_backbone(
+    family, path, tiny, step_marker, label_words, min_pixels, max_pixels, processor_kwargs, dtype, seed,
+    attn_implementation, chat_template, gguf_file,
+) -> Backbone:  # fmt: skip
     torch_dtype = getattr(torch, dtype)
     if path is None:
         if family == AUTO:
@@ -151,11 +209,16 @@ def build_backbone(
     tokenizer = getattr(processor, "tokenizer", processor)
     _set_chat_template(processor, tokenizer, spec, chat_template, path)
     marker_id = add_step_marker(tokenizer, step_marker)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    rows = model.get_input_embeddings().weight.shape[0]
+    new_token_ids = tuple(range(rows, len(tokenizer)))
+    if new_token_ids:
         log.info("vocabulary grew to %d (step marker %r): resizing embeddings", len(tokenizer), step_marker)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if len(label_words) != 2:
         raise ValueError(f"label_words must be two words (positive, negative), got {label_words!r}")
+    tiny_base = None
+    if path is None:
+        tiny_base = dict(family=spec.name, tiny=asdict(tiny), seed=seed, step_marker=step_marker, dtype=dtype)
     positive, negative = (single_token_id(tokenizer, word) for word in label_words)
     return Backbone(
         model=model,
@@ -166,6 +229,8 @@ def build_backbone(
         label_words=(label_words[0], label_words[1]),
         label_token_ids=(positive, negative),
         processor_kwargs=dict(processor_kwargs or {}),
+        new_token_ids=new_token_ids,
+        tiny_base=tiny_base,
     )
 
 

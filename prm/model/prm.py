@@ -1,7 +1,11 @@
 """The process reward model: a backbone plus a step head, scoring every step in one forward pass.
 
 The backbone's base model (no language-model head) runs once per chain; the hidden states at the
-step markers are then scored:
+score positions the collator found (``batch["marker_positions"]``) are then scored. Which positions
+depends on the backbone's prompt format (:mod:`prm.model.prompts`): the step markers
+(``prompt=marker``), or under ``prompt=conversation`` the token just before each teacher-forced
+reply, whose next-token distribution is the model's answer for that step, so the token head reads
+P(+) exactly where the reply is predicted. The heads:
 
 - ``token`` head: the hidden state is projected onto the language-model head rows of the two label
   tokens only, and the step score is P(+) renormalised over (+, -), i.e. sigmoid(l+ - l-). Full
@@ -62,7 +66,8 @@ class ProcessRewardModel(nn.Module):
         return getattr(config, "text_config", config).hidden_size
 
     def hidden_at_markers(self, batch: dict) -> torch.Tensor:
-        """Hidden states of the last layer at each step marker: ``[chains, max_steps, hidden]``."""
+        """Hidden states of the last layer at each step's score position (its marker, or the token
+        that predicts its reply): ``[chains, max_steps, hidden]``."""
         outputs = self.model.model(**batch["inputs"], use_cache=False)
         hidden = outputs.last_hidden_state
         if batch.get("packed"):  # rows [rows, length, hidden]; markers index the flattened rows
@@ -71,14 +76,17 @@ class ProcessRewardModel(nn.Module):
         return hidden.gather(1, index)
 
     def forward(self, batch: dict) -> StepScores:
-        hidden = self.hidden_at_markers(batch)
+        return StepScores(logits=self.step_logits(self.hidden_at_markers(batch)), mask=batch["step_mask"])
+
+    def step_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-odds of a correct step from marker hidden states ``[..., hidden]`` -> ``[...]`` (float32)."""
         if self.head == "token":
             rows = self.model.get_output_embeddings().weight[self.label_ids]  # [2, hidden]
             pair = hidden @ rows.T.to(hidden.dtype)
             logits = pair[..., 0] - pair[..., 1]
         else:
             logits = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-        return StepScores(logits=logits.float(), mask=batch["step_mask"])
+        return logits.float()
 
     def losses(self, scores: StepScores, step_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example loss ``[chains]`` (mean over labelled steps) and whether each chain had a label."""

@@ -24,6 +24,7 @@ from prm.bilevel.upper import ReweightUpper
 from prm.data.dataset import ChainDataset, chain_lengths
 from prm.data.sampling import LengthGroupedSampler, ResumableSampler
 from prm.distributed import deepspeed_config
+from prm.model.lora import trainable_parameters
 from prm.reweight import TrainingSet
 from prm.training.run import TrainingRun
 
@@ -107,7 +108,7 @@ def setup_lower(run: TrainingRun) -> None:
         run.start_step * run.accumulation,
         data.domains,
     )
-    optimizer = build_optimizer(cfg.train.optimizer, run.prm.parameters())
+    optimizer = build_optimizer(cfg.train.optimizer, trainable_parameters(run.prm))  # LoRA: adapters only
     common = dict(name=LOWER, train_data_loader=loader, precision=cfg.train.precision)
     common.update(reweighter=UPPER if reweighting else None)
     if not run.world.deepspeed:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
 
 from prm.checkpoint import checkpoint_step, load_head, resolve_checkpoint
 from prm.config import ConfigError
@@ -27,10 +25,9 @@ log = logging.getLogger("train")
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """Seed Python's, NumPy's and torch's (CPU and every accelerator's) global generators, through
+    transformers' ``set_seed``."""
+    set_seed(seed)
 
 
 def run_directory(run_dir: str | Path | None = None) -> Path:
@@ -75,7 +72,11 @@ def setup_model(run: TrainingRun) -> None:
     start_from = run.checkpoint or (
         resolve_checkpoint(cfg.backbone.path) if cfg.backbone.get("path") else None
     )
-    run.backbone = instantiate(cfg.backbone, **({"path": str(start_from)} if start_from is not None else {}))
+    run.backbone = instantiate(
+        cfg.backbone,
+        prompt=cfg.get("prompt"),
+        **({"path": str(start_from)} if start_from is not None else {}),
+    )
     run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))

@@ -1,0 +1,189 @@
+"""Best-of-N prefix sharing: the same step scores as scoring every candidate whole, on every family.
+
+The tiny random backbones score every step near 0.5, so their weights are redrawn larger (std 0.1):
+scores then spread over [0, 1] and a wrong position or a wrong cached prefix moves them by far more
+than the 1e-4 tolerance (checked by the negative controls below).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import prm.evaluation.prefix_sharing as prefix_sharing
+from prm.data.dataset import flatten_candidates
+from prm.data.records import BestOfNProblem, Candidate, LabelledChain
+from prm.evaluation.prefix_sharing import SharingReport, score_chains_shared
+from prm.evaluation.scoring import score_chains
+from prm.model.backbones import build_backbone
+from prm.model.prm import ProcessRewardModel
+
+TOLERANCE = 1e-4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    """3 problems x 4 candidates of 0 to 4 steps (one problem with two images), plus one lone chain."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, (height, width) in enumerate([(80, 100), (112, 56), (60, 60)]):
+        path = folder / f"image{index}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    problems = []
+    for p, images in enumerate([[paths[0]], [paths[1]], [paths[0], paths[2]]]):
+        candidates = [
+            Candidate(
+                steps=[
+                    f"Row {s} of candidate {c} has {s + c} tiles{'!' * (c * p)}."
+                    for s in range(c % 4 + p % 2)
+                ],
+                final_answer=str(c),
+                correct=c % 2 == 0,
+            )
+            for c in range(4)
+        ]
+        problems.append(
+            BestOfNProblem(
+                id=f"p{p}", question=f"Problem {p}: how many tiles?", candidates=candidates, images=images
+            )
+        )
+    lone = LabelledChain(
+        id="lone", question="A question of its own.", steps=["One.", "Two."], label=1, images=[paths[1]]
+    )
+    return [*flatten_candidates(problems), lone]
+
+
+def sharpened_prm(family: str, head: str) -> ProcessRewardModel:
+    backbone = build_backbone(family)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in backbone.model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    prm = ProcessRewardModel(backbone, head)
+    if prm.value_head is not None:
+        torch.nn.init.normal_(prm.value_head.weight, std=0.5, generator=generator)
+    return prm
+
+
+def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert [len(x) for x in a] == [len(y) for y in b]
+    return max(float((x - y).abs().max()) for x, y in zip(a, b) if len(x))
+
+
+@pytest.mark.parametrize("head", ["token", "value"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "qwen2_5_vl", "internvl"])
+def test_shared_scores_equal_unshared(chains, family, head):
+    prm = sharpened_prm(family, head)
+    unshared = score_chains(prm, chains, batch_size=5)
+    report = SharingReport()
+    # batch 3: continuation batches mix problems of different prefix lengths and split problems
+    shared = score_chains_shared(prm, chains, batch_size=3, report=report)
+    assert max_difference(unshared, shared) < TOLERANCE
+    assert float(torch.cat(unshared).std()) > 0.05  # the scores really vary, so equality is informative
+    assert [len(s) for s in shared] == [len(c.steps) for c in chains]
+    assert (report.shared_chains, report.shared_problems, report.unshared_chains) == (12, 3, 1)
+    assert report.fallback_reasons == {"no other chain with the same prefix": 1}
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_mrope_positions_matter(chains, family, monkeypatch):
+    """Negative control: continuing at position P (ignoring the image's rope delta) changes scores."""
+    prm = sharpened_prm(family, "token")
+    unshared = score_chains(prm, chains, batch_size=5)
+    encode = prefix_sharing._encode_prefixes
+
+    def plain_positions(prm, collator, pending, device):
+        encode(prm, collator, pending, device)
+        for problem in pending:
+            assert problem.start < problem.length  # image tokens advance M-RoPE positions by less
+            problem.start = problem.length
+
+    monkeypatch.setattr(prefix_sharing, "_encode_prefixes", plain_positions)
+    assert max_difference(unshared, score_chains_shared(prm, chains, batch_size=3)) > 1e-2
+
+
+def test_cached_prefix_matters(chains, monkeypatch):
+    """Negative control: every problem continuing from the first problem's prefix changes scores."""
+    prm = sharpened_prm("internvl", "token")
+    unshared = score_chains(prm, chains, batch_size=5)
+    encode, first = prefix_sharing._encode_prefixes, []
+
+    def same_prefix(prm, collator, pending, device):
+        encode(prm, collator, pending, device)
+        if not first:
+            first.append((pending[0].cache, pending[0].length, pending[0].start))
+        for problem in pending:
+            problem.cache, problem.length, problem.start = first[0]
+
+    monkeypatch.setattr(prefix_sharing, "_encode_prefixes", same_prefix)
+    assert max_difference(unshared, score_chains_shared(prm, chains, batch_size=3)) > 1e-2
+
+
+def test_images_encoded_once_per_problem(chains):
+    prm = sharpened_prm("qwen2_vl", "token")
+    images = []  # one grid row per image the vision tower encodes
+
+    def count(module, args, kwargs, out):
+        images.append(len(kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]))
+
+    handle = prm.model.model.visual.register_forward_hook(count, with_kwargs=True)
+    try:
+        score_chains_shared(prm, chains, batch_size=4)
+    finally:
+        handle.remove()
+    assert sum(images) == 1 + 1 + 2 + 1  # each problem's image(s) once, then the lone chain's
+
+
+def test_score_chains_dispatches_and_restores_mode(chains):
+    prm = sharpened_prm("qwen2", "token").train()
+    shared = score_chains(prm, chains, batch_size=4, prefix_sharing=True)
+    assert prm.training
+    assert max_difference(score_chains(prm, chains, batch_size=4), shared) < TOLERANCE
+
+
+def test_max_length_counts_the_prefix(chains):
+    prm = sharpened_prm("qwen2_vl", "token").train()
+    with pytest.raises(ValueError, match=r"chain 'p\d#\d' is \d+ tokens long, over max_length=30"):
+        score_chains_shared(prm, chains[:12], batch_size=4, max_length=30)
+    assert prm.training  # restored on the error too
+
+
+def test_no_shared_prefix_falls_back_to_whole_chains(chains):
+    prm = sharpened_prm("qwen2", "token")
+    lone = [chains[0], chains[-1]]  # different questions
+    report = SharingReport()
+    shared = score_chains_shared(prm, lone, report=report)
+    assert max_difference(score_chains(prm, lone), shared) < TOLERANCE
+    assert (report.shared_chains, report.unshared_chains) == (0, 2)
+
+
+def test_evaluation_shares_prefixes_by_default():
+    assert OmegaConf.load(ROOT / "conf" / "evaluate.yaml").prefix_sharing is True
+
+
+def test_header_mismatch_falls_back(chains, monkeypatch):
+    """A candidate whose tokens do not start with the problem's header is scored whole."""
+    item = prefix_sharing._item
+
+    def changed_header(chain, images, steps=True):
+        if not steps:
+            chain = LabelledChain(id=chain.id, question=chain.question + " Changed.", steps=[], label=0)
+        return item(chain, images, steps)
+
+    monkeypatch.setattr(prefix_sharing, "_item", changed_header)
+    prm = sharpened_prm("qwen2", "token")
+    report = SharingReport()
+    shared = score_chains_shared(prm, chains, batch_size=4, report=report)
+    assert max_difference(score_chains(prm, chains, batch_size=4), shared) < TOLERANCE
+    assert report.shared_chains == 0
+    assert report.fallback_reasons == {
+        "header tokens differ from the chain's own": 12,
+        "no other chain with the same prefix": 1,
+    }
