@@ -92,7 +92,7 @@ def suite_overrides(args, model_dir: Path, train_file: Path, meta_file: Path, ru
 
 def speed_overrides(args) -> list[str]:
     """The suite's speed options of a benchmark run (``--no-speed``: none, the plain padded loader)."""
-    if not args.speed:
+    if not getattr(args, "speed", False):  # callers without the option: the plain suite
         return []
     return [
         "data.group_by_length=true",
@@ -109,7 +109,7 @@ def suite_order(args, model_dir: Path, train: list[dict]) -> list[int]:
 
     from prm.data.sampling import LengthGroupedSampler, ResumableSampler
 
-    if not args.speed:
+    if not getattr(args, "speed", False):  # callers without the option: the plain suite
         return list(islice(iter(ResumableSampler(len(train), seed=args.seed)), len(train)))
     from prm.data.dataset import chain_lengths
     from prm.data.records import StepChain
