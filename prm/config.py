@@ -74,6 +74,7 @@ class TrainSchema:
     keep_last_n_checkpoints: int = 2
     max_nonfinite_steps: int = 10
     device: str = "auto"
+    compile: bool = False  # torch.compile the backbone (in place: parameter names unchanged)
 
 
 @dataclass
@@ -132,6 +133,9 @@ class DataSchema:
     eval_batch_size: int = 16
     max_length: Optional[int] = 1024  # noqa: UP045
     num_workers: int = 0
+    group_by_length: bool = False  # training batches of chains of similar token length
+    length_window: int = 64  # global batches per length-sorting window (group_by_length)
+    packing: bool = False  # one padding-free row per batch, per-chain positions and attention
     limit: Any = None  # null | records per split (int) | {train: int, meta: int, test: int}
     too_long: str = "truncate"  # error | truncate | skip (preflight)
     bad_image: str = "fix"  # fix | skip | error (preflight)
@@ -280,6 +284,7 @@ def _check_data(cfg, evaluate: bool) -> None:
     if not evaluate:
         _at_least(cfg, "data.batch_size", 1)
     _at_least(cfg, "data.eval_batch_size", 1)
+    _at_least(cfg, "data.length_window", 1)
     max_length = _get(cfg, "data.max_length")
     _require(max_length is None or max_length >= 1, f"data.max_length={max_length}: must be >= 1 or null")
     missing = _get(cfg, "data.missing_image", "error")

@@ -90,6 +90,41 @@ def suite_overrides(args, model_dir: Path, train_file: Path, meta_file: Path, ru
     ]
 
 
+def speed_overrides(args) -> list[str]:
+    """The suite's speed options of a benchmark run (``--no-speed``: none, the plain padded loader)."""
+    if not getattr(args, "speed", False):  # callers without the option: the plain suite
+        return []
+    return [
+        "data.group_by_length=true",
+        f"data.length_window={args.length_window}",
+        "data.packing=true",
+        "+train.optimizer.fused=true",
+    ]
+
+
+def suite_order(args, model_dir: Path, train: list[dict]) -> list[int]:
+    """The order in which the suite's sampler draws the training chains (its first epoch): seeded
+    shuffle, length-grouped with the speed options (the TRL run gets the same batches)."""
+    from itertools import islice
+
+    from prm.data.sampling import LengthGroupedSampler, ResumableSampler
+
+    if not getattr(args, "speed", False):  # callers without the option: the plain suite
+        return list(islice(iter(ResumableSampler(len(train), seed=args.seed)), len(train)))
+    from prm.data.dataset import chain_lengths
+    from prm.data.records import StepChain
+    from prm.model.backbones import build_backbone
+
+    backbone = build_backbone(family="qwen2", path=str(model_dir))
+    chains = [
+        StepChain(id=c["id"], question=c["question"], steps=c["steps"], labels=c["labels"]) for c in train
+    ]
+    sampler = LengthGroupedSampler(
+        chain_lengths(chains, backbone), args.batch, args.length_window, seed=args.seed
+    )
+    return list(islice(iter(sampler), len(train)))
+
+
 SUITE_TOKENS, SUITE_RATE = "prm/tokens", "throughput/tokens_per_s"  # metrics.jsonl keys per step
 SUITE_CHAINS, SUITE_MEMORY = "prm/chains", "memory/peak_gb"
 
@@ -200,14 +235,7 @@ def prepare_examples(args, model_dir: Path, out: Path) -> dict:
         )
 
     # The suite's training order (its seeded sampler), so TRL can be fed the same batches.
-    try:
-        from itertools import islice
-
-        from prm.data.sampling import ResumableSampler
-
-        order = list(islice(iter(ResumableSampler(len(train), seed=args.seed)), len(train)))
-    except ImportError:  # the suite restructured its sampler: TRL keeps file order
-        order = list(range(len(train)))
+    order = suite_order(args, model_dir, train)
 
     def suite_record(c):
         return {"id": c["id"], "prompt": c["question"], "completions": c["steps"], "labels": c["labels"]}
@@ -265,12 +293,25 @@ def child_env(args) -> dict:
     }
 
 
-def run_suite(args, model_dir: Path, data_dir: Path, run_dir: Path, profile: Path | None = None) -> dict:
+def run_suite(
+    args,
+    model_dir: Path,
+    data_dir: Path,
+    run_dir: Path,
+    profile: Path | None = None,
+    extra: list[str] | None = None,
+    window: int = WARMUP_STEPS,
+) -> dict:
+    """One ``train.py`` run; rates over steps ``window + 1``.. (``extra``: more overrides, after the
+    benchmark's own and the speed options)."""
     from prm.tracking import read_metrics
 
     overrides = suite_overrides(
         args, model_dir, data_dir / "suite_train.json", data_dir / "meta.json", run_dir
     )
+    extra = speed_overrides(args) if extra is None else extra
+    replaced = {o.split("=", 1)[0] for o in extra}
+    overrides = [o for o in overrides if o.split("=", 1)[0] not in replaced] + extra
     ticks = run_dir.with_suffix(".ticks.json")
     if profile:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "train.py"] + overrides
@@ -288,14 +329,14 @@ def run_suite(args, model_dir: Path, data_dir: Path, run_dir: Path, profile: Pat
     if status != 0:
         raise RuntimeError(f"suite run failed ({status}); see {run_dir.with_suffix('.log')}")
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if SUITE_TOKENS in r and SUITE_RATE in r]
-    rows = sorted(rows, key=lambda r: r["step"])[WARMUP_STEPS:]
+    rows = sorted(rows, key=lambda r: r["step"])[window:]
     tokens = sum(r[SUITE_TOKENS] for r in rows)
     seconds = sum(r[SUITE_TOKENS] / r[SUITE_RATE] for r in rows)  # the suite's own step clock
     cpu_seconds = float("nan")
     if ticks.is_file():  # Betty's step ends, wall and process CPU clock (steps 2..N)
         marks = json.loads(ticks.read_text())
-        seconds = marks[-1][0] - marks[WARMUP_STEPS - 1][0]
-        cpu_seconds = marks[-1][1] - marks[WARMUP_STEPS - 1][1]
+        seconds = marks[-1][0] - marks[window - 1][0]
+        cpu_seconds = marks[-1][1] - marks[window - 1][1]
     memory_gb = max(r.get(SUITE_MEMORY, 0.0) for r in rows)
     on_cuda = args.device == "cuda" or (args.device == "auto" and _cuda())
     return {
@@ -554,6 +595,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--profile", action="store_true", help="also profile one suite run")
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument(
+        "--no-speed",
+        dest="speed",
+        action="store_false",
+        help="run the suite without its speed options (length grouping, packing, fused AdamW)",
+    )
+    parser.add_argument("--length-window", type=int, default=64, help="data.length_window of the suite")
+    parser.add_argument(
+        "--bilevel",
+        action="store_true",
+        help="also bi-level step time and memory over plain (instance_table, domain_table, instance_net "
+        "at unroll 1 and 5) beside the compute limit",
+    )
+    parser.add_argument("--bilevel-steps", type=int, default=30)
+    parser.add_argument(
+        "--bilevel-strategies", default="instance_table,domain_table,instance_net", help="comma-separated"
+    )
+    parser.add_argument("--unrolls", default="1,5", help="comma-separated unroll steps of --bilevel")
+    parser.add_argument(
+        "--best-of-n",
+        action="store_true",
+        help="also best-of-N candidates/s with and without prefix sharing (N=8, 256 image tokens per image)",
+    )
+    parser.add_argument("--only", choices=["bilevel", "best-of-n"], help="run only that part")
     parser.add_argument("--worker", choices=["trl", "suite"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -567,7 +632,8 @@ def main(argv: list[str] | None = None) -> None:
         return suite_worker(args, overrides)
 
     model_dir = build_model(args.data, args.cache / f"qwen2-h512-l4-v{args.vocab}", args.vocab, args.seed)
-    data_dir = args.cache / f"examples-{args.chains}-{args.max_length}-seed{args.seed}"
+    grouping = f"-grouped{args.length_window}" if args.speed else ""
+    data_dir = args.cache / f"examples-{args.chains}-{args.max_length}-seed{args.seed}{grouping}"
     prepared = prepare_examples(args, model_dir, data_dir)
     from transformers import AutoConfig
 
@@ -593,6 +659,22 @@ def main(argv: list[str] | None = None) -> None:
         print("TRL is not installed: only the suite runs (pip install -e '.[bench]' for trl==1.13.0)")
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    print(f"suite options: {' '.join(speed_overrides(args)) or 'none (--no-speed)'}")
+    if args.only == "bilevel" or args.bilevel:
+        from bilevel_overhead import measure
+
+        measure(
+            args,
+            model_dir,
+            data_dir,
+            args.cache / "runs" / f"{stamp}-bilevel",
+            run_suite,
+            speed_overrides(args),
+        )
+    if args.only == "best-of-n" or args.best_of_n:
+        best_of_n(args)
+    if args.only:
+        return
     results: dict[str, list[dict]] = {"suite": [], "trl": []}
     for repeat in range(args.repeats):
         for name in ("trl", "suite") if repeat % 2 == 0 else ("suite", "trl"):
@@ -616,6 +698,21 @@ def main(argv: list[str] | None = None) -> None:
         if results["trl"]:
             trl = results["trl"][0]
             print(f"Padding share, TRL batches: {1 - trl['tokens'] / trl['padded_tokens']:.1%}")
+
+
+def best_of_n(args) -> None:
+    """Best-of-N candidates/s with and without prefix sharing: ``best_of_n_speed.py`` beside this
+    script (N=8, tiny Qwen2-VL, 448 px images: 256 image tokens each), when prefix sharing exists."""
+    script = Path(__file__).with_name("best_of_n_speed.py")
+    try:
+        import prm.evaluation.prefix_sharing  # noqa: F401
+    except ImportError:
+        print("\nbest-of-N: prefix sharing (prm.evaluation.prefix_sharing) is not in this tree; skipped")
+        return
+    command = [sys.executable, str(script), "--n", "8", "--image-side", "448", "--repeats", "3"]
+    command += ["--threads", str(args.threads)]
+    print(f"\nbest-of-N, with and without prefix sharing: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, cwd=ROOT, env=child_env(args), check=True)
 
 
 def _parameters(model_dir: Path) -> int:

@@ -9,11 +9,17 @@
   tensor too; the next forward gathers the perturbed shards. Shards are restored from a backup
   exactly, not by subtracting (which leaves rounding error, large in bf16).
 
+- DARTS differentiates the lower problem's loss at the perturbed parameters only with respect to the
+  upper parameters, through the weights; the lower problem is told (``graph_free``) so its PRM forward
+  runs without an autograd graph. Neumann, CG and SAMA need second derivatives and keep it.
+
 All of it is registered into ``betty.hypergradient.jvp_fn_mapping`` under Betty's names; in a world of
 one without ZeRO-3 it is Betty's function unchanged.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -80,16 +86,28 @@ def darts_zero3(vector, curr, prev, sync):
     return implicit
 
 
+@contextmanager
+def _graph_free(problem, enabled: bool):
+    """Set ``problem.graph_free`` (read by PRMLower.training_step) for the duration."""
+    previous = getattr(problem, "graph_free", False)
+    problem.graph_free = enabled
+    try:
+        yield
+    finally:
+        problem.graph_free = previous
+
+
 def _rank_averaged(fn, name: str):
     def averaged(vector, curr, prev, sync):
         if dist.is_initialized() and dist.get_world_size() > 1:
             vector = [v.detach().clone() for v in vector]
             average(vector)
-        if name == "darts" and _is_zero3(curr):
-            return darts_zero3(vector, curr, prev, sync)
-        if _is_zero3(curr):
-            raise NotImplementedError(f"hypergradient {name!r} under ZeRO-3: use darts (or zero1/zero2)")
-        return fn(vector, curr, prev, sync)
+        with _graph_free(curr, name == "darts"):
+            if name == "darts" and _is_zero3(curr):
+                return darts_zero3(vector, curr, prev, sync)
+            if _is_zero3(curr):
+                raise NotImplementedError(f"hypergradient {name!r} under ZeRO-3: use darts (or zero1/zero2)")
+            return fn(vector, curr, prev, sync)
 
     averaged.rank_averaged = True
     averaged.__wrapped__ = fn

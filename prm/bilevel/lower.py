@@ -16,10 +16,16 @@ clipping (``Config.gradient_clipping``) and the optimiser step. What is ours:
 - a step whose loss or gradient is not finite is skipped and counted (``prm/nonfinite_steps``), and
   ``max_nonfinite_steps`` of them in a row stop the run (prm/bilevel/nonfinite.py);
 - metrics of an optimiser step cover its whole accumulation window: loss, raw_loss and mean_weight
-  are means over the micro-batches, tokens and chains sums, grad_norm that of the summed gradient.
+  are means over the micro-batches, tokens and chains sums, grad_norm that of the summed gradient;
+- DARTS re-runs this training step twice at perturbed PRM parameters and differentiates it only with
+  respect to the reweighter. The per-chain losses are constants there (the reweighter reads detached
+  inputs), so those passes run the PRM without an autograd graph (``graph_free``, set by
+  prm/bilevel/hypergradient.py): a forward each, no activations kept, no backward through the PRM.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from betty.problems import ImplicitProblem
@@ -58,6 +64,7 @@ class PRMLower(ImplicitProblem):
         self.nonfinite = NonFiniteGuard(name, max_nonfinite_steps)
         self.last_metrics: dict[str, float] = {}
         self._window: list[dict] = []
+        self.graph_free = False  # True inside DARTS' perturbed passes: the PRM forward needs no graph
 
     def patch_optimizer(self):
         if self._strategy not in (None, "default"):
@@ -80,7 +87,10 @@ class PRMLower(ImplicitProblem):
 
     def training_step(self, batch):
         batch = to_device(batch, self.device)
-        with autocast(self.device, self.precision_mode):
+        with (
+            autocast(self.device, self.precision_mode),
+            torch.no_grad() if self.graph_free else nullcontext(),
+        ):
             scores = self.score(batch)
         losses, has_label = self.module.losses(scores, batch["step_labels"])
         weights = self.weigh(batch, scores, losses, has_label) * has_label
@@ -91,7 +101,9 @@ class PRMLower(ImplicitProblem):
             "loss": float(loss.detach()),
             "raw_loss": float(raw),
             "mean_weight": float(weights.detach().sum() / denominator),
-            "tokens": int(batch["inputs"]["attention_mask"].sum()),
+            "tokens": batch["num_tokens"]
+            if "num_tokens" in batch
+            else int(batch["inputs"]["attention_mask"].sum()),
             "chains": len(losses),
         }
         return loss

@@ -7,6 +7,16 @@ under ``prompt=marker``, the token before each reply under ``prompt=conversation
 (NaN where a step has no label or the chain has fewer steps), the chain label for meta chains, and
 the instance and domain indices the reweighting modules look up. Sequences are right-padded, so a
 chain's tokens and marker positions do not depend on what else is in the batch.
+
+With ``packing=True`` the padded batch is then packed (:func:`pack_inputs`): the chains' real tokens
+are laid end to end in rows as long as the batch's longest chain, each chain's positions restart at
+0 (3-D M-RoPE positions for Qwen2-VL / Qwen2.5-VL, computed per chain by the model's own
+``get_rope_index``), and no attention mask is passed, so transformers builds a block-diagonal causal
+mask from the position resets (its packed-sequence support, which works with the CPU ``sdpa`` and
+``eager`` attention): a chain attends only to its own tokens, and its scores equal the padded batch's
+up to float noise.
+:func:`chain_lengths` gives the token lengths that :class:`prm.data.sampling.LengthGroupedSampler`
+groups by.
 """
 
 from __future__ import annotations
@@ -76,12 +86,111 @@ class ChainDataset(Dataset):
         }
 
 
+def chain_lengths(chains: Sequence[Chain], backbone: Backbone) -> list[int]:
+    """Token count of each chain as the collator formats it (text tokens of the chat-templated chain,
+    each image counted as its placeholder tokens before the processor expands them; images of one
+    data set have similar sizes, so this orders chains like their true lengths). Shape: ``len(chains)``."""
+    texts = [
+        backbone.format_chain(c.question, c.steps, len(c.images) if backbone.is_multimodal else 0)
+        for c in chains
+    ]
+    encoded = backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
+PER_TOKEN = ("input_ids", "mm_token_type_ids", "token_type_ids")  # [batch, length] inputs packed alike
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Chains placed into rows of ``capacity`` tokens in their order (next fit: a chain that does not
+    fit the current row opens the next one). Returns the chain indices of each row. Raises ValueError
+    for a chain longer than ``capacity``."""
+    rows: list[list[int]] = []
+    used = capacity
+    for index, length in enumerate(lengths):
+        if length > capacity:
+            raise ValueError(f"chain {index} has {length} tokens, over the row capacity {capacity}")
+        if used + length > capacity:
+            rows.append([])
+            used = 0
+        rows[-1].append(index)
+        used += length
+    return rows
+
+
+def pack_inputs(
+    inputs: dict[str, torch.Tensor], model, pad_token_id: int = 0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Pack padded model inputs into as few rows as the chains fit, each as long as the longest chain.
+
+    Chains keep their order (rows are filled by :func:`pack_rows`), so images stay in the order of
+    their placeholder tokens. Every chain's positions restart at 0, and so do those of the padding at
+    a row's end; with no attention mask, transformers reads the position resets as sequence
+    boundaries and builds a block-diagonal causal mask (each chain attends only to itself). The
+    attention cost per row never exceeds the padded batch's, and the rows hold fewer pad tokens.
+
+    Args:
+        inputs: processor / tokenizer output with ``input_ids`` and ``attention_mask`` ``[batch, length]``
+            (padded on either side), plus pixel inputs that are passed through unchanged (they are already
+            concatenated over the batch's images in chain order).
+        model: the backbone's ``PreTrainedModel``; when its base model has ``get_rope_index`` and the
+            inputs carry images (Qwen2-VL, Qwen2.5-VL), that function gives the M-RoPE positions of
+            each chain as in the padded batch.
+        pad_token_id: the token id written into a row's unused tail.
+
+    Returns:
+        The packed inputs (``input_ids`` ``[rows, longest]``, ``position_ids`` ``[rows, longest]``, or
+        ``[4, rows, longest]`` for M-RoPE: the 1-D text positions first, which is how Qwen2-VL models
+        take packed positions, then the temporal/height/width rows; no ``attention_mask``) and, for
+        every padded position ``[batch, length]``, its index in the flattened packed rows (-1 at
+        padding).
+    """
+    mask = inputs["attention_mask"].bool()
+    lengths = mask.sum(1).tolist()
+    capacity = max(lengths)
+    rows = pack_rows(lengths, capacity)
+    starts = torch.zeros(len(lengths), dtype=torch.long)  # flat index of each chain's first token
+    positions = torch.zeros(len(rows), capacity, dtype=torch.long)
+    for row, chains in enumerate(rows):
+        used = 0
+        for chain in chains:
+            starts[chain] = row * capacity + used
+            positions[row, used : used + lengths[chain]] = torch.arange(lengths[chain])
+            used += lengths[chain]
+        positions[row, used:] = torch.arange(capacity - used)  # the tail: a sequence of its own
+    within = mask.long().cumsum(1) - 1  # a real token's position within its chain
+    packed_index = torch.where(mask, starts.unsqueeze(1) + within, -1)
+    destination = packed_index[mask]
+    packed = {key: value for key, value in inputs.items() if key not in PER_TOKEN and key != "attention_mask"}
+    for key in PER_TOKEN:
+        if key in inputs:
+            fill = pad_token_id if key == "input_ids" else 0
+            flat = torch.full((len(rows) * capacity,), fill, dtype=inputs[key].dtype)
+            flat[destination] = inputs[key][mask]
+            packed[key] = flat.view(len(rows), capacity)
+    base = getattr(model, "model", model)
+    if hasattr(base, "get_rope_index") and "image_grid_thw" in inputs:
+        extra = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+        rope, _ = base.get_rope_index(
+            inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            **{key: inputs[key] for key in extra if key in inputs},
+        )
+        flat = torch.zeros(3, len(rows) * capacity, dtype=torch.long)
+        flat[:, destination] = rope[:, mask].long()
+        packed["position_ids"] = torch.cat([positions.unsqueeze(0), flat.view(3, len(rows), capacity)], 0)
+    else:
+        packed["position_ids"] = positions
+    return packed, packed_index
+
+
 @dataclass
 class PRMCollator:
-    """Turns dataset items into one right-padded batch for ``backbone``."""
+    """Turns dataset items into one right-padded batch for ``backbone``, or a packed one (``packing``)."""
 
     backbone: Backbone
     max_length: int | None = None
+    packing: bool = False
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         backbone = self.backbone
@@ -140,8 +249,15 @@ class PRMCollator:
                 for column, label in enumerate(chain.labels):
                     if label is not None:
                         step_labels[row, column] = float(label)
+        num_tokens = int(inputs["attention_mask"].sum())
+        if self.packing:
+            pad = backbone.tokenizer.pad_token_id
+            inputs, packed_index = pack_inputs(inputs, backbone.model, pad if pad is not None else 0)
+            marker_positions = torch.where(step_mask, packed_index.gather(1, marker_positions), 0)
         batch = {
             "inputs": inputs,
+            "packed": self.packing,
+            "num_tokens": num_tokens,
             "marker_positions": marker_positions,
             "step_mask": step_mask,
             "step_labels": step_labels,

@@ -49,6 +49,11 @@ class DataSources:
     eval_batch_size: int = 16
     max_length: int | None = 1024
     num_workers: int = 0
+    # Speed (see PRMCollator and LengthGroupedSampler): batches of similar token length, grouped in
+    # windows of length_window global batches of the seeded order; packing: no padding tokens.
+    group_by_length: bool = False
+    length_window: int = 64
+    packing: bool = False
     # At most this many records per split (an int for every split, or {split: int}); null: all.
     # An evenly spaced subset, so files sorted by domain keep every domain; always logged.
     limit: Any = None

@@ -107,6 +107,7 @@ def evaluate_checkpoint(
             device,
             cfg.precision,
             progress=True,
+            packing=data.packing,
             prefix_sharing=prefix_sharing,
         )
 

@@ -1,7 +1,9 @@
 """Running a PRM over chains: step scores for every chain, each chain scored once.
 
-Batches are sorted by length so padding stays small; the scores come back in the input order as one
-list of 1-D tensors (a chain's step probabilities), ready for any aggregation.
+Chains are sorted by token length (longest first) and batched in that order, so a batch holds chains
+of similar length and padding stays small (with ``packing`` there is none); the scores come back in
+the input order as one list of 1-D tensors (a chain's step probabilities), ready for any aggregation.
+Longest first: the largest batch runs first, so running out of memory shows at once.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from prm.data.dataset import ChainDataset, PRMCollator
+from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths
 from prm.device import autocast, to_device
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices that sort ``lengths`` longest first (ties keep the input order)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 @torch.no_grad()
@@ -25,9 +32,12 @@ def score_chains(
     device="cpu",
     precision: str = "fp32",
     progress: bool = False,
+    packing: bool = False,
     prefix_sharing: bool = False,
 ) -> list[torch.Tensor]:
-    """Step probabilities of every chain, in the order given.
+    """Step probabilities of every chain, in the order given: ``len(chains)`` tensors of shape
+    ``[steps of that chain]``. ``packing``: batches without padding (same scores up to float noise).
+    Raises ValueError (from the collator) for a chain over ``max_length`` tokens.
 
     ``prefix_sharing``: encode the question and images that chains share (the candidates of one
     best-of-N problem) once, see :mod:`prm.evaluation.prefix_sharing`; same scores up to float rounding.
@@ -38,10 +48,13 @@ def score_chains(
         return score_chains_shared(prm, chains, batch_size, max_length, device, precision, progress)
     was_training = prm.training
     prm.eval()
-    order = sorted(range(len(chains)), key=lambda i: sum(len(step) for step in chains[i].steps))
-    dataset = ChainDataset([chains[i] for i in order])
+    order = length_order(chain_lengths(chains, prm.backbone)) if len(chains) > batch_size else None
+    dataset = ChainDataset([chains[i] for i in order] if order is not None else chains)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=PRMCollator(prm.backbone, max_length)
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=PRMCollator(prm.backbone, max_length, packing),
     )
     sorted_scores: list[torch.Tensor] = []
     for batch in tqdm(loader, desc="score", disable=not progress, dynamic_ncols=True):
@@ -52,6 +65,8 @@ def score_chains(
         lengths = scores.mask.sum(-1).cpu()
         sorted_scores.extend(probs[row, : int(lengths[row])] for row in range(len(lengths)))
     prm.train(was_training)
+    if order is None:
+        return sorted_scores
     result: list[torch.Tensor] = [torch.empty(0)] * len(chains)
     for position, index in enumerate(order):
         result[index] = sorted_scores[position]

@@ -17,7 +17,9 @@ P(+) exactly where the reply is predicted. The heads:
 Losses are returned per example (the mean over the chain's labelled steps), so the upper level of a
 bi-level run can weight each instance; a chain with no labelled step has loss 0 and ``has_label``
 False. Padding never changes a chain's result: sequences are right-padded and the markers are
-gathered by position.
+gathered by position. A packed batch (``batch["packed"]``, see :func:`prm.data.dataset.pack_inputs`)
+lays chains end to end in rows with per-chain positions and a block-diagonal causal mask; its markers
+are indices into the flattened rows.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class ProcessRewardModel(nn.Module):
         that predicts its reply): ``[chains, max_steps, hidden]``."""
         outputs = self.model.model(**batch["inputs"], use_cache=False)
         hidden = outputs.last_hidden_state
+        if batch.get("packed"):  # rows [rows, length, hidden]; markers index the flattened rows
+            return hidden.reshape(-1, hidden.shape[-1])[batch["marker_positions"]]
         index = batch["marker_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, index)
 

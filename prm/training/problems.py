@@ -21,8 +21,8 @@ from prm.bilevel.engine import PRMEngine
 from prm.bilevel.lower import PRMLower
 from prm.bilevel.meta_loss import check_meta_loss
 from prm.bilevel.upper import ReweightUpper
-from prm.data.dataset import ChainDataset
-from prm.data.sampling import ResumableSampler
+from prm.data.dataset import ChainDataset, chain_lengths
+from prm.data.sampling import LengthGroupedSampler, ResumableSampler
 from prm.distributed import deepspeed_config
 from prm.model.lora import trainable_parameters
 from prm.reweight import TrainingSet
@@ -75,11 +75,16 @@ def build_schedule(node: DictConfig, optimizer, total_steps: int):
 def chain_loader(
     run: TrainingRun, chains, batch_size: int, seed: int, start: int, domains=None
 ) -> DataLoader:
-    """A resumable loader over ``chains``: ``start`` batches already drawn (per rank) are skipped."""
-    world = run.world
-    sampler = ResumableSampler(
-        len(chains), seed=seed, start=start * batch_size * world.size, rank=world.rank, world_size=world.size
-    )
+    """A resumable loader over ``chains``: ``start`` batches already drawn (per rank) are skipped;
+    with ``data.group_by_length`` its batches hold chains of similar token length."""
+    world, config = run.world, run.data.config
+    position = dict(start=start * batch_size * world.size, rank=world.rank, world_size=world.size)
+    if config.group_by_length:
+        sampler = LengthGroupedSampler(
+            chain_lengths(chains, run.backbone), batch_size, config.length_window, seed=seed, **position
+        )
+    else:
+        sampler = ResumableSampler(len(chains), seed=seed, **position)
     dataset = ChainDataset(chains, domains) if domains is not None else ChainDataset(chains)
     return DataLoader(
         dataset,

@@ -80,6 +80,10 @@ def setup_model(run: TrainingRun) -> None:
     run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))
+    if cfg.train.get("compile"):
+        # In place (nn.Module.compile): parameter names, checkpoints and optimisers are unchanged.
+        # dynamic: batch shapes vary (lengths, packing), one graph serves them all.
+        run.backbone.model.model.compile(dynamic=True)
     run.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     log.info(
         "PRM: %s backbone, %s head, %d parameters",
@@ -119,7 +123,7 @@ def setup_data(run: TrainingRun) -> None:
             "use reweight=instance_table or instance_net, or give the chains their domains"
         )
     run.data = TrainingData(data, train_chains, meta_chains, domains)
-    run.collator = PRMCollator(run.backbone, data.max_length)
+    run.collator = PRMCollator(run.backbone, data.max_length, data.packing)
     log.info(
         "data: %d training chains (%d domains), %d meta chains",
         len(train_chains),

@@ -37,6 +37,7 @@ def validate(run: TrainingRun, step: int) -> dict[str, float]:
         data.config.max_length,
         run.device,
         run.cfg.train.precision,
+        packing=data.config.packing,
     )
     labels = [chain.label for chain in data.meta_chains]
     result = chain_metrics(aggregation(*pad_ragged(scores)), labels, probability=aggregation.is_probability)

@@ -1,0 +1,334 @@
+"""Speed features change no chain's result: packed batches score like padded ones on every tiny family,
+length-grouped batches hold the same chains per epoch, resumable like the plain sampler."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from safetensors.torch import load_file
+
+from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, pack_rows
+from prm.data.records import StepChain
+from prm.data.sampling import LengthGroupedSampler, ResumableSampler
+from prm.model.backbones import build_backbone
+from prm.model.families import family_names, get_family
+from prm.model.prm import ProcessRewardModel
+
+TINY_FAMILIES = [name for name in family_names() if get_family(name).has_tiny]
+PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for name, size, colour in [("a", (56, 56), "red"), ("b", (112, 56), "blue"), ("c", (56, 112), "green")]:
+        Image.new("RGB", size, colour).save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    return paths
+
+
+def chains_with(images):
+    return [
+        StepChain(
+            id="a",
+            question="Sum the tiles.",
+            steps=["1 + 2 = 3.", "Final answer: 3"],
+            labels=[1.0, 0.75],
+            images=[images[0]],
+        ),
+        StepChain(
+            id="b",
+            question="What is 4 x 2? Look at the picture carefully before you answer it.",
+            steps=["4 x 2 = 9.", "So it is 9.", "Then 9 + 1 = 10.", "Final answer: 10"],
+            labels=[0.0, None, 0.0, 0.0],
+            images=[images[1]],
+        ),
+        StepChain(id="c", question="Count.", steps=["There are 4 tiles."], labels=[None], images=[images[2]]),
+        StepChain(
+            id="d",
+            question="Two pictures?",
+            steps=["Yes.", "Final answer: 2"],
+            labels=[1.0, 1.0],
+            images=[images[0], images[2]],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("head", ["token", "value"])
+def test_packed_batch_scores_equal_padded_batch(family, head, images):
+    torch.manual_seed(0)
+    backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family))
+    prm = ProcessRewardModel(backbone, head).eval()
+    chains = chains_with(images)
+    items = [ChainDataset(chains)[i] for i in range(len(chains))]
+    padded = PRMCollator(backbone)(items)
+    packed = PRMCollator(backbone, packing=True)(items)
+    lengths = padded["inputs"]["attention_mask"].sum(1)
+    assert packed["inputs"]["input_ids"].shape[1] == int(lengths.max())
+    assert packed["inputs"]["input_ids"].shape[0] < len(chains)
+    assert "attention_mask" not in packed["inputs"]
+    assert packed["num_tokens"] == padded["num_tokens"] < padded["inputs"]["input_ids"].numel()
+    with torch.no_grad():
+        a, b = prm(padded), prm(packed)
+        alone = [prm(PRMCollator(backbone, packing=True)([item])) for item in items]
+    assert torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(b.logits[a.mask], a.logits[a.mask], rtol=0, atol=1e-5)
+    for row, single in enumerate(alone):  # isolation: a chain packed with others = the chain alone
+        n = len(chains[row].steps)
+        torch.testing.assert_close(b.logits[row, :n], single.logits[0, :n], rtol=0, atol=1e-5)
+    losses_a, _ = prm.losses(a, padded["step_labels"])
+    losses_b, _ = prm.losses(b, packed["step_labels"])
+    torch.testing.assert_close(losses_b, losses_a, rtol=0, atol=1e-5)
+
+
+def test_packed_gradients_equal_padded_gradients(images):
+    torch.manual_seed(0)
+    backbone = build_backbone("qwen2_vl")
+    prm = ProcessRewardModel(backbone, "token")
+    items = [ChainDataset(chains_with(images))[i] for i in range(4)]
+    grads = []
+    for packing in (False, True):
+        prm.zero_grad()
+        batch = PRMCollator(backbone, packing=packing)(items)
+        losses, _ = prm.losses(prm(batch), batch["step_labels"])
+        losses.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in prm.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_positions_restart_per_chain(images):
+    backbone = build_backbone("qwen2")
+    items = [ChainDataset(chains_with(images))[i] for i in range(4)]
+    padded = PRMCollator(backbone)(items)
+    packed = PRMCollator(backbone, packing=True)(items)
+    lengths = padded["inputs"]["attention_mask"].sum(1).tolist()
+    longest = max(lengths)
+    rows = pack_rows(lengths, longest)
+    assert [c for row in rows for c in row] == [0, 1, 2, 3]  # order kept
+    assert packed["inputs"]["input_ids"].shape == (len(rows), longest)
+    flat_ids = packed["inputs"]["input_ids"].flatten()
+    flat_positions = packed["inputs"]["position_ids"].flatten()
+    for row in range(4):
+        n, start = len(items[row]["chain"].steps), int(packed["marker_positions"][row, 0])
+        real = padded["inputs"]["input_ids"][row, : lengths[row]]
+        first = start - int(padded["marker_positions"][row, 0])  # the chain's first token
+        assert torch.equal(flat_ids[first : first + lengths[row]], real)
+        assert torch.equal(flat_positions[first : first + lengths[row]], torch.arange(lengths[row]))
+        assert (flat_ids[packed["marker_positions"][row, :n]] == backbone.step_marker_id).all()
+
+
+def test_pack_rows_next_fit_in_order():
+    assert pack_rows([5, 3, 2, 4, 1], 5) == [[0], [1, 2], [3, 4]]
+    assert pack_rows([2, 2, 2], 6) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="over the row capacity"):
+        pack_rows([7], 6)
+
+
+def test_chain_lengths_are_the_collated_token_counts(images):
+    backbone = build_backbone("qwen2")
+    chains = chains_with(images)
+    batch = PRMCollator(backbone)([ChainDataset(chains)[i] for i in range(len(chains))])
+    assert chain_lengths(chains, backbone) == batch["inputs"]["attention_mask"].sum(1).tolist()
+
+
+def _take(sampler, n):
+    iterator = iter(sampler)
+    return [next(iterator) for _ in range(n)]
+
+
+LENGTHS = [5, 40, 12, 33, 7, 21, 50, 3, 18, 27, 9, 44, 15, 36, 2, 30, 25, 11, 48, 6, 39, 14, 8]
+
+
+def test_length_grouped_batches_cover_each_epoch_once_and_group_lengths():
+    n, batch = len(LENGTHS), 4
+    sampler = LengthGroupedSampler(LENGTHS, batch_size=batch, window=3, seed=7)
+    stream = _take(sampler, 3 * n)
+    for epoch in range(3):
+        assert Counter(stream[epoch * n : (epoch + 1) * n]) == Counter(range(n))
+    # every full batch of a window spans a narrower length range than the plain sampler's batches
+    grouped = _take(LengthGroupedSampler(LENGTHS, batch_size=batch, window=100, seed=7), 20)
+    plain = _take(ResumableSampler(n, seed=7), 20)
+
+    def spread(order):
+        return sum(
+            max(LENGTHS[i] for i in order[k : k + batch]) - min(LENGTHS[i] for i in order[k : k + batch])
+            for k in range(0, 20, batch)
+        )
+
+    assert spread(grouped) < spread(plain) / 2
+    # a window is one sorted run cut into batches: each batch is a contiguous slice of the sorted window
+    epoch0 = _take(LengthGroupedSampler(LENGTHS, batch_size=batch, window=100, seed=7), n)
+    ordered = sorted(epoch0, key=lambda i: -LENGTHS[i])
+    batches = [epoch0[k : k + batch] for k in range(0, n, batch)]
+    assert sorted(LENGTHS[i] for b in batches for i in b) == sorted(LENGTHS)
+    assert {tuple(b) for b in batches[:-1]} <= {tuple(ordered[k : k + batch]) for k in range(0, n, batch)}
+    assert batches[-1] == ordered[-(n % batch) :]  # the partial batch stays last
+
+
+def test_length_grouped_sampler_is_deterministic_and_resumable():
+    full = _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=3), 70)
+    assert full == _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=3), 70)
+    assert full != _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=4), 70)
+    for start in (0, 4, 23, 44, 52):
+        resumed = _take(
+            LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=3, start=start), 70 - start
+        )
+        assert resumed == full[start:]
+
+
+def test_length_grouped_ranks_split_the_global_batch():
+    single = _take(LengthGroupedSampler(LENGTHS, batch_size=4, window=2, seed=1), 40)
+    ranks = [
+        _take(LengthGroupedSampler(LENGTHS, batch_size=2, window=2, seed=1, rank=r, world_size=2), 20)
+        for r in range(2)
+    ]
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+
+
+def test_length_grouped_sampler_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="empty"):
+        LengthGroupedSampler([], batch_size=2)
+    with pytest.raises(ValueError, match="window=0"):
+        LengthGroupedSampler(LENGTHS, batch_size=2, window=0)
+
+
+def test_scoring_sorts_by_length_and_restores_input_order(images):
+    from prm.evaluation.scoring import length_order, score_chains
+
+    assert length_order([3, 9, 1, 9, 5]) == [1, 3, 4, 0, 2]
+    torch.manual_seed(0)
+    backbone = build_backbone("qwen2_vl")
+    prm = ProcessRewardModel(backbone, "token")
+    chains = chains_with(images) * 2
+    alone = [score_chains(prm, [chain])[0] for chain in chains]
+    for packing in (False, True):
+        together = score_chains(prm, chains, batch_size=3, packing=packing)
+        assert [len(s) for s in together] == [len(c.steps) for c in chains]
+        for a, b in zip(together, alone):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert prm.training  # restored
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def weights(checkpoint):
+    return load_file(checkpoint / "model.safetensors")
+
+
+def _config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", *overrides])
+
+
+def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypatch):
+    import shutil
+
+    from prm.checkpoint import LATEST, latest_checkpoint
+    from prm.training import train
+
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = [
+        "reweight=instance_table",
+        "train.steps=4",
+        "train.save_every=2",
+        "train.validate_every=2",
+        "data.group_by_length=true",
+        "data.length_window=2",
+        "data.packing=true",
+        "+train.optimizer.fused=true",
+    ]
+    full = tmp_path / "full"
+    metrics = train(_config(*overrides), run_dir=full)
+    assert 0.0 <= metrics["auroc"] <= 1.0
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
+    train(_config(*overrides, "resume=true"), run_dir=interrupted)
+    a, b = weights(latest_checkpoint(full)), weights(latest_checkpoint(interrupted))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monkeypatch):
+    """train.compile compiles the backbone in place (the eager backend here: inductor's C++ build takes
+    minutes on 2 cores); checkpoints keep plain parameter names."""
+    from prm.checkpoint import latest_checkpoint
+    from prm.training import train
+
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def compile_eagerly(self, *args, **kwargs):
+        compiled.append((type(self).__name__, kwargs))
+        return original(self, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    train(_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run")
+    assert compiled == [("Qwen2Model", {"dynamic": True})]
+    names = weights(latest_checkpoint(tmp_path / "run")).keys()
+    assert names and not any("_orig_mod" in name for name in names)
+
+
+@pytest.mark.parametrize("kind", ["instance_table", "domain_table", "instance_net"])
+def test_darts_perturbed_passes_build_no_prm_graph_and_keep_the_exact_hypergradient(kind, monkeypatch):
+    """With the suite's hypergradients registered, DARTS' two perturbed forwards of the lower batch run
+    without autograd through the PRM, and the upper gradient still equals the exact mixed derivative."""
+    from betty import hypergradient as betty_hypergradient
+    from test_hypergradient import (
+        STEPS,
+        ToyPRM,
+        analytic_hypergradient,
+        build,
+        capture_grad,
+        data,
+        make_batch,
+    )
+    from test_hypergradient import run as run_engine
+
+    from prm.bilevel import hypergradient
+    from prm.reweight import DomainTable, InstanceNet, InstanceTable, TrainingSet
+
+    monkeypatch.setattr(betty_hypergradient, "jvp_fn_mapping", dict(betty_hypergradient.jvp_fn_mapping))
+    hypergradient.register()
+    grad_enabled = []
+    original = ToyPRM.forward
+    monkeypatch.setattr(
+        ToyPRM, "forward", lambda self, b: grad_enabled.append(torch.is_grad_enabled()) or original(self, b)
+    )
+    torch.manual_seed(0)
+    features, labels = data()
+    meta_features, _ = data(seed=1, n=4)
+    training_set = TrainingSet(
+        ids=[f"c{i}" for i in range(8)], domains=["a", "b"], instance_domain=[0, 0, 1, 1, 0, 1, 0, 1]
+    )
+    lower_batch = make_batch(features, labels, instances=[0, 2, 3, 5, 6, 7], domains=[0, 1, 1, 1, 0, 1])
+    meta_batch = make_batch(
+        meta_features,
+        torch.full((4, STEPS), float("nan"), dtype=torch.float64),
+        instances=[0, 1, 2, 3],
+        domains=[0, 0, 0, 0],
+        chain_label=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+    )
+    reweighter = {
+        "instance_table": lambda: InstanceTable(training_set, torch.nn.Softplus(), initialization=1.0),
+        "domain_table": lambda: DomainTable(training_set),
+        "instance_net": lambda: InstanceNet(training_set, torch.nn.Softplus(), hidden_size=4, layers=2),
+    }[kind]().double()
+    prm, lower, upper = build(reweighter, [lower_batch], [meta_batch], alpha=1e-6)
+    seen = capture_grad(upper)
+    run_engine(lower, upper, steps=1)
+    # lower step (graph), meta forward (graph: the meta gradient), DARTS +eps and -eps (no graph)
+    assert grad_enabled == [True, True, False, False]
+    assert lower.graph_free is False  # reset after the hypergradient
+    expected = analytic_hypergradient(prm, reweighter, lower_batch, meta_batch)
+    for got, want in zip(seen[0], expected):
+        assert want.abs().max() > 1e-6
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
