@@ -7,10 +7,11 @@
    are neutralised by a zero-width space (U+200B) after their first character, so they tokenise as
    plain text and are never read as control tokens (``data.special_tokens: neutralize``), or refused
    (``error``). Line endings and unusual spaces were already normalised by the step splitters.
-2. **images** (multimodal backbones): every image is opened and decoded; an undecodable file is an
-   error naming record and path (``data.bad_image=skip`` drops the record instead). A size the
-   processor refuses (a side under 28 pixels, an aspect ratio over 200) is padded / enlarged by
-   :func:`prm.data.images.load_image` under ``data.bad_image: fix`` (the record is kept and counted),
+2. **images** (multimodal backbones; a text-only backbone reads the text alone and the records whose
+   images it ignores are counted, ``images_ignored_text_only``): every image is opened and decoded;
+   an undecodable file is an error naming record and path (``data.bad_image=skip`` drops the record
+   instead). A size the processor refuses (a side under 28 pixels, an aspect ratio over 200) is
+   padded / enlarged by :func:`prm.data.images.load_image` under ``data.bad_image: fix`` (the record is kept and counted),
    dropped under ``skip``, an error under ``error``.
 3. **length**: the chain is tokenised by the same :class:`prm.data.dataset.PRMCollator` the
    training and scoring loaders use. A chain over ``data.max_length`` tokens is, per
@@ -53,6 +54,7 @@ COUNTERS = (
     "special_tokens_neutralized",
     "images_fixed",
     "images_converted",
+    "images_ignored_text_only",
     "skipped_bad_image",
     "truncated",
     "steps_dropped",
@@ -199,6 +201,10 @@ class _SplitChecker:
     def images(self, index: int, record: Any) -> bool:
         """Open every image of ``record``; False when the record is to be skipped."""
         if not self.backbone.is_multimodal:
+            if getattr(record, "images", None):  # a text-only backbone reads the text alone: say so
+                self.report.count(
+                    "images_ignored_text_only", f"record {index}: {len(record.images)} image(s) not read"
+                )
             return True
         for position, path in enumerate(record.images):
             name = f"images[{position}]"

@@ -364,3 +364,11 @@ def test_check_command_prints_the_report_and_exits_2_on_bad_data(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"error: data.train: {train}, record 0 (id 'a'), field 'steps[0]'")
     assert "Traceback" not in err
+
+
+def test_a_text_only_backbone_counts_the_images_it_does_not_read(tmp_path, text_backbone):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    chains = [_chain("t1", ["Step 1.", "Step 2."], images=["a.png"]), _chain("t2", ["x"])]
+    data = _sources(tmp_path, train=chains, meta=META, image_root=str(tmp_path))
+    _, report = preflight(data, text_backbone, ("train",))
+    assert report.splits["train"].counts["images_ignored_text_only"] == 1
