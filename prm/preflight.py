@@ -11,8 +11,8 @@
    images it ignores are counted, ``images_ignored_text_only``): every image is opened and decoded;
    an undecodable file is an error naming record and path (``data.bad_image=skip`` drops the record
    instead). A size the processor refuses (a side under 28 pixels, an aspect ratio over 200) is
-   padded / enlarged by :func:`prm.data.images.load_image` under ``data.bad_image: fix`` (the record is kept and counted),
-   dropped under ``skip``, an error under ``error``.
+   padded / enlarged by :func:`prm.data.images.load_image` under ``data.bad_image: fix`` (the record
+   is kept and counted), dropped under ``skip``, an error under ``error``.
 3. **length**: the chain is tokenised by the same :class:`prm.data.dataset.PRMCollator` the
    training and scoring loaders use. A chain over ``data.max_length`` tokens is, per
    ``data.too_long``: ``truncate`` (default) cut to its longest prefix of whole steps that fits (the
