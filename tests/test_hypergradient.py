@@ -172,11 +172,12 @@ def analytic_hypergradient(prm, reweighter, lower_batch, meta_batch):
     return [-(a - b) / (2 * h) for a, b in zip(*sides)]
 
 
-@pytest.mark.parametrize("kind", ["instance_table", "domain_table", "instance_net"])
-def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
+def toy_batches():
+    """The seeded toy bi-level set-up: 8 training chains over 2 domains, a lower batch of 6 of them
+    and a meta batch of 4 whole-chain labels. Returns (training_set, lower_batch, meta_batch)."""
     torch.manual_seed(0)
     features, labels = data()
-    meta_features, meta_labels = data(seed=1, n=4)
+    meta_features, _ = data(seed=1, n=4)
     training_set = TrainingSet(
         ids=[f"c{i}" for i in range(8)], domains=["a", "b"], instance_domain=[0, 0, 1, 1, 0, 1, 0, 1]
     )
@@ -188,6 +189,12 @@ def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
         domains=[0, 0, 0, 0],
         chain_label=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
     )
+    return training_set, lower_batch, meta_batch
+
+
+@pytest.mark.parametrize("kind", ["instance_table", "domain_table", "instance_net"])
+def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
+    training_set, lower_batch, meta_batch = toy_batches()
     if kind == "instance_table":
         reweighter = InstanceTable(training_set, nn.Softplus(), initialization=1.0)
         with torch.no_grad():

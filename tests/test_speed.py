@@ -282,19 +282,11 @@ def test_darts_perturbed_passes_build_no_prm_graph_and_keep_the_exact_hypergradi
     """With the suite's hypergradients registered, DARTS' two perturbed forwards of the lower batch run
     without autograd through the PRM, and the upper gradient still equals the exact mixed derivative."""
     from betty import hypergradient as betty_hypergradient
-    from test_hypergradient import (
-        STEPS,
-        ToyPRM,
-        analytic_hypergradient,
-        build,
-        capture_grad,
-        data,
-        make_batch,
-    )
+    from test_hypergradient import ToyPRM, analytic_hypergradient, build, capture_grad, toy_batches
     from test_hypergradient import run as run_engine
 
     from prm.bilevel import hypergradient
-    from prm.reweight import DomainTable, InstanceNet, InstanceTable, TrainingSet
+    from prm.reweight import DomainTable, InstanceNet, InstanceTable
 
     monkeypatch.setattr(betty_hypergradient, "jvp_fn_mapping", dict(betty_hypergradient.jvp_fn_mapping))
     hypergradient.register()
@@ -303,20 +295,7 @@ def test_darts_perturbed_passes_build_no_prm_graph_and_keep_the_exact_hypergradi
     monkeypatch.setattr(
         ToyPRM, "forward", lambda self, b: grad_enabled.append(torch.is_grad_enabled()) or original(self, b)
     )
-    torch.manual_seed(0)
-    features, labels = data()
-    meta_features, _ = data(seed=1, n=4)
-    training_set = TrainingSet(
-        ids=[f"c{i}" for i in range(8)], domains=["a", "b"], instance_domain=[0, 0, 1, 1, 0, 1, 0, 1]
-    )
-    lower_batch = make_batch(features, labels, instances=[0, 2, 3, 5, 6, 7], domains=[0, 1, 1, 1, 0, 1])
-    meta_batch = make_batch(
-        meta_features,
-        torch.full((4, STEPS), float("nan"), dtype=torch.float64),
-        instances=[0, 1, 2, 3],
-        domains=[0, 0, 0, 0],
-        chain_label=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
-    )
+    training_set, lower_batch, meta_batch = toy_batches()
     reweighter = {
         "instance_table": lambda: InstanceTable(training_set, torch.nn.Softplus(), initialization=1.0),
         "domain_table": lambda: DomainTable(training_set),
