@@ -227,6 +227,36 @@ def test_evaluate_reads_published_test_formats(cache):
     }
     scored = json.loads((run / "eval_long" / "processbench.json").read_text())["processbench"]
     assert scored["erroneous"] + scored["correct"] == 5
+    # The threshold split goes through the same checks: a threshold file holding the long chains
+    # (and the gsm8k sample's correct ones) at max_length=2048 is truncated and counted, not
+    # refused by the collator.
+    gsm8k_sample = fixtures / "published" / "processbench_gsm8k_sample.json"
+    threshold_file = run / "threshold.json"
+    threshold_file.write_text(
+        json.dumps(json.loads(long_sample.read_text()) + json.loads(gsm8k_sample.read_text()))
+    )
+    tuned = [c for c in common if c not in ("processbench.threshold=0.5", f"data.test={long_sample}")]
+    subprocess.run(
+        [
+            *tuned,
+            f"data.test={gsm8k_sample}",
+            f"processbench.threshold_split={threshold_file}",
+            f"hydra.run.dir={run}/eval_tuned",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    preflight = json.loads((run / "eval_tuned" / "preflight.json").read_text())
+    assert preflight["test"] == {"read": 20, "kept": 20}
+    assert preflight["threshold_split"] == {
+        "read": 26,
+        "kept": 25,
+        "truncated": 2,
+        "steps_dropped": 14,
+        "skipped_first_error_cut": 1,
+    }
     refused = subprocess.run(
         [*common, "data.too_long=error", f"hydra.run.dir={run}/eval_refused"],
         cwd=ROOT,

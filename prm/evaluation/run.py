@@ -13,6 +13,7 @@ A multirun directory evaluates every job of the sweep and writes a comparison ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -25,7 +26,6 @@ from prm import plots
 from prm.checkpoint import find_resume_checkpoint, load_prm, resolve_checkpoint
 from prm.config import validate_evaluate_config
 from prm.data.dataset import flatten_candidates
-from prm.data.readers import read_records
 from prm.data.records import BestOfNProblem, LabelledChain
 from prm.device import pick_device
 from prm.errors import UserError
@@ -62,6 +62,19 @@ def load_test(cfg: DictConfig, backbone):
     return data, records["test"], report
 
 
+def load_threshold_split(cfg: DictConfig, data, backbone) -> tuple[list | None, dict | None]:
+    """The ProcessBench file ``processbench.threshold_split`` (None when the threshold is fixed or
+    chosen on the test file), read and checked by the same preflight pass as the test file (same
+    ``data.max_length`` and policies, so an over-long threshold chain is truncated, skipped or refused
+    exactly like a test chain). Returns ``(records, report dict)`` or ``(None, None)``."""
+    split = cfg.processbench.threshold_split
+    if cfg.processbench.threshold is not None or split is None:
+        return None, None
+    threshold_data = dataclasses.replace(data, test=str(split), generator=None, limit=None)
+    records, report = preflight(threshold_data, backbone, ("test",))
+    return records["test"], report.as_dict()
+
+
 def load_model(cfg: DictConfig, checkpoint: Path | None, device) -> ProcessRewardModel:
     """The PRM of ``checkpoint`` (its config.yaml), or with ``checkpoint=None`` the model that
     ``cfg.backbone`` loads from ``backbone.path`` in the ``cfg.prompt`` format (default: marker) with
@@ -95,8 +108,15 @@ def evaluate_checkpoint(
     data, records, report = test if test is not None else load_test(cfg, prm.backbone)
     mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
     log.info("evaluating %s on %d %s records (%s)", source, len(records), data.name, mode)
+    preflight_json = report.as_dict()  # {"test": counts, "warnings": [...]}
+    tune = None
+    if mode == "processbench":
+        tune, tune_report = load_threshold_split(cfg, data, prm.backbone)
+        if tune is not None:
+            preflight_json["threshold_split"] = tune_report["test"]
+            preflight_json["warnings"] += tune_report["warnings"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+    (out_dir / "preflight.json").write_text(json.dumps(preflight_json, indent=1), encoding="utf-8")
 
     def score(chains, prefix_sharing: bool = False):
         return score_chains(
@@ -111,11 +131,14 @@ def evaluate_checkpoint(
             prefix_sharing=prefix_sharing,
         )
 
-    run = evaluate_best_of_n if mode == "best_of_n" else evaluate_processbench
-    table, summary = run(cfg, records, score, data.name, out_dir, tracker, f"Evaluation of {source}")
+    title = f"Evaluation of {source}"
+    if mode == "best_of_n":
+        table, summary = evaluate_best_of_n(cfg, records, score, data.name, out_dir, tracker, title)
+    else:
+        table, summary = evaluate_processbench(cfg, records, score, data.name, out_dir, tracker, title, tune)
     print(table)
     log.info("results written to %s", out_dir)
-    return {**summary, "preflight": report.as_dict()}
+    return {**summary, "preflight": preflight_json}
 
 
 def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
@@ -146,15 +169,23 @@ def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracke
     return table, result.to_dict()
 
 
-def evaluate_processbench(cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str):
-    """ProcessBench first-error F1 at a fixed or tuned threshold; (table, summary)."""
+def evaluate_processbench(
+    cfg, records, score, name, out_dir: Path, tracker: Tracker, title: str, tune: list | None = None
+):
+    """ProcessBench first-error F1 at a fixed threshold (``processbench.threshold``) or one chosen to
+    maximise F1 on ``tune`` (the checked records of ``processbench.threshold_split``, see
+    :func:`load_threshold_split`) or, when that is None, on the test records themselves;
+    (table, summary). Raises UserError when the tuning records hold only one class."""
     scores = score(records)
     first_errors = [record.first_error for record in records]
     threshold = cfg.processbench.threshold
     if threshold is None:
         split = cfg.processbench.threshold_split
-        tune = records if split is None else read_records(split, "processbench")
-        tune_scores = scores if split is None else score(tune)
+        if tune is None:
+            tune = records
+            tune_scores = scores
+        else:
+            tune_scores = score(tune)
         tune_errors = [record.first_error for record in tune]
         if len({error >= 0 for error in tune_errors}) < 2:
             raise UserError(
