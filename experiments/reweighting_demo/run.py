@@ -7,8 +7,9 @@
 
 1. one cold start: ``reweight=none`` on the chosen demo data (``--data``: ``demo_shift`` by default, a
    domain whose labeller accepts arithmetic slips; ``demo`` is the earlier regime of noise without a
-   direction);
-2. from that checkpoint, for every seed, the same budget of further lower steps with each strategy:
+   direction); ``--coldstart-steps 0``: none, every run trains from scratch (random initialisation
+   of the seed), so the weights act from the first step on;
+2. from that checkpoint (or from scratch), for every seed, the same budget of lower steps with each strategy:
    ``none`` (plain training continued), ``domain_table``, ``instance_table``, ``instance_net``, and
    ``oracle`` (plain training without the corrupted chains: perfect weights);
 3. every run evaluated by ``evaluate.py`` on the data's best-of-N test set.
@@ -163,14 +164,56 @@ def _train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: lis
     return result
 
 
-def uncorrupted_train_file(out: Path, coldstart: Path) -> Path:
-    """The cold start's training file without its corrupted chains (for the oracle runs)."""
-    from hydra.utils import instantiate
+def data_config(args, coldstart: Path | None):
+    """The data config of the study's runs: the cold start's (its config.yaml), or, without a cold
+    start, ``data=<args.data>`` with the ``data.`` overrides of ``--extra`` composed from conf/."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from prm.checkpoint import resolve_checkpoint
 
-    data = instantiate(OmegaConf.load(resolve_checkpoint(coldstart) / "config.yaml").data)
+    if coldstart is not None:
+        return OmegaConf.load(resolve_checkpoint(coldstart) / "config.yaml").data
+    overrides = [f"data={args.data}", *(item for item in args.extra if item.startswith("data."))]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides).data
+
+
+def cold_start(args, coldstart: Path, common: list[str], evaluate_data: list[str]) -> float:
+    """Train (once) and evaluate the cold start; returns its best-of-N accuracy (mean aggregation)."""
+    print(f"cold start: {args.coldstart_steps} steps of reweight=none on data={args.data} -> {coldstart}")
+    out = coldstart.parent
+    if not (coldstart / "checkpoints" / "latest").exists():
+        run(
+            [
+                "train.py",
+                f"hydra.run.dir={coldstart}",
+                f"{KEYS['steps']}={args.coldstart_steps}",
+                f"{KEYS['save_every']}=0",
+                "logger=none",
+                *common,
+            ],
+            out / "coldstart.train.log",
+            threads=args.coldstart_threads or args.jobs,
+        )
+    cold_eval = coldstart / "eval"
+    cold_settings = cold_eval / "study_settings.json"
+    if not (cold_settings.exists() and json.loads(cold_settings.read_text()) == evaluate_data):
+        shutil.rmtree(cold_eval, ignore_errors=True)
+        run(
+            ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}", *evaluate_data],
+            out / "coldstart.eval.log",
+            threads=args.coldstart_threads or args.jobs,
+        )
+        cold_settings.write_text(json.dumps(evaluate_data))
+    return json.loads((cold_eval / "best_of_n.json").read_text())["aggregations"]["mean"]["accuracy"]
+
+
+def uncorrupted_train_file(out: Path, data_cfg) -> Path:
+    """The study's training file without its corrupted chains (for the oracle runs)."""
+    from hydra.utils import instantiate
+
+    data = instantiate(data_cfg)
     kept = [
         line
         for line in data.path("train").read_text().splitlines()
@@ -267,7 +310,8 @@ def main() -> None:
         "--coldstart-steps",
         type=int,
         default=None,
-        help=f"steps of the cold start (default: by data, {COLDSTART_STEPS}, else 1500)",
+        help=f"steps of the cold start (default: by data, {COLDSTART_STEPS}, else 1500); 0: no cold "
+        "start, every run from scratch",
     )
     parser.add_argument(
         "--steps", type=int, default=400, help="lower steps of every run after the cold start"
@@ -308,43 +352,23 @@ def main() -> None:
         args.meta_aggregation = META_AGGREGATION.get(args.data, "min")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # the demo data's cache folder (data.generator.root) is relative, as in train.py runs
     started = time.perf_counter()
     common = [f"data={args.data}", *args.extra]
     # evaluate.py composes its own config: the same data (and data overrides) give the same test set
     evaluate_data = [f"data={args.data}", *(item for item in args.extra if item.startswith("data."))]
 
-    coldstart = out / "coldstart"
-    print(f"cold start: {args.coldstart_steps} steps of reweight=none on data={args.data} -> {coldstart}")
-    if not (coldstart / "checkpoints" / "latest").exists():
-        run(
-            [
-                "train.py",
-                f"hydra.run.dir={coldstart}",
-                f"{KEYS['steps']}={args.coldstart_steps}",
-                f"{KEYS['save_every']}=0",
-                "logger=none",
-                *common,
-            ],
-            out / "coldstart.train.log",
-            threads=args.coldstart_threads or args.jobs,
-        )
-
-    cold_eval = coldstart / "eval"
-    cold_settings = cold_eval / "study_settings.json"
-    if not (cold_settings.exists() and json.loads(cold_settings.read_text()) == evaluate_data):
-        shutil.rmtree(cold_eval, ignore_errors=True)
-        run(
-            ["evaluate.py", f"checkpoint={coldstart}", f"hydra.run.dir={cold_eval}", *evaluate_data],
-            out / "coldstart.eval.log",
-            threads=args.coldstart_threads or args.jobs,
-        )
-        cold_settings.write_text(json.dumps(evaluate_data))
-    cold = json.loads((cold_eval / "best_of_n.json").read_text())["aggregations"]["mean"]["accuracy"]
-    print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
+    coldstart = out / "coldstart" if args.coldstart_steps > 0 else None
+    cold = None
+    if coldstart is None:
+        print(f"no cold start: every run trains from scratch for {args.steps} steps on data={args.data}")
+    else:
+        cold = cold_start(args, coldstart, common, evaluate_data)
+        print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
 
     jobs = []
     oracle_data = (
-        [f"{KEYS['train_file']}={uncorrupted_train_file(out, coldstart)}"]
+        [f"{KEYS['train_file']}={uncorrupted_train_file(out, data_config(args, coldstart))}"]
         if "oracle" in args.strategies
         else []
     )
@@ -357,10 +381,11 @@ def main() -> None:
                 f"reweight={reweight}",
                 f"seed={seed}",
                 f"{KEYS['steps']}={args.steps}",
-                f"{KEYS['cold_start']}={coldstart}",
                 f"{KEYS['validate_every']}=0",
                 *common,
             ]
+            if coldstart is not None:
+                overrides.append(f"{KEYS['cold_start']}={coldstart}")
             if strategy == "oracle":
                 overrides += oracle_data
             elif strategy != "none":
@@ -388,33 +413,33 @@ def main() -> None:
         for strategy, result in pool.map(work, jobs):
             results[strategy].append(result)
 
-    domains = training_domains(coldstart)
+    domains = training_domains(data_config(args, coldstart))
     summary = summarise(results, domains)
     baselines = next(iter(results.values()))[0]["baselines"]
     wall = time.perf_counter() - started
+    start = (
+        f"Cold start {args.coldstart_steps} steps (itself {100 * cold:.2f}% best-of-N, mean), then "
+        f"{args.steps} steps per run"
+        if coldstart is not None
+        else f"Every run from scratch, {args.steps} steps"
+    )
     markdown = (
-        f"# Reweighting on data={args.data}\n\nCold start {args.coldstart_steps} steps, then "
-        f"{args.steps} steps per run, seeds {args.seeds}; mean ± population std over seeds; meta loss "
-        f"aggregation {args.meta_aggregation}, upper lrs {upper_lr}. "
-        f"The cold start itself: {100 * cold:.2f}% best-of-N (mean).\n\n"
+        f"# Reweighting on data={args.data}\n\n{start}, seeds {args.seeds}; mean ± population std "
+        f"over seeds; meta loss aggregation {args.meta_aggregation}, upper lrs {upper_lr}.\n\n"
         + table(summary, domains, baselines)
         + f"\nWall time: {wall / 60:.1f} min with {args.jobs} jobs.\n"
         + "\nWhy a strategy does (not) win the gap back: does the meta loss point at the bad chains?\n"
-        + f"    python experiments/meta_loss_signal.py {coldstart}\n"
+        + f"    python experiments/meta_loss_signal.py {coldstart or out / f'none_seed{args.seeds[0]}'}\n"
     )
     (out / "results.md").write_text(markdown)
     (out / "results.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=1))
     print("\n" + markdown)
 
 
-def training_domains(coldstart: Path) -> list[str]:
-    """The cold start's training domains, in the generator's order."""
+def training_domains(data) -> list[str]:
+    """The training domains of the study's data config, in the generator's order."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from prm.checkpoint import resolve_checkpoint
-
-    data = OmegaConf.load(resolve_checkpoint(coldstart) / "config.yaml").data
     generator = data.get("generator")
     if generator is not None and generator.get("domains"):
         return [str(d) for d in generator.domains]
