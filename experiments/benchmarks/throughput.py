@@ -576,8 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         "--data",
         type=Path,
         default=Path(DEFAULT_DATA) if DEFAULT_DATA else None,
-        required=not DEFAULT_DATA,
-        help="folder with ProcessBench gsm8k.json (default: $PRM_PROCESSBENCH)",
+        help="folder with ProcessBench gsm8k.json (default: $PRM_PROCESSBENCH; required)",
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="model, tokenizer, examples, runs")
     parser.add_argument("--repeats", type=int, default=3)
@@ -630,6 +629,8 @@ def main(argv: list[str] | None = None) -> None:
         return trl_worker(args)
     if args.worker == "suite":
         return suite_worker(args, overrides)
+    if args.data is None:
+        parser.error("--data <folder with ProcessBench gsm8k.json> (or $PRM_PROCESSBENCH) is required")
 
     model_dir = build_model(args.data, args.cache / f"qwen2-h512-l4-v{args.vocab}", args.vocab, args.seed)
     grouping = f"-grouped{args.length_window}" if args.speed else ""

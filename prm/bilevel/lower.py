@@ -64,6 +64,7 @@ class PRMLower(ImplicitProblem):
         self.nonfinite = NonFiniteGuard(name, max_nonfinite_steps)
         self.last_metrics: dict[str, float] = {}
         self._window: list[dict] = []
+        self._grad_norm: torch.Tensor | None = None  # of the current gradients, set by grad_callback
         self.graph_free = False  # True inside DARTS' perturbed passes: the PRM forward needs no graph
 
     def patch_optimizer(self):
@@ -109,12 +110,25 @@ class PRMLower(ImplicitProblem):
         return loss
 
     def grad_callback(self):
-        """Gradient norm of the PRM before clipping (Betty calls this after every backward); a
-        non-finite loss or gradient marks the optimiser step for skipping."""
+        """Gradient norm of the PRM before clipping (Betty calls this after every backward): one
+        fused pass over the gradients (``torch.nn.utils.get_total_norm``) gives the logged
+        ``grad_norm``, the non-finite check (a NaN or infinite entry makes the norm non-finite; the
+        optimiser step is then skipped) and the norm that :meth:`clip_grad` clips with."""
         grads = [p.grad.detach() for p in self.module.parameters() if p.grad is not None]
-        self.nonfinite.observe(self.last_metrics.get("loss"), grads)
-        if grads:
-            self.last_metrics["grad_norm"] = float(torch.stack([g.float().norm() for g in grads]).norm())
+        self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        norm = None if self._grad_norm is None else float(self._grad_norm)
+        self.nonfinite.observe(self.last_metrics.get("loss"), grad_norm=norm)
+        if norm is not None:
+            self.last_metrics["grad_norm"] = norm
+
+    def clip_grad(self):
+        """Betty's gradient clipping (``Config.gradient_clipping``) with the norm :meth:`grad_callback`
+        measured on the same (accumulated) gradients, instead of a second pass over them."""
+        parameters = self.trainable_parameters()
+        if self._grad_norm is None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm=self.gradient_clipping)
+            return
+        torch.nn.utils.clip_grads_with_norm_(parameters, self.gradient_clipping, self._grad_norm)
 
     def get_loss(self, batch):
         # Only the training step's own forward is logged, not the hypergradient's perturbed re-runs of it.

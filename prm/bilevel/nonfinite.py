@@ -34,12 +34,16 @@ class NonFiniteGuard:
         self.skipped = self.in_a_row = 0
         self.window_finite = True
 
-    def observe(self, loss: float | None = None, grads=()) -> None:
-        """Record one micro-batch's loss (a float) and/or gradients; any non-finite value spoils the
-        current optimiser step (the accumulation window)."""
+    def observe(self, loss: float | None = None, grads=(), grad_norm: float | None = None) -> None:
+        """Record one micro-batch's loss (a float) and its gradients, or the total norm of those
+        gradients (``grad_norm``: NaN or infinity propagate into it, so a non-finite norm means a
+        non-finite gradient, and one norm replaces a check of every tensor); any non-finite value
+        spoils the current optimiser step (the accumulation window)."""
         if loss is not None and not math.isfinite(loss):
             self.window_finite = False
-        elif not all_finite(grads):
+        elif grad_norm is not None and not math.isfinite(grad_norm):
+            self.window_finite = False
+        elif grad_norm is None and not all_finite(grads):
             self.window_finite = False
 
     def close_step(self, step: int) -> bool:
