@@ -350,7 +350,9 @@ def run_suite(
     }
 
 
-def run_trl(args, model_dir: Path, data_dir: Path, run_dir: Path) -> dict:
+def run_trl(args, model_dir: Path, data_dir: Path, run_dir: Path, order: str = "suite") -> dict:
+    """One TRL PRMTrainer run in a fresh process; ``order``: ``suite`` (the suite's batches) or
+    ``default`` (TRL's own random sampler, as users run it)."""
     result = run_dir / "result.json"
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -363,7 +365,8 @@ def run_trl(args, model_dir: Path, data_dir: Path, run_dir: Path) -> dict:
         "--model-dir",
         str(model_dir),
     ]
-    command += ["--train-file", str(data_dir / "trl_train.json")] + _passthrough(args)
+    command += ["--train-file", str(data_dir / "trl_train.json"), f"--trl-order={order}"]
+    command += _passthrough(args)
     status, rss_kb, wall, cpu = run_child(command, child_env(args), run_dir.with_suffix(".log"))
     if status != 0:
         raise RuntimeError(f"TRL run failed ({status}); see {run_dir.with_suffix('.log')}")
@@ -474,7 +477,10 @@ def trl_worker(args) -> None:
         def _get_train_sampler(self, *a, **k):  # the file is already in the suite's sampling order
             return SequentialSampler(self.train_dataset)
 
-    trainer = SameOrder(
+    # --trl-order suite: the suite's batches (a sequential sampler over the file, which is in the
+    # suite's order); default: TRL as users run it (the Trainer's seeded random sampler).
+    trainer_class = SameOrder if args.trl_order == "suite" else PRMTrainer
+    trainer = trainer_class(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()]
     )
     collate = trainer.data_collator
@@ -543,7 +549,10 @@ def profile_suite(args, model_dir: Path, data_dir: Path, work: Path) -> dict[str
     )
     print(f"| all training steps (Betty's loop without the final validation) | {loop:.2f} | 100% |")
     padding = suite_padding(args, model_dir, data_dir)
-    print(f"\nPadding share of the suite's first {args.steps} batches: {padding:.1%}")
+    print(
+        f"\nPadding share of the first {args.steps} batches in the plain order (seeded shuffle, no "
+        f"length grouping, padded to the longest chain): {padding:.1%}"
+    )
     return {**found, "padding": padding}
 
 
@@ -622,6 +631,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--train-file", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-order", choices=["suite", "default"], default="suite", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trl-default",
+        action="store_true",
+        help="also run TRL with its own random sampler (as users run it) beside TRL fed the suite's batches",
+    )
     argv = sys.argv[1:] if argv is None else argv
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -676,17 +691,21 @@ def main(argv: list[str] | None = None) -> None:
         best_of_n(args)
     if args.only:
         return
-    results: dict[str, list[dict]] = {"suite": [], "trl": []}
+    results: dict[str, list[dict]] = {"suite": [], "trl": [], "trl_default": []}
+    names = ["trl", "suite"] + (["trl_default"] if args.trl_default else [])
     for repeat in range(args.repeats):
-        for name in ("trl", "suite") if repeat % 2 == 0 else ("suite", "trl"):
-            if name == "trl" and not have_trl:
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            if name.startswith("trl") and not have_trl:
                 continue
             run_dir = args.cache / "runs" / f"{stamp}-{name}-{repeat}"
-            runner = run_trl if name == "trl" else run_suite
-            result = runner(args, model_dir, data_dir, run_dir)
+            if name == "suite":
+                result = run_suite(args, model_dir, data_dir, run_dir)
+            else:
+                order = "default" if name == "trl_default" else "suite"
+                result = run_trl(args, model_dir, data_dir, run_dir, order)
             results[name].append(result)
             print(
-                f"  {name:5s} repeat {repeat}: {result['tokens'] / result['seconds']:7.0f} tokens/s, "
+                f"  {name:11s} repeat {repeat}: {result['tokens'] / result['seconds']:7.0f} tokens/s, "
                 f"{result['chains'] / result['seconds']:5.2f} chains/s, "
                 f"peak {result['peak_memory_gb']:.2f} GB, "
                 f"{result['tokens'] / result['cpu_seconds']:7.0f} tokens per CPU-s "
@@ -694,11 +713,12 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     print_table(args, results)
+    for name, label in (("trl", "the suite's batches"), ("trl_default", "its own random batches")):
+        if results[name]:
+            trl = results[name][0]
+            print(f"Padding share of TRL's batches ({label}): {1 - trl['tokens'] / trl['padded_tokens']:.1%}")
     if args.profile:
         profile_suite(args, model_dir, data_dir, args.cache / "runs" / f"{stamp}-profile")
-        if results["trl"]:
-            trl = results["trl"][0]
-            print(f"Padding share, TRL batches: {1 - trl['tokens'] / trl['padded_tokens']:.1%}")
 
 
 def best_of_n(args) -> None:
@@ -744,7 +764,12 @@ def print_table(args, results: dict[str, list[dict]]) -> None:
     )
     print("|---|---:|---:|---:|---:|---|")
     medians = {}
-    for name, label in (("trl", "TRL 1.13.0 PRMTrainer"), ("suite", "this suite (train.py)")):
+    labels = (
+        ("trl_default", "TRL 1.13.0 PRMTrainer, its own random batches"),
+        ("trl", "TRL 1.13.0 PRMTrainer, the suite's batches"),
+        ("suite", "this suite (train.py)"),
+    )
+    for name, label in labels:
         runs = results[name]
         if not runs:
             continue
@@ -756,12 +781,13 @@ def print_table(args, results: dict[str, list[dict]]) -> None:
             f"| {label} | {medians[name][0]:.0f} | {medians[name][1]:.2f} | {medians[name][2]:.0f} | "
             f"{max(r['peak_memory_gb'] for r in runs):.2f} | {', '.join(f'{x:.0f}' for x in rates)} |"
         )
-    if len(medians) == 2:
-        print(
-            f"\nsuite / TRL: {medians['suite'][0] / medians['trl'][0]:.2f}x real tokens/s, "
-            f"{medians['suite'][1] / medians['trl'][1]:.2f}x chains/s, "
-            f"{medians['suite'][2] / medians['trl'][2]:.2f}x tokens per CPU-second"
-        )
+    for name, against in (("trl_default", "TRL (its own batches)"), ("trl", "TRL (the suite's batches)")):
+        if name in medians and "suite" in medians:
+            print(
+                f"\nsuite / {against}: {medians['suite'][0] / medians[name][0]:.2f}x real tokens/s, "
+                f"{medians['suite'][1] / medians[name][1]:.2f}x chains/s, "
+                f"{medians['suite'][2] / medians[name][2]:.2f}x tokens per CPU-second"
+            )
 
 
 if __name__ == "__main__":
