@@ -46,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))  # trl_prm.py: the PRMConfig shared with real_text_prm
 
 DEFAULT_DATA = os.environ.get("PRM_PROCESSBENCH")  # a folder with ProcessBench gsm8k.json
 DEFAULT_CACHE = ROOT / "outputs" / "benchmarks" / "throughput"
@@ -428,9 +429,8 @@ def trl_worker(args) -> None:
     """One TRL PRMTrainer run in this process; writes ``result.json`` into ``--worker-dir``."""
     import torch
     from datasets import Dataset
-    from torch.utils.data import SequentialSampler
     from transformers import AutoModelForTokenClassification, AutoTokenizer, TrainerCallback
-    from trl.experimental.prm import PRMConfig, PRMTrainer
+    from trl_prm import prm_config, prm_trainer_class
 
     torch.set_num_threads(args.threads)
     out = Path(args.worker_dir)
@@ -442,25 +442,15 @@ def trl_worker(args) -> None:
     rows = json.loads(Path(args.train_file).read_text())
     dataset = Dataset.from_list(rows)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    config = PRMConfig(
-        output_dir=str(out / "trainer"),
+    config = prm_config(
+        out / "trainer",
         max_length=args.max_length,
-        step_separator="\n",
-        per_device_train_batch_size=args.batch,
-        max_steps=args.steps,
-        learning_rate=args.lr,
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        lr_scheduler_type="cosine",
-        gradient_checkpointing=False,
-        bf16=False,
-        fp16=False,
+        batch=args.batch,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
         use_cpu=not use_cuda,
         logging_steps=10**6,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        seed=args.seed,
         disable_tqdm=True,
     )
 
@@ -473,13 +463,9 @@ def trl_worker(args) -> None:
                 torch.cuda.synchronize()
             times.append((time.perf_counter(), time.process_time()))
 
-    class SameOrder(PRMTrainer):
-        def _get_train_sampler(self, *a, **k):  # the file is already in the suite's sampling order
-            return SequentialSampler(self.train_dataset)
-
-    # --trl-order suite: the suite's batches (a sequential sampler over the file, which is in the
-    # suite's order); default: TRL as users run it (the Trainer's seeded random sampler).
-    trainer_class = SameOrder if args.trl_order == "suite" else PRMTrainer
+    # --trl-order suite: the suite's batches (the file is in the suite's sampling order, read
+    # sequentially); default: TRL as users run it (the Trainer's seeded random sampler).
+    trainer_class = prm_trainer_class("file" if args.trl_order == "suite" else "default")
     trainer = trainer_class(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()]
     )

@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "experiments"))  # trl_prm.py: the PRMConfig shared with the benchmark
 
 
 def suite_order(size: int, count: int, seed: int) -> list[int]:
@@ -50,9 +51,8 @@ def train(args, tokenizer):
     import torch
     from datasets import Dataset
     from prepare import trl_prompt
-    from torch.utils.data import SequentialSampler
     from transformers import AutoModelForTokenClassification
-    from trl.experimental.prm import PRMConfig, PRMTrainer
+    from trl_prm import prm_config, prm_trainer_class
 
     model = AutoModelForTokenClassification.from_pretrained(
         args.model, num_labels=2, local_files_only=True, dtype=torch.float32
@@ -71,33 +71,24 @@ def train(args, tokenizer):
         ]
     )
     use_cuda = torch.cuda.is_available()
-    config = PRMConfig(
-        output_dir=str(Path(args.out) / "trainer"),
+    config = prm_config(
+        Path(args.out) / "trainer",
         max_length=args.max_length,
-        step_separator="\n",
-        per_device_train_batch_size=args.batch,
-        max_steps=args.steps,
-        learning_rate=args.lr,
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,  # a float below 1: a share of the steps (the suite's schedule.warmup_ratio)
-        optim="adamw_torch",  # torch.optim.AdamW, as the suite's train.optimizer
+        batch=args.batch,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
         bf16=args.precision == "bf16",
         use_cpu=not use_cuda,
+        warmup_steps=0.05,  # a float below 1: a share of the steps (the suite's schedule.warmup_ratio)
+        optim="adamw_torch",  # torch.optim.AdamW, as the suite's train.optimizer
         logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        seed=args.seed,
         disable_tqdm=False,
     )
-
-    class SuiteOrder(PRMTrainer):
-        def _get_train_sampler(self, *a, **k):  # the dataset is already in the suite's order
-            return SequentialSampler(self.train_dataset)
-
-    trainer = SuiteOrder(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    # the dataset is already in the suite's order: read it sequentially
+    trainer = prm_trainer_class("file")(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer
+    )
     start = time.perf_counter()
     output = trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
