@@ -4,6 +4,7 @@ the table, and the train.py keys it sets. The study itself is an experiment, not
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,23 @@ def test_override_names_follow_the_checkout():
         "reweight.upper.optimizer.lr" if "optimizer" in upper else "reweight.upper.lr"
     )
     assert set(study.UPPER_LR) == {"domain_table", "instance_table", "instance_net"}
+
+
+def test_oracle_train_files_drop_corrupted_chains_or_their_domains(tmp_path):
+    records = [
+        {"id": "c0", "domain": "clean", "meta": {"corrupted": False}},
+        {"id": "n0", "domain": "noisy", "meta": {"corrupted": True}},
+        {"id": "n1", "domain": "noisy", "meta": {"corrupted": False}},
+        {"id": "e0", "domain": "easy"},
+    ]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data_cfg = OmegaConf.create(
+        {"_target_": "prm.data.sources.DataSources", "train": str(train), "meta": None, "test": None}
+    )
+
+    def kept(path):
+        return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+    assert kept(study.oracle_train_file(tmp_path, data_cfg, "chains")) == ["c0", "n1", "e0"]
+    assert kept(study.oracle_train_file(tmp_path, data_cfg, "domains")) == ["c0", "e0"]

@@ -42,6 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's prm, not another installed copy
 STRATEGIES = ("none", "domain_table", "instance_table", "instance_net", "oracle")
+# "oracle_domain" (on request, --strategies): plain training without every domain that holds a
+# corrupted chain, i.e. the best one weight per domain could do by removing the harmful domain.
+ORACLES = {"oracle": "chains", "oracle_domain": "domains"}
 # "oracle": plain training (reweight=none) on the training set with the corrupted chains removed,
 # i.e. perfect weights 0 / 1. What any reweighting could at best win back from the bad data.
 
@@ -209,18 +212,21 @@ def cold_start(args, coldstart: Path, common: list[str], evaluate_data: list[str
     return json.loads((cold_eval / "best_of_n.json").read_text())["aggregations"]["mean"]["accuracy"]
 
 
-def uncorrupted_train_file(out: Path, data_cfg) -> Path:
-    """The study's training file without its corrupted chains (for the oracle runs)."""
+def oracle_train_file(out: Path, data_cfg, drop: str = "chains") -> Path:
+    """The study's training file without its corrupted chains (``drop="chains"``: the oracle runs) or
+    without every domain that holds one (``drop="domains"``: the oracle_domain runs)."""
     from hydra.utils import instantiate
 
     data = instantiate(data_cfg)
-    kept = [
-        line
-        for line in data.path("train").read_text().splitlines()
-        if line.strip() and not json.loads(line).get("meta", {}).get("corrupted")
+    records = [json.loads(line) for line in data.path("train").read_text().splitlines() if line.strip()]
+    corrupted = [bool(record.get("meta", {}).get("corrupted")) for record in records]
+    bad_domains = {record.get("domain") for record, bad in zip(records, corrupted) if bad}
+    keep = [
+        not bad if drop == "chains" else record.get("domain") not in bad_domains
+        for record, bad in zip(records, corrupted)
     ]
-    target = out / "train_uncorrupted.jsonl"
-    target.write_text("\n".join(kept) + "\n")
+    target = out / ("train_uncorrupted.jsonl" if drop == "chains" else "train_without_bad_domains.jsonl")
+    target.write_text("".join(json.dumps(r) + "\n" for r, k in zip(records, keep) if k))
     return target
 
 
@@ -323,7 +329,7 @@ def main() -> None:
         default=None,
         help="threads of the cold start and its evaluation (default: --jobs; 1 on a busy machine)",
     )
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=[*STRATEGIES, *ORACLES])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "reweighting_demo")
     parser.add_argument(
         "--meta-aggregation",
@@ -367,16 +373,16 @@ def main() -> None:
         print(f"cold start: best-of-N (mean) {100 * cold:.2f}%", flush=True)
 
     jobs = []
-    oracle_data = (
-        [f"{KEYS['train_file']}={uncorrupted_train_file(out, data_config(args, coldstart))}"]
-        if "oracle" in args.strategies
-        else []
-    )
-    # per seed, the two reference runs first: the gap they span is known before the bi-level runs end
-    order = sorted(args.strategies, key=lambda strategy: strategy not in ("none", "oracle"))
+    oracle_data = {
+        strategy: [f"{KEYS['train_file']}={oracle_train_file(out, data_config(args, coldstart), drop)}"]
+        for strategy, drop in ORACLES.items()
+        if strategy in args.strategies
+    }
+    # per seed, the reference runs first: the gap they span is known before the bi-level runs end
+    order = sorted(args.strategies, key=lambda strategy: strategy not in ("none", *ORACLES))
     for seed in args.seeds:
         for strategy in order:
-            reweight = "none" if strategy == "oracle" else strategy
+            reweight = "none" if strategy in ORACLES else strategy
             overrides = [
                 f"reweight={reweight}",
                 f"seed={seed}",
@@ -386,8 +392,8 @@ def main() -> None:
             ]
             if coldstart is not None:
                 overrides.append(f"{KEYS['cold_start']}={coldstart}")
-            if strategy == "oracle":
-                overrides += oracle_data
+            if strategy in ORACLES:
+                overrides += oracle_data[strategy]
             elif strategy != "none":
                 overrides += [
                     f"aggregation={args.meta_aggregation}",
