@@ -89,3 +89,18 @@ def test_oracle_train_files_drop_corrupted_chains_or_their_domains(tmp_path):
 
     assert kept(study.oracle_train_file(tmp_path, data_cfg, "chains")) == ["c0", "n1", "e0"]
     assert kept(study.oracle_train_file(tmp_path, data_cfg, "domains")) == ["c0", "e0"]
+
+
+def test_domain_weight_path_and_its_run_mean(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 1, "reweight/weight/noisy": 1.0, "reweight/weight/clean": 1.0},
+        {"step": 2, "prm/loss": 0.5},
+        {"step": 3, "reweight/weight/noisy": 0.5, "reweight/weight/clean": 1.5},
+    ]
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert study.domain_weight_path(metrics) == {"noisy": [1.0, 0.5], "clean": [1.0, 1.5]}
+    assert study.domain_weight_path(tmp_path / "absent.jsonl") == {}
+    row = {"domains": {"noisy": [0.25, 0.75]}, "domains_run_mean": {"noisy": [0.5, 1.0]}}
+    assert study.domain_cell(row, "noisy") == "0.50 ± 0.25 (run mean 0.75 ± 0.25)"
+    assert study.domain_cell({"domains": {"noisy": [0.25]}}, "noisy") == "0.25"

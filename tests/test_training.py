@@ -294,6 +294,14 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         assert len(moved) <= 8
     if strategy == "domain_table":
         assert sum(report["domain_weights"].values()) / 3 == pytest.approx(1.0)
+        # the weights' path: every upper step logs each domain's weight; the last equals the report
+        rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+        path = [row for row in rows if "reweight/weight/noisy" in row]
+        assert [row["step"] for row in path] == [2, 3, 4]  # upper steps at 2 and 4 (unroll 2)
+        assert path[1]["reweight/weight/noisy"] == path[0]["reweight/weight/noisy"]
+        assert path[2]["reweight/weight/noisy"] != path[1]["reweight/weight/noisy"]
+        for domain, value in report["domain_weights"].items():
+            assert path[-1][f"reweight/weight/{domain}"] == pytest.approx(value, abs=1e-6)
     state = load_training_state(latest_checkpoint(full))
     assert state["upper"]["steps"] == 2
     if strategy != "instance_net":

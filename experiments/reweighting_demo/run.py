@@ -141,7 +141,7 @@ def _train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: lis
             print(f"  {run_dir.name}: settings changed since its last run; training it again", flush=True)
             shutil.rmtree(run_dir)
         run(
-            ["train.py", f"hydra.run.dir={run_dir}", f"{KEYS['save_every']}=0", "logger=none", *overrides],
+            ["train.py", f"hydra.run.dir={run_dir}", f"{KEYS['save_every']}=0", "logger=jsonl", *overrides],
             run_dir.with_suffix(".train.log"),
         )
         trained.write_text(json.dumps(overrides))
@@ -163,6 +163,9 @@ def _train_and_evaluate(run_dir: Path, overrides: list[str], eval_overrides: lis
         report = json.loads(weights.read_text())
         report.pop("weights", None)
         result["weights"] = report
+    path = domain_weight_path(run_dir / "metrics.jsonl")
+    if path:
+        result["domain_weight_run_mean"] = {d: statistics.fmean(values) for d, values in path.items()}
     result_file.write_text(json.dumps(result, indent=1))
     return result
 
@@ -230,6 +233,21 @@ def oracle_train_file(out: Path, data_cfg, drop: str = "chains") -> Path:
     return target
 
 
+def domain_weight_path(metrics: Path) -> dict[str, list[float]]:
+    """Each domain's weight after every logged step (``reweight/weight/<domain>`` in a run's
+    metrics.jsonl, logged by domain tables); {} when the run logged none."""
+    if not metrics.is_file():
+        return {}
+    prefix = "reweight/weight/"
+    path: dict[str, list[float]] = {}
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        for key, value in row.items():
+            if key.startswith(prefix):
+                path.setdefault(key[len(prefix) :], []).append(value)
+    return path
+
+
 def spread(values: list[float], digits: int = 3) -> str:
     """``mean ± population std`` of ``values`` ("-" for none)."""
     if not values:
@@ -274,6 +292,10 @@ def summarise(results: dict[str, list[dict]], domains: list[str]) -> dict[str, d
         row["domains"] = {
             domain: [w for r in runs if (w := domain_weight(r, domain)) is not None] for domain in domains
         }
+        row["domains_run_mean"] = {
+            domain: [r["domain_weight_run_mean"][domain] for r in runs if "domain_weight_run_mean" in r]
+            for domain in domains
+        }
         corruption = [r["weights"]["corruption"] for r in runs if "corruption" in r.get("weights", {})]
         row["ratio"] = [c["ratio"] for c in corruption]
         row["auroc"] = [c["auroc_clean_vs_corrupted"] for c in corruption]
@@ -281,11 +303,18 @@ def summarise(results: dict[str, list[dict]], domains: list[str]) -> dict[str, d
     return summary
 
 
+def domain_cell(row: dict, domain: str) -> str:
+    """A domain's weight at the end of the runs, and (where logged) its mean over the runs' steps."""
+    end = spread(row["domains"][domain], 2)
+    during = row.get("domains_run_mean", {}).get(domain)
+    return f"{end} (run mean {spread(during, 2)})" if during else end
+
+
 def table(summary: dict[str, dict], domains: list[str], baselines: dict[str, float]) -> str:
     """The study's Markdown table (see the module docstring)."""
     lines = [
         "| strategy | best-of-N (%) | gap won back | "
-        + " | ".join(f"weight {d}" for d in domains)
+        + " | ".join(f"weight {d} at the end" for d in domains)
         + " | corrupted/clean weight | AUROC weight vs clean | seeds |",
         "|---|---:|---:|" + "---:|" * len(domains) + "---:|---:|---:|",
     ]
@@ -295,7 +324,7 @@ def table(summary: dict[str, dict], domains: list[str], baselines: dict[str, flo
             f"| {strategy} | {spread(row['accuracy'], 2)} | "
             + ("-" if share is None else f"{100 * share:.0f}%")
             + " | "
-            + " | ".join(spread(row["domains"][d], 2) for d in domains)
+            + " | ".join(domain_cell(row, d) for d in domains)
             + f" | {spread(row['ratio'])} | {spread(row['auroc'])} | {row['seeds']} |"
         )
     lines.append("")

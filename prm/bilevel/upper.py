@@ -11,7 +11,9 @@ neumann, cg or sama), never directly. Two things are ours:
 - a hypergradient that is not finite (e.g. after a non-finite lower step) is not applied: the step is
   skipped and counted (``reweight/nonfinite_steps``), and too many in a row stop the run;
 - with several ranks the gradient is averaged over them before the step, so the replicated
-  reweighter stays identical on every rank.
+  reweighter stays identical on every rank;
+- a reweighter that weighs domains logs each domain's weight after every upper step
+  (``reweight/weight/<domain>``), so the weights' path, not only their end, is in the metrics.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class ReweightUpper(ImplicitProblem):
                 if parameter.grad is not None and not parameter.grad.is_sparse:
                     parameter.grad = parameter.grad.to_sparse()
         self.optimizer.step()
+        # the weights as they move (domain tables: one per domain; cheap), logged every upper step
+        domains = self.module.domain_weights()
+        if domains:
+            self.last_metrics.update({f"weight/{name}": value for name, value in domains.items()})
 
     def param_callback(self):
         if self.lr_scheduler is not None:
