@@ -124,11 +124,10 @@ class PRMLower(ImplicitProblem):
     def clip_grad(self):
         """Betty's gradient clipping (``Config.gradient_clipping``) with the norm :meth:`grad_callback`
         measured on the same (accumulated) gradients, instead of a second pass over them."""
-        parameters = self.trainable_parameters()
-        if self._grad_norm is None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_norm=self.gradient_clipping)
-            return
-        torch.nn.utils.clip_grads_with_norm_(parameters, self.gradient_clipping, self._grad_norm)
+        if self._grad_norm is not None:  # None: no parameter has a gradient, nothing to clip
+            torch.nn.utils.clip_grads_with_norm_(
+                self.trainable_parameters(), self.gradient_clipping, self._grad_norm
+            )
 
     def get_loss(self, batch):
         # Only the training step's own forward is logged, not the hypergradient's perturbed re-runs of it.
