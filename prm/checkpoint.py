@@ -543,6 +543,6 @@ def load_prm(checkpoint: str | Path, device: str | torch.device | None = None):
     saved = OmegaConf.load(checkpoint / "config.yaml")
     # The saved prompt format (none in checkpoints older than prompt formats: the marker layout).
     backbone = instantiate(saved.backbone, path=str(checkpoint), prompt=saved.get("prompt"))
-    prm = ProcessRewardModel(backbone, head=saved.prm.head)
+    prm = ProcessRewardModel(backbone, head=saved.prm.head, last_layer=saved.prm.get("last_layer", "scores"))
     prm.load_head_state_dict(load_head(checkpoint))
     return prm.to(device) if device is not None else prm

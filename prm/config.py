@@ -34,6 +34,7 @@ from prm.errors import UserError
 HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
 PRECISIONS = ("fp32", "bf16")
 HEADS = ("token", "value")
+LAST_LAYER_MODES = ("scores", "full")
 LOSS_TARGETS = ("+", "both")
 EVALUATE_MODES = ("auto", "best_of_n", "processbench")
 SPLITS = ("train", "meta", "test")
@@ -58,6 +59,7 @@ class ConfigError(UserError, ValueError):
 class PRMSchema:
     head: str = "token"  # token | value
     loss_target: str = "+"  # + | both
+    last_layer: str = "scores"  # scores | full (prm/model/last_layer.py)
 
 
 @dataclass
@@ -306,10 +308,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     ``data.batch_size``, ``data.eval_batch_size``, ``reweight.upper.batch_size``,
     ``train.gradient_accumulation``, ``train.keep_last_n_checkpoints`` and ``train.max_nonfinite_steps``
     >= 1; ``train.save_every``, ``train.validate_every`` and the gradient clipping norms >= 0;
-    ``prm.head`` and ``prm.loss_target`` known; ``train.precision`` fp32 or bf16 (fp16 refused, with
-    the reason); ``train.device`` cuda only where torch sees CUDA; with reweighting, a known
-    ``reweight.hypergradient.type``, ``unroll_steps >= 1``, and an aggregation whose value is a
-    probability (the meta loss (p - y)^2 with the configured ``prm.loss_target``).
+    ``prm.head``, ``prm.last_layer`` and ``prm.loss_target`` known; ``train.precision`` fp32 or bf16
+    (fp16 refused, with the reason); ``train.device`` cuda only where torch sees CUDA; with
+    reweighting, a known ``reweight.hypergradient.type``, ``unroll_steps >= 1``, and an aggregation
+    whose value is a probability (the meta loss (p - y)^2 with the configured ``prm.loss_target``).
     """
     _at_least(cfg, "train.steps", 1)
     _positive(cfg, "train.optimizer.lr")
@@ -325,6 +327,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_data(cfg, evaluate=False)
     head, target = _get(cfg, "prm.head"), _get(cfg, "prm.loss_target")
     _require(head in HEADS, f"prm.head={head!r}: expected one of {', '.join(HEADS)}")
+    last = _get(cfg, "prm.last_layer")
+    _require(
+        last in LAST_LAYER_MODES, f"prm.last_layer={last!r}: expected one of {', '.join(LAST_LAYER_MODES)}"
+    )
     _require(target in LOSS_TARGETS, f"prm.loss_target={target!r}: expected one of {', '.join(LOSS_TARGETS)}")
     if _get(cfg, "reweight.name", "none") == "none":
         return

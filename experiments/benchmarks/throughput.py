@@ -23,6 +23,9 @@
 4. Prints real (non-pad) tokens/s and chains/s of each (steps 2..N: step 1 is warm-up), the
    suite/TRL ratio, and peak memory (the process's peak RSS on CPU, ``max_memory_allocated`` on CUDA).
 
+``--full-last-layer`` adds a suite row with ``prm.last_layer=full`` (the last decoder layer at every
+token, as TRL runs it), which isolates what computing it at the score positions only gains.
+
 ``--profile`` adds one profiled suite run (cProfile of ``train.py``) and the padding share of both
 trainers' batches: where the suite's step time goes (collator, forward, backward, optimiser, the
 Betty loop around them).
@@ -126,6 +129,7 @@ def suite_order(args, model_dir: Path, train: list[dict]) -> list[int]:
     return list(islice(iter(sampler), len(train)))
 
 
+FULL = ["prm.last_layer=full"]  # the --full-last-layer row: the whole last layer at every token
 SUITE_TOKENS, SUITE_RATE = "prm/tokens", "throughput/tokens_per_s"  # metrics.jsonl keys per step
 SUITE_CHAINS, SUITE_MEMORY = "prm/chains", "memory/peak_gb"
 
@@ -612,6 +616,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also best-of-N candidates/s with and without prefix sharing (N=8, 256 image tokens per image)",
     )
+    parser.add_argument(
+        "--full-last-layer",
+        action="store_true",
+        help="also run the suite with prm.last_layer=full (the whole last layer at every token)",
+    )
     parser.add_argument("--only", choices=["bilevel", "best-of-n"], help="run only that part")
     parser.add_argument("--worker", choices=["trl", "suite"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
@@ -677,8 +686,9 @@ def main(argv: list[str] | None = None) -> None:
         best_of_n(args)
     if args.only:
         return
-    results: dict[str, list[dict]] = {"suite": [], "trl": [], "trl_default": []}
+    results: dict[str, list[dict]] = {"suite": [], "suite_full": [], "trl": [], "trl_default": []}
     names = ["trl", "suite"] + (["trl_default"] if args.trl_default else [])
+    names += ["suite_full"] if args.full_last_layer else []
     for repeat in range(args.repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             if name.startswith("trl") and not have_trl:
@@ -686,6 +696,8 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = args.cache / "runs" / f"{stamp}-{name}-{repeat}"
             if name == "suite":
                 result = run_suite(args, model_dir, data_dir, run_dir)
+            elif name == "suite_full":
+                result = run_suite(args, model_dir, data_dir, run_dir, extra=speed_overrides(args) + FULL)
             else:
                 order = "default" if name == "trl_default" else "suite"
                 result = run_trl(args, model_dir, data_dir, run_dir, order)
@@ -753,6 +765,7 @@ def print_table(args, results: dict[str, list[dict]]) -> None:
     labels = (
         ("trl_default", "TRL 1.13.0 PRMTrainer, its own random batches"),
         ("trl", "TRL 1.13.0 PRMTrainer, the suite's batches"),
+        ("suite_full", "this suite, prm.last_layer=full"),
         ("suite", "this suite (train.py)"),
     )
     for name, label in labels:
@@ -774,6 +787,11 @@ def print_table(args, results: dict[str, list[dict]]) -> None:
                 f"{medians['suite'][1] / medians[name][1]:.2f}x chains/s, "
                 f"{medians['suite'][2] / medians[name][2]:.2f}x tokens per CPU-second"
             )
+    if "suite_full" in medians and "suite" in medians:
+        print(
+            f"\nlast layer at the score positions only / full last layer: "
+            f"{medians['suite'][0] / medians['suite_full'][0]:.2f}x real tokens/s"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ False. Padding never changes a chain's result: sequences are right-padded and th
 gathered by position. A packed batch (``batch["packed"]``, see :func:`prm.data.dataset.pack_inputs`)
 lays chains end to end in rows with per-chain positions and a block-diagonal causal mask; its markers
 are indices into the flattened rows.
+
+``last_layer="scores"`` (the default) computes the last decoder layer at the score positions only
+where the backbone allows it (:mod:`prm.model.last_layer`: Llama-family text models); the scores
+are those of the full layer up to float rounding. ``"full"`` always runs the whole layer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prm.model import last_layer as last_layer_at_scores
 from prm.model.backbones import Backbone
 
 HEADS = ("token", "value")
@@ -48,15 +53,30 @@ class StepScores:
 
 
 class ProcessRewardModel(nn.Module):
-    """Backbone + step head. ``forward(batch)`` gives :class:`StepScores`; ``losses`` per example."""
+    """Backbone + step head. ``forward(batch)`` gives :class:`StepScores`; ``losses`` per example.
 
-    def __init__(self, backbone: Backbone, head: str = "token"):
+    Args:
+        backbone: the loaded backbone.
+        head: ``token`` or ``value`` (see the module docstring).
+        last_layer: ``scores`` (the last decoder layer at the score positions only, where the
+            backbone supports it) or ``full``.
+
+    Raises:
+        ValueError: an unknown head or last-layer mode.
+    """
+
+    def __init__(self, backbone: Backbone, head: str = "token", last_layer: str = "scores"):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown PRM head {head!r}; expected one of {HEADS}")
+        if last_layer not in last_layer_at_scores.MODES:
+            raise ValueError(
+                f"unknown prm.last_layer {last_layer!r}; expected one of {last_layer_at_scores.MODES}"
+            )
         self.backbone = backbone
         self.model = backbone.model
         self.head = head
+        self.last_layer = last_layer
         self.value_head = nn.Linear(self.hidden_size, 1) if head == "value" else None
         self.register_buffer("label_ids", torch.tensor(backbone.label_token_ids), persistent=False)
 
@@ -68,7 +88,15 @@ class ProcessRewardModel(nn.Module):
     def hidden_at_markers(self, batch: dict) -> torch.Tensor:
         """Hidden states of the last layer at each step's score position (its marker, or the token
         that predicts its reply): ``[chains, max_steps, hidden]``."""
-        outputs = self.model.model(**batch["inputs"], use_cache=False)
+        base = self.model.model
+        if self.last_layer == "scores" and last_layer_at_scores.supports(base):
+            positions = batch["marker_positions"]
+            if not batch.get("packed"):  # [chains, steps] within each row -> into the flattened rows
+                length = batch["inputs"]["input_ids"].shape[1]
+                rows = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1)
+                positions = rows * length + positions
+            return last_layer_at_scores.hidden_at_positions(base, batch["inputs"], positions)
+        outputs = base(**batch["inputs"], use_cache=False)
         hidden = outputs.last_hidden_state
         if batch.get("packed"):  # rows [rows, length, hidden]; markers index the flattened rows
             return hidden.reshape(-1, hidden.shape[-1])[batch["marker_positions"]]

@@ -77,7 +77,7 @@ def setup_model(run: TrainingRun) -> None:
         prompt=cfg.get("prompt"),
         **({"path": str(start_from)} if start_from is not None else {}),
     )
-    run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head)
+    run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head, last_layer=cfg.prm.last_layer)
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))
     if cfg.train.get("compile"):

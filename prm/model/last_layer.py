@@ -1,0 +1,173 @@
+"""The last decoder layer computed at the score positions only.
+
+A PRM reads the last layer's hidden state at one position per step (the step marker, or the token
+that predicts a reply); every other position of the last layer's output is thrown away. Yet the
+last layer's queries, attention output, output projection and MLP at those positions are most of
+that layer's forward and backward cost. Only its keys and values are needed at every position,
+because each score position attends to all earlier tokens of its chain.
+
+:func:`hidden_at_positions` runs the base model up to the input of its last decoder layer (the
+layer's own forward-pre hook captures its inputs: the hidden states, the attention mask and the
+rotary embeddings exactly as the model built them, then stops the forward), and then computes the
+last layer itself:
+
+- RMSNorm of every position, then keys and values at every position;
+- queries at the score positions only, with their own rotary angles;
+- attention of those queries over all keys under the rows of the model's own mask: the causal
+  mask, the block-diagonal mask of a packed batch, or the padding mask. Where the model passed no
+  mask (sdpa with no padding), a causal mask for the score positions is built here;
+- output projection, residual, post-attention RMSNorm, MLP and residual at the score positions;
+- the model's final norm.
+
+This is the same arithmetic as the full layer, in a different order of summation only, so scores
+and gradients agree to float rounding (``tests/test_last_layer.py`` pins both against the full
+path). With L layers the saving is at most about 1/L of a step: a quarter of a 4-layer model, a
+thirtieth of SmolLM2-135M's 30 layers.
+
+It applies to the decoder layers of the Llama family (Llama, SmolLM, Mistral, Qwen2/2.5, Qwen3: the
+pre-norm layer ``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``, rotary positions
+``x cos + rotate_half(x) sin``, Qwen3's per-head q/k norms) under the ``sdpa`` or ``eager`` attention.
+:func:`supports` says whether a model qualifies; every other model (the multimodal families with
+M-RoPE, other attention kernels, a sliding window shorter than the batch, a compiled model) keeps
+the full last layer. ``prm.last_layer=full`` turns it off.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("scores", "full")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+ATTENTION = ("sdpa", "eager")
+
+
+class _LastLayerInputs(Exception):
+    """Raised by the capture hook to stop the base model at its last layer; carries its inputs."""
+
+    def __init__(self, args: tuple, kwargs: dict):
+        super().__init__("last layer reached")
+        self.args = args
+        self.kwargs = kwargs
+
+
+def supports(base: nn.Module) -> bool:
+    """Whether ``base`` (a base model: embeddings, ``layers``, ``norm``) can run its last layer at
+    the score positions only: a Llama-family text model under sdpa or eager attention, not compiled."""
+    config = getattr(base, "config", None)
+    layers = getattr(base, "layers", None)
+    if config is None or layers is None or len(layers) == 0 or not hasattr(base, "norm"):
+        return False
+    if getattr(config, "model_type", None) not in LLAMA_LIKE:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ATTENTION:
+        return False
+    if getattr(base, "_compiled_call_impl", None) is not None:  # nn.Module.compile: keep one graph
+        return False
+    layer = layers[-1]
+    attention = getattr(layer, "self_attn", None)
+    needed = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return (
+        attention is not None
+        and all(hasattr(attention, name) for name in needed)
+        and all(hasattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm", "mlp"))
+        and hasattr(sys.modules[type(attention).__module__], "rotate_half")
+    )
+
+
+def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Tensor) -> torch.Tensor:
+    """The base model's last hidden state (after its final norm) at the given positions.
+
+    Args:
+        base: a model for which :func:`supports` is true.
+        inputs: the keyword inputs of ``base`` (``input_ids``, and ``attention_mask`` or packed
+            ``position_ids``), rows ``[rows, length]``.
+        flat_positions: indices into the flattened rows ``rows * length`` (any shape, repeats allowed).
+
+    Returns:
+        ``[*flat_positions.shape, hidden]``, equal to ``base(**inputs).last_hidden_state`` flattened
+        over its rows and indexed by ``flat_positions``, up to float rounding.
+    """
+    layer = base.layers[: base.config.num_hidden_layers][-1]
+
+    def capture(module, args, kwargs):
+        raise _LastLayerInputs(args, kwargs)
+
+    handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        base(**inputs, use_cache=False)
+    except _LastLayerInputs as reached:
+        args, kwargs = reached.args, reached.kwargs
+    else:  # pragma: no cover - the hook always fires when the layer runs
+        raise RuntimeError(f"{type(base).__name__}: the last decoder layer never ran")
+    finally:
+        handle.remove()
+    hidden = args[0] if args else kwargs["hidden_states"]
+    rows, length, size = hidden.shape
+    unique, inverse = torch.unique(flat_positions.reshape(-1), return_inverse=True)
+    row_of = torch.div(unique, length, rounding_mode="floor")
+    col_of = unique - row_of * length
+    counts = torch.bincount(row_of, minlength=rows)
+    slot = torch.arange(len(unique), device=unique.device) - (counts.cumsum(0) - counts)[row_of]
+    width = int(counts.max())
+    # [rows, width] query columns per row; unused slots repeat column 0 and are discarded below.
+    columns = torch.zeros(rows, width, dtype=torch.long, device=unique.device)
+    columns[row_of, slot] = col_of
+    out = _last_layer(layer, hidden, columns, kwargs.get("attention_mask"), kwargs["position_embeddings"])
+    out = base.norm(out)
+    picked = out[row_of, slot][inverse]
+    return picked.reshape(*flat_positions.shape, size)
+
+
+def _last_layer(layer, hidden, columns, mask, position_embeddings) -> torch.Tensor:
+    """One pre-norm decoder layer with queries at ``columns`` ``[rows, width]``: ``[rows, width, hidden]``."""
+    attention = layer.self_attn
+    modeling = sys.modules[type(attention).__module__]
+    rows, length, size = hidden.shape
+    head_dim = attention.head_dim
+
+    def at_columns(tensor):  # [rows, length, ...] -> [rows, width, ...]
+        index = columns.view(rows, -1, *([1] * (tensor.dim() - 2))).expand(-1, -1, *tensor.shape[2:])
+        return tensor.gather(1, index)
+
+    normed = layer.input_layernorm(hidden)
+    query = attention.q_proj(at_columns(normed)).view(rows, columns.shape[1], -1, head_dim)
+    key = attention.k_proj(normed).view(rows, length, -1, head_dim)
+    value = attention.v_proj(normed).view(rows, length, -1, head_dim).transpose(1, 2)
+    if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's dimensions
+        query, key = attention.q_norm(query), attention.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)  # [rows, heads, positions, head_dim]
+    cos, sin = (part.expand(rows, -1, -1) for part in position_embeddings)  # [rows, length, head_dim]
+    cos_q, sin_q = at_columns(cos).unsqueeze(1), at_columns(sin).unsqueeze(1)
+    query = query * cos_q + modeling.rotate_half(query) * sin_q
+    key = key * cos.unsqueeze(1) + modeling.rotate_half(key) * sin.unsqueeze(1)
+    if mask is None:  # the model relied on sdpa's causal flag: the causal rows of the score positions
+        keys = torch.arange(length, device=hidden.device)
+        mask = (keys.view(1, 1, length) <= columns.unsqueeze(-1)).unsqueeze(1)  # [rows, 1, width, length]
+    else:  # [rows or 1, 1, length, length] (bool, or additive floats under eager): its query rows
+        mask = mask[:, :, :, :length].expand(rows, -1, -1, -1)
+        mask = mask.gather(2, columns.view(rows, 1, -1, 1).expand(-1, mask.shape[1], -1, length))
+    window = getattr(attention, "sliding_window", None)
+    if window is not None:
+        keys = torch.arange(length, device=hidden.device)
+        near = (columns.unsqueeze(-1) - keys.view(1, 1, length) < window).unsqueeze(1)
+        mask = (
+            mask & near if mask.dtype == torch.bool else mask.masked_fill(~near, torch.finfo(mask.dtype).min)
+        )
+    if mask.dtype != torch.bool:
+        mask = mask.to(query.dtype)
+    attended = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=attention.attention_dropout if attention.training else 0.0,
+        scale=attention.scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    attended = attended.transpose(1, 2).reshape(rows, columns.shape[1], -1)
+    out = at_columns(hidden) + attention.o_proj(attended)
+    return out + layer.mlp(layer.post_attention_layernorm(out))

@@ -1,0 +1,135 @@
+"""The last decoder layer at the score positions only: same hidden states and gradients as the full layer."""
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaModel,
+    MistralConfig,
+    MistralModel,
+    Qwen2Config,
+    Qwen2Model,
+    Qwen3Config,
+    Qwen3Model,
+)
+
+from prm.data.dataset import ChainDataset, PRMCollator
+from prm.data.records import StepChain
+from prm.model import last_layer
+from prm.model.backbones import build_backbone
+from prm.model.prm import ProcessRewardModel
+
+SIZES = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+MODELS = {
+    "llama": lambda attn: LlamaModel(LlamaConfig(**SIZES, attn_implementation=attn)),
+    "qwen2": lambda attn: Qwen2Model(Qwen2Config(**SIZES, attn_implementation=attn)),
+    "qwen3": lambda attn: Qwen3Model(Qwen3Config(**SIZES, head_dim=8, attn_implementation=attn)),
+    # a window shorter than the rows: the window's limit must reach the score positions' keys too
+    "mistral": lambda attn: MistralModel(MistralConfig(**SIZES, sliding_window=5, attn_implementation=attn)),
+}
+
+
+def _inputs(kind: str):
+    """Rows of 12 tokens: right-padded with a mask, packed with position resets, or plain (no mask)."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 97, (3, 12), generator=generator)
+    if kind == "padded":
+        mask = torch.ones(3, 12, dtype=torch.long)
+        mask[1, 9:] = 0
+        mask[2, 5:] = 0
+        return {"input_ids": ids, "attention_mask": mask}, torch.tensor([[2, 7, 11], [0, 4, 8], [1, 3, 4]])
+    if kind == "packed":  # row 0: chains of 7 and 5 tokens; rows 1, 2: one chain and a padded tail
+        positions = torch.tensor(
+            [list(range(7)) + list(range(5)), list(range(12)), list(range(9)) + [0, 1, 2]]
+        )
+        return {"input_ids": ids, "position_ids": positions}, torch.tensor(
+            [[3, 6, 8, 11], [0, 5, 9, 9], [2, 7, 8, 8]]
+        )
+    return {"input_ids": ids}, torch.tensor([[0, 11], [5, 6], [10, 11]])
+
+
+def _flat(positions: torch.Tensor) -> torch.Tensor:
+    return torch.arange(positions.shape[0]).unsqueeze(1) * 12 + positions
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["padded", "packed", "plain"])
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_hidden_states_and_gradients_equal_the_full_layer(model_type, kind, attn):
+    torch.manual_seed(0)
+    base = MODELS[model_type](attn).train()
+    assert last_layer.supports(base)
+    inputs, positions = _inputs(kind)
+    flat = _flat(positions)
+
+    full = base(**inputs, use_cache=False).last_hidden_state.reshape(-1, 32)[flat]
+    full_grads = torch.autograd.grad(full.pow(2).sum(), list(base.parameters()), allow_unused=True)
+    sparse = last_layer.hidden_at_positions(base, inputs, flat)
+    sparse_grads = torch.autograd.grad(sparse.pow(2).sum(), list(base.parameters()), allow_unused=True)
+
+    assert sparse.shape == full.shape == (*positions.shape, 32)
+    torch.testing.assert_close(sparse, full, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(base.named_parameters(), sparse_grads, full_grads, strict=True):
+        if b is None:
+            assert a is None or a.abs().max() == 0, name
+        else:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_unsupported_models_keep_the_full_layer():
+    compiled = MODELS["llama"]("sdpa")
+    compiled.compile(dynamic=True)
+    assert not last_layer.supports(compiled)
+    assert not last_layer.supports(MODELS["llama"]("flex_attention"))
+    vision = build_backbone("qwen2_vl").model.model  # M-RoPE: the full layer
+    assert not last_layer.supports(vision)
+
+
+CHAINS = [
+    StepChain(id="a", question="What is 2 + 3?", steps=["2 + 3 = 5.", "Final answer: 5"], labels=[1.0, 0.0]),
+    StepChain(
+        id="b", question="What is 4 x 2?", steps=["4 x 2 = 9.", "So 9.", "Final: 9"], labels=[0.0, 1.0, 0.0]
+    ),
+    StepChain(id="c", question="Count the tiles.", steps=["There are 4 tiles."], labels=[1.0]),
+]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("family", ["qwen2", "causal_lm"])
+def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing):
+    backbone = build_backbone(family)
+    base = backbone.model.model
+    assert last_layer.supports(base)
+    batch = PRMCollator(backbone, packing=packing)([ChainDataset(CHAINS)[i] for i in range(len(CHAINS))])
+    results, mlp_tokens = {}, []
+    handle = base.layers[-1].mlp.register_forward_hook(
+        lambda m, args, out: mlp_tokens.append(args[0].shape[:-1])
+    )
+    for mode in ("scores", "full"):
+        prm = ProcessRewardModel(backbone, "token", last_layer=mode)
+        scores = prm(batch)
+        loss = prm.losses(scores, batch["step_labels"])[0].sum()
+        params = [p for p in prm.parameters() if p.requires_grad]
+        results[mode] = scores.logits, torch.autograd.grad(loss, params, allow_unused=True)
+    handle.remove()
+    # the last MLP ran at the score positions only (rows x most steps in a row), then at every token
+    rows, length = batch["inputs"]["input_ids"].shape
+    assert mlp_tokens[1] == (rows, length)
+    assert mlp_tokens[0][0] == rows and mlp_tokens[0][1] < length
+    torch.testing.assert_close(results["scores"][0], results["full"][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results["scores"][1], results["full"][1], strict=True):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="prm.last_layer"):
+        ProcessRewardModel(build_backbone("qwen2"), last_layer="half")
