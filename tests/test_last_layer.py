@@ -102,10 +102,21 @@ CHAINS = [
 ]
 
 
-@pytest.mark.parametrize("packing", [False, True])
-@pytest.mark.parametrize("family", ["qwen2", "causal_lm"])
-def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing):
-    backbone = build_backbone(family)
+@pytest.mark.parametrize(
+    "family, packing, options",
+    [
+        ("qwen2", False, {}),
+        ("qwen2", True, {}),
+        ("causal_lm", False, {}),
+        ("causal_lm", True, {}),
+        ("causal_lm", False, {"gradient_checkpointing": True}),
+        ("causal_lm", True, {"lora": {"enabled": True, "r": 4}}),
+        ("causal_lm", False, {"prompt": "conversation"}),
+    ],
+)
+def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing, options):
+    backbone = build_backbone(family, **options)
+    backbone.model.train()
     base = backbone.model.model
     assert last_layer.supports(base)
     batch = PRMCollator(backbone, packing=packing)([ChainDataset(CHAINS)[i] for i in range(len(CHAINS))])

@@ -28,7 +28,7 @@ It applies to the decoder layers of the Llama family (Llama, SmolLM, Mistral, Qw
 pre-norm layer ``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``, rotary positions
 ``x cos + rotate_half(x) sin``, Qwen3's per-head q/k norms) under the ``sdpa`` or ``eager`` attention.
 :func:`supports` says whether a model qualifies; every other model (the multimodal families with
-M-RoPE, other attention kernels, a sliding window shorter than the batch, a compiled model) keeps
+M-RoPE, other attention kernels, a compiled model, parameters partitioned by DeepSpeed ZeRO-3) keeps
 the full last layer. ``prm.last_layer=full`` turns it off.
 """
 
@@ -67,6 +67,8 @@ def supports(base: nn.Module) -> bool:
         return False
     if getattr(base, "_compiled_call_impl", None) is not None:  # nn.Module.compile: keep one graph
         return False
+    if any(hasattr(p, "ds_id") for p in base.layers[-1].parameters()):
+        return False  # DeepSpeed ZeRO-3 partitions: its gather/release hooks expect whole forwards
     layer = layers[-1]
     attention = getattr(layer, "self_attn", None)
     needed = ("q_proj", "k_proj", "v_proj", "o_proj")
