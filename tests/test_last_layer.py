@@ -84,7 +84,41 @@ def test_hidden_states_and_gradients_equal_the_full_layer(model_type, kind, attn
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_eager_attention_keeps_second_derivatives():
+    """Hessian-vector products (Neumann / CG hypergradients) through the sparse layer equal the full
+    path's under eager attention."""
+    torch.manual_seed(0)
+    base = MODELS["qwen2"]("eager")
+    inputs, positions = _inputs("padded")
+    flat = _flat(positions)
+    params = list(base.parameters())
+    vector = [torch.randn_like(p) for p in params]
+    hvps = []
+    for sparse in (True, False):
+        out = (
+            last_layer.hidden_at_positions(base, inputs, flat)
+            if sparse
+            else base(**inputs, use_cache=False).last_hidden_state.reshape(-1, 32)[flat]
+        )
+        grads = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(grads, vector, strict=True))
+        hvps.append(torch.autograd.grad(dot, params, allow_unused=True))
+    for a, b in zip(*hvps, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_bad_positions_are_refused():
+    base = MODELS["llama"]("sdpa")
+    inputs, _ = _inputs("plain")
+    for bad in (torch.zeros(0, dtype=torch.long), torch.tensor([[-1, 3]])):
+        with pytest.raises(ValueError, match="non-empty and non-negative"):
+            last_layer.hidden_at_positions(base, inputs, bad)
+
+
 def test_unsupported_models_keep_the_full_layer():
+    bidirectional = LlamaModel(LlamaConfig(**SIZES, is_causal=False))
+    assert not last_layer.supports(bidirectional)
     compiled = MODELS["llama"]("sdpa")
     compiled.compile(dynamic=True)
     assert not last_layer.supports(compiled)

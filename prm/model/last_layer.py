@@ -15,14 +15,21 @@ last layer itself:
 - queries at the score positions only, with their own rotary angles;
 - attention of those queries over all keys under the rows of the model's own mask: the causal
   mask, the block-diagonal mask of a packed batch, or the padding mask. Where the model passed no
-  mask (sdpa with no padding), a causal mask for the score positions is built here;
+  mask (sdpa with no padding), a causal mask for the score positions is built here (bidirectional
+  variants, ``config.is_causal=False``, keep the full layer);
 - output projection, residual, post-attention RMSNorm, MLP and residual at the score positions;
 - the model's final norm.
 
-This is the same arithmetic as the full layer, in a different order of summation only, so scores
-and gradients agree to float rounding (``tests/test_last_layer.py`` pins both against the full
-path). With L layers the saving is at most about 1/L of a step: a quarter of a 4-layer model, a
-thirtieth of SmolLM2-135M's 30 layers.
+Attention runs through the same kernel family as the model's (``torch`` sdpa for ``sdpa``, the
+model's own ``eager_attention_forward`` for ``eager``, which keeps second derivatives available to
+the Neumann and CG hypergradients), so scores and gradients agree with the full layer to float
+rounding (``tests/test_last_layer.py`` pins both). One caveat from torch itself: under eager
+attention a score position whose whole mask row is masked (a left-padded pad token) gets a different
+gradient; the collator pads on the right and never scores a pad.
+
+With L layers the saving is at most about 1/L of a step: a quarter of a 4-layer model, a thirtieth
+of SmolLM2-135M's 30 layers. Under gradient checkpointing the sparse last layer is not
+recomputed: it keeps its normed inputs, keys and values at every position for the backward pass.
 
 It applies to the decoder layers of the Llama family (Llama, SmolLM, Mistral, Qwen2/2.5, Qwen3: the
 pre-norm layer ``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``, rotary positions
@@ -58,26 +65,33 @@ def supports(base: nn.Module) -> bool:
     """Whether ``base`` (a base model: embeddings, ``layers``, ``norm``) can run its last layer at
     the score positions only: a Llama-family text model under sdpa or eager attention, not compiled."""
     config = getattr(base, "config", None)
-    layers = getattr(base, "layers", None)
-    if config is None or layers is None or len(layers) == 0 or not hasattr(base, "norm"):
+    if config is None or not hasattr(base, "norm") or not getattr(base, "layers", None):
         return False
-    if getattr(config, "model_type", None) not in LLAMA_LIKE:
-        return False
+    if getattr(config, "model_type", None) not in LLAMA_LIKE or not getattr(config, "is_causal", True):
+        return False  # a bidirectional variant attends to later tokens: the causal rows would be wrong
     if getattr(config, "_attn_implementation", None) not in ATTENTION:
         return False
     if getattr(base, "_compiled_call_impl", None) is not None:  # nn.Module.compile: keep one graph
         return False
-    if any(hasattr(p, "ds_id") for p in base.layers[-1].parameters()):
+    layer = _last(base)
+    if any(hasattr(p, "ds_id") for p in layer.parameters()):
         return False  # DeepSpeed ZeRO-3 partitions: its gather/release hooks expect whole forwards
-    layer = layers[-1]
     attention = getattr(layer, "self_attn", None)
-    needed = ("q_proj", "k_proj", "v_proj", "o_proj")
+    needed = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "num_key_value_groups")
+    modeling = sys.modules[type(attention).__module__] if attention is not None else None
     return (
         attention is not None
+        and getattr(attention, "is_causal", True)
         and all(hasattr(attention, name) for name in needed)
         and all(hasattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm", "mlp"))
-        and hasattr(sys.modules[type(attention).__module__], "rotate_half")
+        and hasattr(modeling, "rotate_half")
+        and hasattr(modeling, "eager_attention_forward")
     )
+
+
+def _last(base: nn.Module) -> nn.Module:
+    """The last decoder layer the base model runs (it runs ``layers[:num_hidden_layers]``)."""
+    return base.layers[: base.config.num_hidden_layers][-1]
 
 
 def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Tensor) -> torch.Tensor:
@@ -87,13 +101,16 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
         base: a model for which :func:`supports` is true.
         inputs: the keyword inputs of ``base`` (``input_ids``, and ``attention_mask`` or packed
             ``position_ids``), rows ``[rows, length]``.
-        flat_positions: indices into the flattened rows ``rows * length`` (any shape, repeats allowed).
+        flat_positions: indices into the flattened rows ``rows * length``, non-negative (any shape
+            with at least one element; repeats allowed).
 
     Returns:
         ``[*flat_positions.shape, hidden]``, equal to ``base(**inputs).last_hidden_state`` flattened
         over its rows and indexed by ``flat_positions``, up to float rounding.
     """
-    layer = base.layers[: base.config.num_hidden_layers][-1]
+    if flat_positions.numel() == 0 or bool((flat_positions < 0).any()):
+        raise ValueError("hidden_at_positions: flat_positions must be non-empty and non-negative")
+    layer = _last(base)
 
     def capture(module, args, kwargs):
         raise _LastLayerInputs(args, kwargs)
@@ -159,17 +176,29 @@ def _last_layer(layer, hidden, columns, mask, position_embeddings) -> torch.Tens
         mask = (
             mask & near if mask.dtype == torch.bool else mask.masked_fill(~near, torch.finfo(mask.dtype).min)
         )
-    if mask.dtype != torch.bool:
-        mask = mask.to(query.dtype)
-    attended = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=mask,
-        dropout_p=attention.attention_dropout if attention.training else 0.0,
-        scale=attention.scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )
-    attended = attended.transpose(1, 2).reshape(rows, columns.shape[1], -1)
+    dropout = getattr(attention, "attention_dropout", 0.0) if attention.training else 0.0
+    if attention.config._attn_implementation == "eager":
+        # the model's own eager attention (fp32 softmax; differentiable twice, which the Neumann and
+        # CG hypergradients need); it takes an additive mask
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min
+            )
+        attended, _ = modeling.eager_attention_forward(
+            attention, query, key, value, mask.to(query.dtype), scaling=attention.scaling, dropout=dropout
+        )  # [rows, width, heads, head_dim]
+    else:
+        if mask.dtype != torch.bool:
+            mask = mask.to(query.dtype)
+        attended = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=mask,
+            dropout_p=dropout,
+            scale=attention.scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        ).transpose(1, 2)
+    attended = attended.reshape(rows, columns.shape[1], -1)
     out = at_columns(hidden) + attention.o_proj(attended)
     return out + layer.mlp(layer.post_attention_layernorm(out))

@@ -28,6 +28,7 @@ are those of the full layer up to float rounding. ``"full"`` always runs the who
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ from prm.model import last_layer as last_layer_at_scores
 from prm.model.backbones import Backbone
 
 HEADS = ("token", "value")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +79,14 @@ class ProcessRewardModel(nn.Module):
         self.model = backbone.model
         self.head = head
         self.last_layer = last_layer
+        if last_layer == "scores":
+            sparse = last_layer_at_scores.supports(self.model.model)
+            log.info(
+                "last decoder layer: %s",
+                "at the score positions only"
+                if sparse
+                else "at every token (this backbone needs the full layer)",
+            )
         self.value_head = nn.Linear(self.hidden_size, 1) if head == "value" else None
         self.register_buffer("label_ids", torch.tensor(backbone.label_token_ids), persistent=False)
 
