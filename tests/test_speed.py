@@ -1,6 +1,7 @@
 """Speed features change no chain's result: packed batches score like padded ones on every tiny family,
 length-grouped batches hold the same chains per epoch, resumable like the plain sampler."""
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -256,9 +257,9 @@ def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monkeypatch):
-    """train.compile compiles the backbone in place (the eager backend here: inductor's C++ build takes
-    minutes on 2 cores); checkpoints keep plain parameter names."""
+def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monkeypatch, caplog):
+    """train.compile compiles the backbone's layers in place (the eager backend here: inductor's C++
+    build takes minutes on 2 cores); checkpoints keep plain parameter names."""
     from prm.checkpoint import latest_checkpoint
     from prm.training import train
 
@@ -271,8 +272,12 @@ def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monk
 
     monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO)
     train(_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run")
-    assert compiled == [("Qwen2Model", {"dynamic": True})]
+    # one decoder layer after another, the last one left eager (it runs at the score positions only)
+    assert compiled and compiled == [("Qwen2DecoderLayer", {"dynamic": True})] * len(compiled)
+    stays_eager = "(the last decoder layer stays eager"
+    assert f"torch.compile: {len(compiled)} repeated blocks {stays_eager}" in caplog.text
     names = weights(latest_checkpoint(tmp_path / "run")).keys()
     assert names and not any("_orig_mod" in name for name in names)
 

@@ -73,7 +73,9 @@ def supports(base: nn.Module) -> bool:
         return False
     if getattr(base, "_compiled_call_impl", None) is not None:  # nn.Module.compile: keep one graph
         return False
-    layer = _last(base)
+    layer = last(base)
+    if getattr(layer, "_compiled_call_impl", None) is not None:
+        return False  # the sparse path runs the layer's projections one by one, not its forward
     if any(hasattr(p, "ds_id") for p in layer.parameters()):
         return False  # DeepSpeed ZeRO-3 partitions: its gather/release hooks expect whole forwards
     attention = getattr(layer, "self_attn", None)
@@ -89,7 +91,7 @@ def supports(base: nn.Module) -> bool:
     )
 
 
-def _last(base: nn.Module) -> nn.Module:
+def last(base: nn.Module) -> nn.Module:
     """The last decoder layer the base model runs (it runs ``layers[:num_hidden_layers]``)."""
     return base.layers[: base.config.num_hidden_layers][-1]
 
@@ -110,7 +112,7 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
     """
     if flat_positions.numel() == 0 or bool((flat_positions < 0).any()):
         raise ValueError("hidden_at_positions: flat_positions must be non-empty and non-negative")
-    layer = _last(base)
+    layer = last(base)
 
     def capture(module, args, kwargs):
         raise _LastLayerInputs(args, kwargs)

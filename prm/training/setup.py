@@ -16,6 +16,7 @@ from prm.config import ConfigError
 from prm.data.dataset import PRMCollator
 from prm.device import pick_device
 from prm.distributed import World, setup
+from prm.model.compilation import compile_blocks
 from prm.model.prm import ProcessRewardModel
 from prm.preflight import preflight
 from prm.tracking import Tracker, job_identity
@@ -81,9 +82,7 @@ def setup_model(run: TrainingRun) -> None:
     if start_from:
         run.prm.load_head_state_dict(load_head(start_from))
     if cfg.train.get("compile"):
-        # In place (nn.Module.compile): parameter names, checkpoints and optimisers are unchanged.
-        # dynamic: batch shapes vary (lengths, packing), one graph serves them all.
-        run.backbone.model.model.compile(dynamic=True)
+        compile_blocks(run.prm)  # in place, layer by layer: parameter names are unchanged
     run.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     log.info(
         "PRM: %s backbone, %s head, %d parameters",
