@@ -140,3 +140,23 @@ def test_suite_overrides_name_the_learning_rate_key_of_this_checkout(tmp_path):
     key = "train.optimizer.lr" if OmegaConf.select(base, "train.optimizer") is not None else "train.lr"
     assert f"{key}=0.001" in overrides
     assert "data=trl" in overrides and "data.batch_size=4" in overrides and "train.steps=30" in overrides
+
+
+def test_table_prints_medians_and_per_repeat_ratios(capsys):
+    def run(tokens_per_s):
+        seconds = {"seconds": 10.0, "cpu_seconds": 10.0}
+        return {"tokens": tokens_per_s * 10, "chains": 10, "peak_memory_gb": 1, **seconds}
+
+    results = {
+        "suite": [run(900), run(1000), run(1200)],
+        "suite_full": [],
+        "trl": [],
+        "trl_default": [run(600), run(500), run(1000)],
+    }
+    assert bench.paired_ratios(results["suite"], results["trl_default"]) == pytest.approx([1.5, 2.0, 1.2])
+    args = SimpleNamespace(device="cpu", steps=30, batch=4, max_length=512, threads=1, repeats=3)
+    bench.print_table(args, results)
+    out = capsys.readouterr().out
+    assert "| this suite (train.py) | 1000 |" in out
+    assert "suite / TRL (its own batches): 1.67x real tokens/s" in out  # 1000 / 600
+    assert "1.50, 2.00, 1.20; median 1.50x, lowest 1.20x" in out

@@ -748,6 +748,11 @@ def _prod(shape) -> int:
     return out
 
 
+def paired_ratios(runs: list[dict], against: list[dict]) -> list[float]:
+    """Real tokens/s of ``runs[i]`` over ``against[i]``: the two trainers' runs of repeat ``i``."""
+    return [(a["tokens"] / a["seconds"]) / (b["tokens"] / b["seconds"]) for a, b in zip(runs, against)]
+
+
 def print_table(args, results: dict[str, list[dict]]) -> None:
     device = "cuda" if (args.device == "cuda" or (args.device == "auto" and _cuda())) else "cpu"
     memory = "max_memory_allocated" if device == "cuda" else "peak RSS"
@@ -786,6 +791,12 @@ def print_table(args, results: dict[str, list[dict]]) -> None:
                 f"\nsuite / {against}: {medians['suite'][0] / medians[name][0]:.2f}x real tokens/s, "
                 f"{medians['suite'][1] / medians[name][1]:.2f}x chains/s, "
                 f"{medians['suite'][2] / medians[name][2]:.2f}x tokens per CPU-second"
+            )
+            pairs = paired_ratios(results["suite"], results[name])
+            print(
+                f"  per repeat (runs of one repeat are minutes apart, so a drifting machine speed "
+                f"mostly cancels): {', '.join(f'{r:.2f}' for r in pairs)}; "
+                f"median {statistics.median(pairs):.2f}x, lowest {min(pairs):.2f}x"
             )
     if "suite_full" in medians and "suite" in medians:
         print(
