@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 from transformers import (
     LlamaConfig,
     LlamaModel,
@@ -123,8 +124,19 @@ def test_unsupported_models_keep_the_full_layer():
     compiled.compile(dynamic=True)
     assert not last_layer.supports(compiled)
     assert not last_layer.supports(MODELS["llama"]("flex_attention"))
-    vision = build_backbone("qwen2_vl").model.model  # M-RoPE: the full layer
-    assert not last_layer.supports(vision)
+    eager_vision = build_backbone("qwen2_vl").model.model
+    eager_vision.language_model.config._attn_implementation = "flex_attention"
+    assert not last_layer.supports(eager_vision)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for name, size, colour in [("a", (56, 56), "red"), ("b", (112, 56), "blue"), ("c", (56, 112), "green")]:
+        Image.new("RGB", size, colour).save(folder / f"{name}.png")
+        paths.append(str(folder / f"{name}.png"))
+    return paths
 
 
 CHAINS = [
@@ -146,16 +158,29 @@ CHAINS = [
         ("causal_lm", False, {"gradient_checkpointing": True}),
         ("causal_lm", True, {"lora": {"enabled": True, "r": 4}}),
         ("causal_lm", False, {"prompt": "conversation"}),
+        ("qwen2_vl", False, {}),
+        ("qwen2_vl", True, {}),
+        ("qwen2_5_vl", False, {}),
+        ("qwen2_5_vl", True, {}),
+        ("internvl", False, {"processor_kwargs": {"crop_to_patches": False}}),
+        ("internvl", True, {"processor_kwargs": {"crop_to_patches": False}}),
+        ("qwen2_vl", False, {"prompt": "conversation"}),
     ],
 )
-def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing, options):
+def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing, options, images):
     backbone = build_backbone(family, **options)
     backbone.model.train()
     base = backbone.model.model
     assert last_layer.supports(base)
-    batch = PRMCollator(backbone, packing=packing)([ChainDataset(CHAINS)[i] for i in range(len(CHAINS))])
+    chains = CHAINS
+    if backbone.is_multimodal:  # M-RoPE positions (Qwen2-VL / Qwen2.5-VL), image tokens in the rows
+        chains = [
+            StepChain(id=c.id, question=c.question, steps=c.steps, labels=c.labels, images=[path])
+            for c, path in zip(CHAINS, images, strict=True)
+        ]
+    batch = PRMCollator(backbone, packing=packing)([ChainDataset(chains)[i] for i in range(len(chains))])
     results, mlp_tokens = {}, []
-    handle = base.layers[-1].mlp.register_forward_hook(
+    handle = last_layer.last(base).mlp.register_forward_hook(
         lambda m, args, out: mlp_tokens.append(args[0].shape[:-1])
     )
     for mode in ("scores", "full"):

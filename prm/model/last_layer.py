@@ -33,10 +33,13 @@ recomputed: it keeps its normed inputs, keys and values at every position for th
 
 It applies to the decoder layers of the Llama family (Llama, SmolLM, Mistral, Qwen2/2.5, Qwen3: the
 pre-norm layer ``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``, rotary positions
-``x cos + rotate_half(x) sin``, Qwen3's per-head q/k norms) under the ``sdpa`` or ``eager`` attention.
-:func:`supports` says whether a model qualifies; every other model (the multimodal families with
-M-RoPE, other attention kernels, a compiled model, parameters partitioned by DeepSpeed ZeRO-3) keeps
-the full last layer. ``prm.last_layer=full`` turns it off.
+``x cos + rotate_half(x) sin``, Qwen3's per-head q/k norms) under the ``sdpa`` or ``eager`` attention,
+and to the language models of the multimodal families: Qwen2-VL and Qwen2.5-VL (M-RoPE: transformers
+folds the temporal, height and width sections into one cos/sin pair per position before the layers,
+and the hook captures that pair) and InternVL (a Qwen2 decoder). The base model runs whole up to the
+last layer, vision encoder included. :func:`supports` says whether a model qualifies; every other
+model (other attention kernels, a compiled model or last layer, parameters partitioned by DeepSpeed
+ZeRO-3) keeps the full last layer. ``prm.last_layer=full`` turns it off.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("scores", "full")
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+# the decoder models with the Llama layer (Qwen2-VL / Qwen2.5-VL text models: M-RoPE, whose three
+# position sections transformers folds into one cos/sin pair before the layers)
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text")
 ATTENTION = ("sdpa", "eager")
 
 
@@ -61,18 +66,27 @@ class _LastLayerInputs(Exception):
         self.kwargs = kwargs
 
 
+def text_model(base: nn.Module) -> nn.Module:
+    """The decoder stack of ``base``: its ``language_model`` for a multimodal base model (Qwen2-VL,
+    Qwen2.5-VL, InternVL), else ``base`` itself."""
+    inner = getattr(base, "language_model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(inner, "layers") else base
+
+
 def supports(base: nn.Module) -> bool:
-    """Whether ``base`` (a base model: embeddings, ``layers``, ``norm``) can run its last layer at
-    the score positions only: a Llama-family text model under sdpa or eager attention, not compiled."""
-    config = getattr(base, "config", None)
-    if config is None or not hasattr(base, "norm") or not getattr(base, "layers", None):
+    """Whether ``base`` (a base model: embeddings, ``layers``, ``norm``; or a multimodal one whose
+    ``language_model`` is such a model) can run its last decoder layer at the score positions only:
+    a Llama-family decoder under sdpa or eager attention, not compiled."""
+    text = text_model(base)
+    config = getattr(text, "config", None)
+    if config is None or not hasattr(text, "norm") or not getattr(text, "layers", None):
         return False
     if getattr(config, "model_type", None) not in LLAMA_LIKE or not getattr(config, "is_causal", True):
         return False  # a bidirectional variant attends to later tokens: the causal rows would be wrong
     if getattr(config, "_attn_implementation", None) not in ATTENTION:
         return False
-    if getattr(base, "_compiled_call_impl", None) is not None:  # nn.Module.compile: keep one graph
-        return False
+    if any(getattr(m, "_compiled_call_impl", None) is not None for m in (base, text)):
+        return False  # nn.Module.compile: keep one graph
     layer = last(base)
     if getattr(layer, "_compiled_call_impl", None) is not None:
         return False  # the sparse path runs the layer's projections one by one, not its forward
@@ -92,8 +106,9 @@ def supports(base: nn.Module) -> bool:
 
 
 def last(base: nn.Module) -> nn.Module:
-    """The last decoder layer the base model runs (it runs ``layers[:num_hidden_layers]``)."""
-    return base.layers[: base.config.num_hidden_layers][-1]
+    """The last decoder layer the base model runs (its decoder runs ``layers[:num_hidden_layers]``)."""
+    text = text_model(base)
+    return text.layers[: text.config.num_hidden_layers][-1]
 
 
 def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Tensor) -> torch.Tensor:
@@ -102,7 +117,7 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
     Args:
         base: a model for which :func:`supports` is true.
         inputs: the keyword inputs of ``base`` (``input_ids``, and ``attention_mask`` or packed
-            ``position_ids``), rows ``[rows, length]``.
+            ``position_ids``; a multimodal model's image inputs), rows ``[rows, length]``.
         flat_positions: indices into the flattened rows ``rows * length``, non-negative (any shape
             with at least one element; repeats allowed).
 
@@ -138,7 +153,7 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
     columns = torch.zeros(rows, width, dtype=torch.long, device=unique.device)
     columns[row_of, slot] = col_of
     out = _last_layer(layer, hidden, columns, kwargs.get("attention_mask"), kwargs["position_embeddings"])
-    out = base.norm(out)
+    out = text_model(base).norm(out)
     picked = out[row_of, slot][inverse]
     return picked.reshape(*flat_positions.shape, size)
 

@@ -22,7 +22,8 @@ lays chains end to end in rows with per-chain positions and a block-diagonal cau
 are indices into the flattened rows.
 
 ``last_layer="scores"`` (the default) computes the last decoder layer at the score positions only
-where the backbone allows it (:mod:`prm.model.last_layer`: Llama-family text models); the scores
+where the backbone allows it (:mod:`prm.model.last_layer`: Llama-family decoders,
+the language models of Qwen2-VL, Qwen2.5-VL and InternVL included); the scores
 are those of the full layer up to float rounding. ``"full"`` always runs the whole layer.
 """
 
