@@ -87,6 +87,39 @@ def test_packed_batch_scores_equal_padded_batch(family, head, images):
     torch.testing.assert_close(losses_b, losses_a, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("with_images", ["none", "mixed"])
+def test_packed_chains_stay_isolated_without_images(family, with_images, images):
+    """Text-only chains (a whole batch, or beside image chains) packed in one row attend only to
+    themselves, M-RoPE families included. The weights are redrawn larger than the tiny default, so
+    that attending to a neighbour would move the scores far beyond the tolerance."""
+    torch.manual_seed(0)
+    backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family))
+    with torch.no_grad():
+        for name, parameter in backbone.model.named_parameters():
+            if "norm" not in name:
+                parameter.normal_(0, 0.1)
+    prm = ProcessRewardModel(backbone, "token").eval()
+    chains = [
+        StepChain(id="long", question="How many squares? " * 12, steps=["One.", "So 6."], labels=[1.0, 0.0]),
+        StepChain(id="a", question="What is 2 + 3?", steps=["2 + 3 = 5.", "Final: 5"], labels=[1.0, 0.0]),
+        StepChain(id="b", question="What is 4 x 2?", steps=["4 x 2 = 9.", "So 9."], labels=[0.0, 1.0]),
+    ]
+    if with_images == "mixed" and backbone.is_multimodal:
+        chains[0] = StepChain(**{**vars(chains[0]), "images": images[:2]})
+    items = [ChainDataset(chains)[i] for i in range(len(chains))]
+    padded = PRMCollator(backbone)(items)
+    packed = PRMCollator(backbone, packing=True)(items)
+    assert packed["inputs"]["input_ids"].shape[0] < len(chains)  # at least two chains share a row
+    with torch.no_grad():
+        a, b = prm(padded), prm(packed)
+        alone = [prm(PRMCollator(backbone)([item])) for item in items]
+    assert a.logits[a.mask].abs().max() > 0.1  # scores far from the tiny model's constant
+    torch.testing.assert_close(b.logits[a.mask], a.logits[a.mask], rtol=0, atol=1e-5)
+    for row, single in enumerate(alone):
+        torch.testing.assert_close(b.logits[row, :2], single.logits[0, :2], rtol=0, atol=1e-5)
+
+
 def test_packed_gradients_equal_padded_gradients(images):
     torch.manual_seed(0)
     backbone = build_backbone("qwen2_vl")

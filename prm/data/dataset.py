@@ -133,9 +133,10 @@ def pack_inputs(
         inputs: processor / tokenizer output with ``input_ids`` and ``attention_mask`` ``[batch, length]``
             (padded on either side), plus pixel inputs that are passed through unchanged (they are already
             concatenated over the batch's images in chain order).
-        model: the backbone's ``PreTrainedModel``; when its base model has ``get_rope_index`` and the
-            inputs carry images (Qwen2-VL, Qwen2.5-VL), that function gives the M-RoPE positions of
-            each chain as in the padded batch.
+        model: the backbone's ``PreTrainedModel``; when its base model has ``get_rope_index``
+            (Qwen2-VL, Qwen2.5-VL: M-RoPE) and the inputs carry images, that function gives the M-RoPE
+            positions of each chain as in the padded batch; without images all three M-RoPE rows are
+            the text positions.
         pad_token_id: the token id written into a row's unused tail.
 
     Returns:
@@ -169,7 +170,12 @@ def pack_inputs(
             flat[destination] = inputs[key][mask]
             packed[key] = flat.view(len(rows), capacity)
     base = getattr(model, "model", model)
-    if hasattr(base, "get_rope_index") and "image_grid_thw" in inputs:
+    if hasattr(base, "get_rope_index") and "image_grid_thw" not in inputs:
+        # M-RoPE without images: temporal, height and width positions all equal the text positions.
+        # The 4-row layout is what tells the model the rows are packed (2-D positions would be taken
+        # as M-RoPE positions with no sequence boundaries: every chain would see its row's earlier ones).
+        packed["position_ids"] = positions.unsqueeze(0).expand(4, -1, -1).clone()
+    elif hasattr(base, "get_rope_index"):
         extra = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
         rope, _ = base.get_rope_index(
             inputs["input_ids"],
