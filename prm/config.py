@@ -32,6 +32,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from prm.errors import UserError
 
 HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
+SECOND_ORDER_HYPERGRADIENTS = ("neumann", "cg")  # Hessian-vector products: double backward
 PRECISIONS = ("fp32", "bf16")
 HEADS = ("token", "value")
 LAST_LAYER_MODES = ("scores", "full")
@@ -310,7 +311,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     >= 1; ``train.save_every``, ``train.validate_every`` and the gradient clipping norms >= 0;
     ``prm.head``, ``prm.last_layer`` and ``prm.loss_target`` known; ``train.precision`` fp32 or bf16
     (fp16 refused, with the reason); ``train.device`` cuda only where torch sees CUDA; with
-    reweighting, a known ``reweight.hypergradient.type``, ``unroll_steps >= 1``, and an aggregation
+    reweighting, a known ``reweight.hypergradient.type`` (``neumann`` / ``cg`` only with
+    ``backbone.attn_implementation=eager`` and without ``train.compile``: they need second
+    derivatives), ``unroll_steps >= 1``, and an aggregation
     whose value is a probability (the meta loss (p - y)^2 with the configured ``prm.loss_target``).
     """
     _at_least(cfg, "train.steps", 1)
@@ -340,6 +343,20 @@ def validate_train_config(cfg: DictConfig) -> None:
         f"reweight.hypergradient.type={kind!r}: expected one of {', '.join(HYPERGRADIENTS)}",
     )
     _at_least(cfg, "reweight.hypergradient.unroll_steps", 1)
+    if kind in SECOND_ORDER_HYPERGRADIENTS:
+        attention = _get(cfg, "backbone.attn_implementation", "sdpa")
+        _require(
+            attention == "eager",
+            f"reweight.hypergradient.type={kind} differentiates the training loss twice (Hessian-vector "
+            f"products), but backbone.attn_implementation={attention} has no second derivative (torch's "
+            "fused attention kernels); set backbone.attn_implementation=eager, or use "
+            "reweight.hypergradient.type=darts or sama (first derivatives only)",
+        )
+        _require(
+            not _get(cfg, "train.compile", False),
+            f"reweight.hypergradient.type={kind} needs second derivatives, which torch.compile'd "
+            "blocks do not provide; set train.compile=false",
+        )
     _positive(cfg, "reweight.upper.optimizer.lr")
     _at_least(cfg, "reweight.upper.batch_size", 1)
     _at_least(cfg, "reweight.upper.gradient_clipping", 0)

@@ -364,7 +364,43 @@ BAD_TRAIN = [
         ["reweight=domain_table", "aggregation=mean_odd", "prm.loss_target=both"],
         "with prm.loss_target=both",
     ),
+    (
+        ["reweight=domain_table", "reweight.hypergradient.type=neumann"],
+        "backbone.attn_implementation=sdpa has no second derivative",
+    ),
+    (
+        [
+            "reweight=instance_table",
+            "reweight.hypergradient.type=cg",
+            "backbone=qwen2_vl_2b",
+            "backbone.path=/m",
+        ],
+        "set backbone.attn_implementation=eager",
+    ),
+    (
+        [
+            "reweight=domain_table",
+            "reweight.hypergradient.type=neumann",
+            "backbone.attn_implementation=eager",
+            "train.compile=true",
+        ],
+        "set train.compile=false",
+    ),
 ]
+
+
+@pytest.mark.parametrize("kind", ["darts", "sama"])
+def test_first_order_hypergradients_take_any_attention_and_compile(kind):
+    validate_train_config(
+        composed("reweight=domain_table", f"reweight.hypergradient.type={kind}", "train.compile=true")
+    )
+    validate_train_config(
+        composed(
+            "reweight=domain_table",
+            "reweight.hypergradient.type=neumann",
+            "backbone.attn_implementation=eager",
+        )
+    )
 
 
 @pytest.mark.parametrize("overrides,message", BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN])
