@@ -67,3 +67,13 @@ def test_a_compiled_last_layer_takes_the_full_path():
     base = backbone.model.model
     base.layers[-1].compile(backend="eager")
     assert not last_layer.supports(base)
+
+
+def test_compiling_checkpointed_layers_warns(caplog):
+    backbone = build_backbone("causal_lm", gradient_checkpointing=True)
+    prm = ProcessRewardModel(backbone, "token")
+    compile_blocks(prm, backend="eager")
+    assert "dynamo does not trace the checkpointed layers" in caplog.text
+    caplog.clear()
+    compile_blocks(ProcessRewardModel(build_backbone("causal_lm"), "token"), backend="eager")
+    assert "checkpointed" not in caplog.text

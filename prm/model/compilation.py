@@ -60,6 +60,14 @@ def compile_blocks(prm, dynamic: bool = True, **options) -> int:
         if block is not keep_eager:
             block.compile(dynamic=dynamic, **options)
             count += 1
+    checkpointing = getattr(prm.model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(prm.model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        log.warning(
+            "train.compile with backbone.gradient_checkpointing: dynamo does not trace the "
+            "checkpointed layers, so they run eagerly and compilation gains little"
+        )
     log.info(
         "torch.compile: %d repeated blocks%s",
         count,
