@@ -203,3 +203,41 @@ def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, p
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="prm.last_layer"):
         ProcessRewardModel(build_backbone("qwen2"), last_layer="half")
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_continuation_over_a_cached_prefix_equals_the_full_layer(model_type, attn, masked):
+    """Queries of new tokens attend to a cached prefix's keys and values (best-of-N prefix sharing),
+    padded on the left of the prefix; mistral's window (5) is shorter than prefix + continuation."""
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    base = MODELS[model_type](attn).eval()
+    prefix = torch.randint(3, 97, (2, 6))
+    prefix_mask = torch.ones(2, 6, dtype=torch.long)
+    if masked:
+        prefix_mask[1, :2] = 0  # row 1: a shorter prefix, left-padded
+    positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        cache = base(input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True)
+        cache = cache.past_key_values
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def inputs():
+        given = dict(
+            input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]),
+            position_ids=positions[:, -1:] + 1 + torch.arange(4),
+            past_key_values=DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in layers]),
+            use_cache=True,
+        )
+        if masked:  # else no mask at all: the causal rows are built over prefix + continuation
+            given["attention_mask"] = torch.cat([prefix_mask, torch.ones(2, 4, dtype=torch.long)], 1)
+        return given
+
+    positions_flat = torch.tensor([[1, 3], [4 + 0, 4 + 2]])
+    with torch.no_grad():
+        full = base(**inputs()).last_hidden_state.reshape(-1, SIZES["hidden_size"])[positions_flat]
+        sparse = last_layer.hidden_at_positions(base, inputs(), positions_flat)
+    torch.testing.assert_close(sparse, full, atol=1e-5, rtol=1e-5)

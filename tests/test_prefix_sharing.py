@@ -92,6 +92,31 @@ def test_shared_scores_equal_unshared(chains, family, head):
     assert report.fallback_reasons == {"no other chain with the same prefix": 1}
 
 
+@pytest.mark.parametrize("family", ["qwen2", "causal_lm", "qwen2_vl", "internvl"])
+def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, family):
+    """The continuation pass over a cached prefix computes the last layer at the step markers only
+    (keys and values of the prefix from the cache), with the scores of the full last layer."""
+    from prm.model import last_layer
+
+    prm = sharpened_prm(family, "token")
+    base = prm.model.model
+    assert last_layer.supports(base)
+    mlp_rows = []
+    handle = last_layer.last(base).mlp.register_forward_hook(lambda m, a, o: mlp_rows.append(a[0].shape))
+    scores = score_chains_shared(prm, chains, batch_size=3)
+    handle.remove()
+    prm.last_layer = "full"
+    full = score_chains_shared(prm, chains, batch_size=3)
+    assert max_difference(full, scores) < TOLERANCE
+    assert float(torch.cat(full).std()) > 0.05
+    # prefix passes run the whole layer; every continuation pass only as many rows as markers
+    continuation = [shape for shape in mlp_rows if shape[1] <= 4]
+    assert continuation and all(shape[1] <= 4 for shape in continuation)
+    scored = sum(1 for chain in chains[:12] if chain.steps)  # the shared chains with a step to score
+    # one row each, at most 4 markers wide; plus the lone chain, scored whole (also at its markers)
+    assert sum(shape[0] for shape in continuation) == scored + 1
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_mrope_positions_matter(chains, family, monkeypatch):
     """Negative control: continuing at position P (ignoring the image's rope delta) changes scores."""

@@ -54,6 +54,7 @@ from prm.data.dataset import PRMCollator
 from prm.data.records import LabelledChain
 from prm.device import autocast, to_device
 from prm.evaluation.scoring import score_chains
+from prm.model import last_layer as last_layer_at_scores
 
 log = logging.getLogger(__name__)
 
@@ -300,19 +301,27 @@ def _score_continuations(prm, problems: list[_Problem], rows: list[_Row], device
                 stacked[b, :, prefix_max - problem.length :] = problem.cache[part][layer][0]
             pair.append(stacked)
         layers.append(tuple(pair))
-    hidden = prm.model.model(
+    inputs = dict(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
         position_ids=positions.to(device),
         past_key_values=DynamicCache(ddp_cache_data=layers),
         use_cache=True,
-    ).last_hidden_state
+    )
     max_steps = max(len(row.markers) for row in scored)
     markers = torch.zeros(batch, max_steps, dtype=torch.long)
     for b, row in enumerate(scored):
         markers[b, : len(row.markers)] = row.markers
-    index = markers.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    probs = torch.sigmoid(prm.step_logits(hidden.gather(1, index))).float().cpu()
+    markers = markers.to(device)
+    base = prm.model.model
+    if prm.last_layer == "scores" and last_layer_at_scores.supports(base):
+        # the last layer at the markers only, over the cached prefix's keys and values
+        flat = torch.arange(batch, device=device).unsqueeze(1) * cont_max + markers
+        at_markers = last_layer_at_scores.hidden_at_positions(base, inputs, flat)
+    else:
+        hidden = base(**inputs).last_hidden_state
+        at_markers = hidden.gather(1, markers.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    probs = torch.sigmoid(prm.step_logits(at_markers)).float().cpu()
     for b, row in enumerate(scored):
         out[id(row)] = probs[b, : len(row.markers)]
     return [out[id(row)] for row in rows]

@@ -134,7 +134,7 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
 
     handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
     try:
-        base(**inputs, use_cache=False)
+        base(**{"use_cache": False, **inputs})
     except _LastLayerInputs as reached:
         args, kwargs = reached.args, reached.kwargs
     else:  # pragma: no cover - the hook always fires when the layer runs
@@ -152,14 +152,26 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
     # [rows, width] query columns per row; unused slots repeat column 0 and are discarded below.
     columns = torch.zeros(rows, width, dtype=torch.long, device=unique.device)
     columns[row_of, slot] = col_of
-    out = _last_layer(layer, hidden, columns, kwargs.get("attention_mask"), kwargs["position_embeddings"])
+    past = None
+    cache = kwargs.get("past_key_values")
+    if cache is not None:  # a cached prefix: the last layer's entry still holds only the prefix
+        entry = cache.layers[layer.self_attn.layer_idx]
+        if entry.keys is not None and entry.keys.numel():
+            past = (entry.keys, entry.values)
+    out = _last_layer(
+        layer, hidden, columns, kwargs.get("attention_mask"), kwargs["position_embeddings"], past
+    )
     out = text_model(base).norm(out)
     picked = out[row_of, slot][inverse]
     return picked.reshape(*flat_positions.shape, size)
 
 
-def _last_layer(layer, hidden, columns, mask, position_embeddings) -> torch.Tensor:
-    """One pre-norm decoder layer with queries at ``columns`` ``[rows, width]``: ``[rows, width, hidden]``."""
+def _last_layer(layer, hidden, columns, mask, position_embeddings, past=None) -> torch.Tensor:
+    """One pre-norm decoder layer with queries at ``columns`` ``[rows, width]``: ``[rows, width, hidden]``.
+
+    ``past``: the layer's cached keys and values of a prefix (``[rows, kv_heads, prefix, head_dim]``
+    each, already rotated), which the new tokens follow; their keys and values are put in front of
+    the new ones (the cache itself is not updated)."""
     attention = layer.self_attn
     modeling = sys.modules[type(attention).__module__]
     rows, length, size = hidden.shape
@@ -180,16 +192,23 @@ def _last_layer(layer, hidden, columns, mask, position_embeddings) -> torch.Tens
     cos_q, sin_q = at_columns(cos).unsqueeze(1), at_columns(sin).unsqueeze(1)
     query = query * cos_q + modeling.rotate_half(query) * sin_q
     key = key * cos.unsqueeze(1) + modeling.rotate_half(key) * sin.unsqueeze(1)
+    offset = 0
+    if past is not None:
+        offset = past[0].shape[2]
+        key = torch.cat([past[0].to(key.dtype), key], dim=2)
+        value = torch.cat([past[1].to(value.dtype), value], dim=2)
+    total = offset + length  # keys: the cached prefix, then this pass's tokens
+    queries_at = columns + offset  # each query's column among the keys
     if mask is None:  # the model relied on sdpa's causal flag: the causal rows of the score positions
-        keys = torch.arange(length, device=hidden.device)
-        mask = (keys.view(1, 1, length) <= columns.unsqueeze(-1)).unsqueeze(1)  # [rows, 1, width, length]
-    else:  # [rows or 1, 1, length, length] (bool, or additive floats under eager): its query rows
-        mask = mask[:, :, :, :length].expand(rows, -1, -1, -1)
-        mask = mask.gather(2, columns.view(rows, 1, -1, 1).expand(-1, mask.shape[1], -1, length))
+        keys = torch.arange(total, device=hidden.device)
+        mask = (keys.view(1, 1, total) <= queries_at.unsqueeze(-1)).unsqueeze(1)  # [rows, 1, width, total]
+    else:  # [rows or 1, 1, length, total] (bool, or additive floats under eager): its query rows
+        mask = mask[:, :, :, :total].expand(rows, -1, -1, -1)
+        mask = mask.gather(2, columns.view(rows, 1, -1, 1).expand(-1, mask.shape[1], -1, total))
     window = getattr(attention, "sliding_window", None)
     if window is not None:
-        keys = torch.arange(length, device=hidden.device)
-        near = (columns.unsqueeze(-1) - keys.view(1, 1, length) < window).unsqueeze(1)
+        keys = torch.arange(total, device=hidden.device)
+        near = (queries_at.unsqueeze(-1) - keys.view(1, 1, total) < window).unsqueeze(1)
         mask = (
             mask & near if mask.dtype == torch.bool else mask.masked_fill(~near, torch.finfo(mask.dtype).min)
         )
