@@ -241,3 +241,20 @@ def test_continuation_over_a_cached_prefix_equals_the_full_layer(model_type, att
         full = base(**inputs()).last_hidden_state.reshape(-1, SIZES["hidden_size"])[positions_flat]
         sparse = last_layer.hidden_at_positions(base, inputs(), positions_flat)
     torch.testing.assert_close(sparse, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_prefix_cache_equals_the_models_cache(model_type):
+    torch.manual_seed(0)
+    base = MODELS[model_type]("sdpa").eval()
+    ids = torch.randint(3, 97, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    inputs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    with torch.no_grad():
+        expected = base(**inputs, use_cache=True).past_key_values
+        got = last_layer.prefix_cache(base, inputs)
+    assert len(got.layers) == len(expected.layers)
+    for a, b in zip(got.layers, expected.layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.values, b.values, atol=1e-6, rtol=1e-5)

@@ -94,8 +94,8 @@ def test_shared_scores_equal_unshared(chains, family, head):
 
 @pytest.mark.parametrize("family", ["qwen2", "causal_lm", "qwen2_vl", "internvl"])
 def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, family):
-    """The continuation pass over a cached prefix computes the last layer at the step markers only
-    (keys and values of the prefix from the cache), with the scores of the full last layer."""
+    """The prefix pass computes only the last layer's keys and values, the continuation pass the last
+    layer at the step markers only (over the cached prefix), with the scores of the full last layer."""
     from prm.model import last_layer
 
     prm = sharpened_prm(family, "token")
@@ -109,8 +109,9 @@ def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, fam
     full = score_chains_shared(prm, chains, batch_size=3)
     assert max_difference(full, scores) < TOLERANCE
     assert float(torch.cat(full).std()) > 0.05
-    # prefix passes run the whole layer; every continuation pass only as many rows as markers
-    continuation = [shape for shape in mlp_rows if shape[1] <= 4]
+    # prefix passes compute only the last layer's keys and values (no MLP); every continuation pass
+    # runs its MLP at the markers only
+    continuation = mlp_rows
     assert continuation and all(shape[1] <= 4 for shape in continuation)
     scored = sum(1 for chain in chains[:12] if chain.steps)  # the shared chains with a step to score
     # one row each, at most 4 markers wide; plus the lone chain, scored whole (also at its markers)

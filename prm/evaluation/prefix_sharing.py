@@ -260,7 +260,12 @@ def _encode_prefixes(prm, collator: PRMCollator, pending: list[_Problem], device
     else:
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]: 0, 1, ... over real tokens
         ends = mask.long().sum(-1)
-    cache = prm.model.model(**inputs, position_ids=positions, use_cache=True).past_key_values
+    base = prm.model.model
+    if prm.last_layer == "scores" and last_layer_at_scores.supports(base):
+        # nothing is scored in a prefix: its last layer computes only the keys and values
+        cache = last_layer_at_scores.prefix_cache(base, {**inputs, "position_ids": positions})
+    else:
+        cache = base(**inputs, position_ids=positions, use_cache=True).past_key_values
     for b, problem in enumerate(pending):
         real = mask[b].nonzero().flatten()  # one block: right or left padding
         first, end = int(real[0]), int(real[-1]) + 1

@@ -128,19 +128,7 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
     if flat_positions.numel() == 0 or bool((flat_positions < 0).any()):
         raise ValueError("hidden_at_positions: flat_positions must be non-empty and non-negative")
     layer = last(base)
-
-    def capture(module, args, kwargs):
-        raise _LastLayerInputs(args, kwargs)
-
-    handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        base(**{"use_cache": False, **inputs})
-    except _LastLayerInputs as reached:
-        args, kwargs = reached.args, reached.kwargs
-    else:  # pragma: no cover - the hook always fires when the layer runs
-        raise RuntimeError(f"{type(base).__name__}: the last decoder layer never ran")
-    finally:
-        handle.remove()
+    args, kwargs = _inputs_of_last_layer(base, layer, {"use_cache": False, **inputs})
     hidden = args[0] if args else kwargs["hidden_states"]
     rows, length, size = hidden.shape
     unique, inverse = torch.unique(flat_positions.reshape(-1), return_inverse=True)
@@ -166,6 +154,59 @@ def hidden_at_positions(base: nn.Module, inputs: dict, flat_positions: torch.Ten
     return picked.reshape(*flat_positions.shape, size)
 
 
+def _inputs_of_last_layer(base: nn.Module, layer: nn.Module, inputs: dict) -> tuple[tuple, dict]:
+    """Run ``base(**inputs)`` up to ``layer`` (its last decoder layer) and return that layer's call
+    arguments: positional and keyword (hidden states, mask, rotary angles, cache)."""
+
+    def capture(module, args, kwargs):
+        raise _LastLayerInputs(args, kwargs)
+
+    handle = layer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        base(**inputs)
+    except _LastLayerInputs as reached:
+        return reached.args, reached.kwargs
+    finally:
+        handle.remove()
+    raise RuntimeError(f"{type(base).__name__}: the last decoder layer never ran")  # pragma: no cover
+
+
+def prefix_cache(base: nn.Module, inputs: dict):
+    """The key/value cache of a prefix that nothing is scored in (best-of-N prefix sharing): every
+    layer but the last runs whole; the last one computes only its keys and values, which are all a
+    continuation needs from it.
+
+    Args:
+        base: a model for which :func:`supports` is true.
+        inputs: keyword inputs of ``base`` for the prefix rows (``use_cache`` is set here).
+
+    Returns:
+        The model's cache (``transformers.Cache``), equal to ``base(**inputs, use_cache=True)
+        .past_key_values`` up to float rounding.
+    """
+    layer = last(base)
+    args, kwargs = _inputs_of_last_layer(base, layer, {**inputs, "use_cache": True})
+    hidden = args[0] if args else kwargs["hidden_states"]
+    key, value = _keys_values(layer, layer.input_layernorm(hidden), kwargs["position_embeddings"])
+    cache = kwargs["past_key_values"]
+    cache.update(key, value, layer.self_attn.layer_idx)
+    return cache
+
+
+def _keys_values(layer, normed, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention's keys (rotated) and values at every position: ``[rows, kv_heads, length, head_dim]``."""
+    attention = layer.self_attn
+    modeling = sys.modules[type(attention).__module__]
+    rows, length, _ = normed.shape
+    key = attention.k_proj(normed).view(rows, length, -1, attention.head_dim)
+    value = attention.v_proj(normed).view(rows, length, -1, attention.head_dim).transpose(1, 2)
+    if hasattr(attention, "k_norm"):  # Qwen3: RMSNorm over each head's dimensions
+        key = attention.k_norm(key)
+    key = key.transpose(1, 2)
+    cos, sin = (part.expand(rows, -1, -1).unsqueeze(1) for part in position_embeddings)
+    return key * cos + modeling.rotate_half(key) * sin, value
+
+
 def _last_layer(layer, hidden, columns, mask, position_embeddings, past=None) -> torch.Tensor:
     """One pre-norm decoder layer with queries at ``columns`` ``[rows, width]``: ``[rows, width, hidden]``.
 
@@ -183,15 +224,13 @@ def _last_layer(layer, hidden, columns, mask, position_embeddings, past=None) ->
 
     normed = layer.input_layernorm(hidden)
     query = attention.q_proj(at_columns(normed)).view(rows, columns.shape[1], -1, head_dim)
-    key = attention.k_proj(normed).view(rows, length, -1, head_dim)
-    value = attention.v_proj(normed).view(rows, length, -1, head_dim).transpose(1, 2)
     if hasattr(attention, "q_norm"):  # Qwen3: RMSNorm over each head's dimensions
-        query, key = attention.q_norm(query), attention.k_norm(key)
-    query, key = query.transpose(1, 2), key.transpose(1, 2)  # [rows, heads, positions, head_dim]
+        query = attention.q_norm(query)
+    query = query.transpose(1, 2)  # [rows, heads, width, head_dim]
     cos, sin = (part.expand(rows, -1, -1) for part in position_embeddings)  # [rows, length, head_dim]
     cos_q, sin_q = at_columns(cos).unsqueeze(1), at_columns(sin).unsqueeze(1)
     query = query * cos_q + modeling.rotate_half(query) * sin_q
-    key = key * cos.unsqueeze(1) + modeling.rotate_half(key) * sin.unsqueeze(1)
+    key, value = _keys_values(layer, normed, position_embeddings)
     offset = 0
     if past is not None:
         offset = past[0].shape[2]
