@@ -261,8 +261,7 @@ def _encode_prefixes(prm, collator: PRMCollator, pending: list[_Problem], device
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]: 0, 1, ... over real tokens
         ends = mask.long().sum(-1)
     base = prm.model.model
-    if prm.last_layer == "scores" and last_layer_at_scores.supports(base):
-        # nothing is scored in a prefix: its last layer computes only the keys and values
+    if prm.sparse_last_layer:  # nothing is scored in a prefix: its last layer gives keys and values only
         cache = last_layer_at_scores.prefix_cache(base, {**inputs, "position_ids": positions})
     else:
         cache = base(**inputs, position_ids=positions, use_cache=True).past_key_values
@@ -306,26 +305,18 @@ def _score_continuations(prm, problems: list[_Problem], rows: list[_Row], device
                 stacked[b, :, prefix_max - problem.length :] = problem.cache[part][layer][0]
             pair.append(stacked)
         layers.append(tuple(pair))
+    max_steps = max(len(row.markers) for row in scored)
+    markers = torch.zeros(batch, max_steps, dtype=torch.long)
+    for b, row in enumerate(scored):
+        markers[b, : len(row.markers)] = row.markers
     inputs = dict(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
         position_ids=positions.to(device),
         past_key_values=DynamicCache(ddp_cache_data=layers),
-        use_cache=True,
     )
-    max_steps = max(len(row.markers) for row in scored)
-    markers = torch.zeros(batch, max_steps, dtype=torch.long)
-    for b, row in enumerate(scored):
-        markers[b, : len(row.markers)] = row.markers
-    markers = markers.to(device)
-    base = prm.model.model
-    if prm.last_layer == "scores" and last_layer_at_scores.supports(base):
-        # the last layer at the markers only, over the cached prefix's keys and values
-        flat = torch.arange(batch, device=device).unsqueeze(1) * cont_max + markers
-        at_markers = last_layer_at_scores.hidden_at_positions(base, inputs, flat)
-    else:
-        hidden = base(**inputs).last_hidden_state
-        at_markers = hidden.gather(1, markers.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    # the rows continue the cached prefixes (the last layer at the markers only where it can)
+    at_markers = prm.hidden_at_markers({"inputs": inputs, "marker_positions": markers.to(device)})
     probs = torch.sigmoid(prm.step_logits(at_markers)).float().cpu()
     for b, row in enumerate(scored):
         out[id(row)] = probs[b, : len(row.markers)]

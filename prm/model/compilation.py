@@ -48,10 +48,7 @@ def compile_blocks(prm, dynamic: bool = True, **options) -> int:
     Raises:
         ValueError: the backbone has no repeated blocks to compile.
     """
-    base = prm.model.model
-    keep_eager = None
-    if prm.last_layer == "scores" and last_layer_at_scores.supports(base):
-        keep_eager = last_layer_at_scores.last(base)
+    keep_eager = last_layer_at_scores.last(prm.model.model) if prm.sparse_last_layer else None
     blocks = repeated_blocks(prm.model)
     if not blocks:
         raise ValueError(f"train.compile: {type(prm.model).__name__} names no repeated blocks to compile")

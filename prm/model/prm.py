@@ -81,11 +81,10 @@ class ProcessRewardModel(nn.Module):
         self.head = head
         self.last_layer = last_layer
         if last_layer == "scores":
-            sparse = last_layer_at_scores.supports(self.model.model)
             log.info(
                 "last decoder layer: %s",
                 "at the score positions only"
-                if sparse
+                if self.sparse_last_layer
                 else "at every token (this backbone needs the full layer)",
             )
         self.value_head = nn.Linear(self.hidden_size, 1) if head == "value" else None
@@ -96,11 +95,19 @@ class ProcessRewardModel(nn.Module):
         config = self.model.config
         return getattr(config, "text_config", config).hidden_size
 
+    @property
+    def sparse_last_layer(self) -> bool:
+        """Whether the last decoder layer runs at the score positions only: ``last_layer="scores"``
+        and a backbone :func:`prm.model.last_layer.supports` (checked per call: compilation and
+        ZeRO-3 wrap the model after the PRM is built)."""
+        return self.last_layer == "scores" and last_layer_at_scores.supports(self.model.model)
+
     def hidden_at_markers(self, batch: dict) -> torch.Tensor:
         """Hidden states of the last layer at each step's score position (its marker, or the token
-        that predicts its reply): ``[chains, max_steps, hidden]``."""
+        that predicts its reply): ``[chains, max_steps, hidden]``. ``batch["inputs"]`` may carry a
+        cached prefix (``past_key_values``, best-of-N prefix sharing) that the rows continue."""
         base = self.model.model
-        if self.last_layer == "scores" and last_layer_at_scores.supports(base):
+        if self.sparse_last_layer:
             positions = batch["marker_positions"]
             if not batch.get("packed"):  # [chains, steps] within each row -> into the flattened rows
                 length = batch["inputs"]["input_ids"].shape[1]
