@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from PIL import Image
 from transformers import (
     LlamaConfig,
     LlamaModel,
@@ -127,16 +126,6 @@ def test_unsupported_models_keep_the_full_layer():
     eager_vision = build_backbone("qwen2_vl").model.model
     eager_vision.language_model.config._attn_implementation = "flex_attention"
     assert not last_layer.supports(eager_vision)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for name, size, colour in [("a", (56, 56), "red"), ("b", (112, 56), "blue"), ("c", (56, 112), "green")]:
-        Image.new("RGB", size, colour).save(folder / f"{name}.png")
-        paths.append(str(folder / f"{name}.png"))
-    return paths
 
 
 CHAINS = [

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from PIL import Image
 from safetensors.torch import load_file
 
 from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, pack_rows
@@ -20,16 +19,6 @@ from prm.model.prm import ProcessRewardModel
 
 TINY_FAMILIES = [name for name in family_names() if get_family(name).has_tiny]
 PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for name, size, colour in [("a", (56, 56), "red"), ("b", (112, 56), "blue"), ("c", (56, 112), "green")]:
-        Image.new("RGB", size, colour).save(folder / f"{name}.png")
-        paths.append(str(folder / f"{name}.png"))
-    return paths
 
 
 def chains_with(images):
