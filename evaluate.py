@@ -4,7 +4,9 @@ Runs prm/evaluation/run.py's ``evaluate``: every candidate is scored once, best-
 computed for every aggregation beside the baselines (random expectation, first candidate, majority
 vote, pass@N); a ProcessBench test file gives the first-error metric instead. Results go to
 best_of_n.{json,md} / processbench.{json,md} in the evaluation's run directory (default:
-<checkpoint>/eval/<time>) and the table is printed. Examples:
+<checkpoint>/eval/<time>) and the table is printed. A checkpoint is evaluated on its own run's data
+config (test split, max_length, preflight policies) unless data= is given; which one, and why, is
+logged and written to data.yaml. Examples:
     python evaluate.py checkpoint=outputs/2026-11-21/12-00-00
     python evaluate.py checkpoint=<dir> data=dreamprm15 data.test=<best-of-n.json> data.image_root=<images>
     python evaluate.py checkpoint=<dir> data=processbench data.test=<gsm8k.json>

@@ -116,6 +116,12 @@ class ReweightSchema:
     upper: Optional[UpperSchema] = None  # noqa: UP045
 
 
+# The one default of data.max_length (tokens per chain, images' expanded tokens included): the data
+# schema's, which every conf/data/*.yaml inherits unless it sets its own (demo.yaml: 512, its chains
+# are short); DataSources takes the same constant.
+DEFAULT_MAX_LENGTH = 4096
+
+
 @dataclass
 class DataSchema:
     """The fields of :class:`prm.data.sources.DataSources` (same defaults)."""
@@ -134,7 +140,7 @@ class DataSchema:
     generator: Any = None
     batch_size: int = 8
     eval_batch_size: int = 16
-    max_length: Optional[int] = 1024  # noqa: UP045
+    max_length: Optional[int] = DEFAULT_MAX_LENGTH  # noqa: UP045
     num_workers: int = 0
     group_by_length: bool = False  # training batches of chains of similar token length
     length_window: int = 64  # global batches per length-sorting window (group_by_length)
@@ -162,6 +168,9 @@ class TrainRunSchema:
     distributed: Any = MISSING
     seed: int = 0
     resume: Any = False  # false | true (this run dir's latest checkpoint) | a run or checkpoint path
+    # dotted keys (and the keys under them) a resume may change on purpose, e.g. [train.steps];
+    # every other result key must equal the checkpoint's (prm/training/state.py)
+    resume_allow_changes: list[str] = field(default_factory=list)
     prm: PRMSchema = field(default_factory=PRMSchema)
     train: TrainSchema = field(default_factory=TrainSchema)
     optimized_metric: str = "auroc"
@@ -271,6 +280,27 @@ def _check_device(key: str, device) -> None:
             _require(index < count, f"{key}={device} but only {count} CUDA device(s) exist")
 
 
+def _check_label_words(cfg) -> None:
+    """``backbone.label_words``: two different non-empty strings (positive, negative). The same word
+    twice makes l+ - l- = 0 at every step: every score is 0.5 and the loss ln 2, so nothing trains.
+    Whether each word is one token of the tokenizer is checked where it loads
+    (:func:`prm.model.backbones.build_backbone`)."""
+    if not _exists(cfg, "backbone.label_words"):
+        return
+    words = _get(cfg, "backbone.label_words")
+    listed = list(words) if isinstance(words, list | tuple) or OmegaConf.is_list(words) else None
+    _require(
+        listed is not None and len(listed) == 2 and all(isinstance(w, str) and w for w in listed),
+        f"backbone.label_words={words!r}: expected two non-empty words [positive, negative], e.g. ['+', '-'] "
+        "(quote numbers on the command line: \"backbone.label_words=['1','0']\")",
+    )
+    _require(
+        listed[0] != listed[1],
+        f"backbone.label_words={listed!r}: the positive and negative words must differ (with the same "
+        "word twice every step scores 0.5 and nothing trains)",
+    )
+
+
 def _check_limit(cfg) -> None:
     limit = _get(cfg, "data.limit")
     if limit is None:
@@ -308,7 +338,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     rates > 0 (``train.optimizer.lr``, and ``reweight.upper.optimizer.lr`` when reweighting);
     ``data.batch_size``, ``data.eval_batch_size``, ``reweight.upper.batch_size``,
     ``train.gradient_accumulation``, ``train.keep_last_n_checkpoints`` and ``train.max_nonfinite_steps``
-    >= 1; ``train.save_every``, ``train.validate_every`` and the gradient clipping norms >= 0;
+    >= 1; ``backbone.label_words`` two different non-empty words; ``train.save_every``,
+    ``train.validate_every`` and the gradient clipping norms >= 0;
     ``prm.head``, ``prm.last_layer`` and ``prm.loss_target`` known; ``train.precision`` fp32 or bf16
     (fp16 refused, with the reason); ``train.device`` cuda only where torch sees CUDA; with
     reweighting, a known ``reweight.hypergradient.type`` (``neumann`` / ``cg`` only with
@@ -328,6 +359,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_precision("train.precision", _get(cfg, "train.precision"))
     _check_device("train.device", _get(cfg, "train.device", "auto"))
     _check_data(cfg, evaluate=False)
+    _check_label_words(cfg)
     head, target = _get(cfg, "prm.head"), _get(cfg, "prm.loss_target")
     _require(head in HEADS, f"prm.head={head!r}: expected one of {', '.join(HEADS)}")
     last = _get(cfg, "prm.last_layer")
@@ -344,6 +376,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     _at_least(cfg, "reweight.hypergradient.unroll_steps", 1)
     if kind in SECOND_ORDER_HYPERGRADIENTS:
+        # cg needs a step to move off x = 0; neumann's 0 iterations is the estimate H^-1 ~ alpha I
+        _at_least(cfg, "reweight.hypergradient.iterations", 1 if kind == "cg" else 0)
+        _positive(cfg, "reweight.hypergradient.alpha")
         attention = _get(cfg, "backbone.attn_implementation", "sdpa")
         _require(
             attention == "eager",
@@ -377,6 +412,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
 
     Rules (each failure raises :class:`ConfigError` naming the key): either ``checkpoint`` or
     ``backbone`` with ``backbone.path`` set, not both, and ``prompt`` only with ``backbone``;
+    ``backbone.label_words`` two different non-empty words;
     ``precision`` fp32 or bf16; ``device`` cuda only where torch sees CUDA; ``mode`` known;
     ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation.
     """
@@ -400,6 +436,8 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
         not backbone or bool(_get(cfg, "backbone.path")),
         "backbone.path is not set: evaluate.py backbone=<config> backbone.path=<checkpoint dir>",
     )
+    if backbone:
+        _check_label_words(cfg)
     _check_precision("precision", _get(cfg, "precision"))
     _check_device("device", _get(cfg, "device", "auto"))
     mode = _get(cfg, "mode", "auto")
@@ -428,11 +466,15 @@ def debug_enabled() -> bool:
 @contextlib.contextmanager
 def user_errors(debug: bool | None = None):
     """Context: a :class:`UserError` raised inside becomes ``error: <message>`` (one line) on stderr
-    and ``SystemExit(2)``. ``debug`` (default: the ``PRM_DEBUG`` variable) prints the traceback too.
-    Other exceptions pass through untouched."""
+    and ``SystemExit(2)``, also when Hydra's ``instantiate`` wrapped it in an
+    ``InstantiationException`` (a backbone config that fails as it loads). ``debug`` (default: the
+    ``PRM_DEBUG`` variable) prints the traceback too. Other exceptions pass through untouched."""
     try:
         yield
-    except UserError as error:
+    except Exception as raised:
+        error = _user_error(raised)
+        if error is None:
+            raise
         if debug if debug is not None else debug_enabled():
             import traceback
 
@@ -440,6 +482,16 @@ def user_errors(debug: bool | None = None):
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _user_error(error: BaseException) -> UserError | None:
+    """``error`` if it is a :class:`UserError`, or the one Hydra's ``InstantiationException`` wraps
+    (its ``__cause__``, through nested instantiations); else None."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, UserError) else None
 
 
 def user_error_exit(fn: Callable | None = None, *, debug: bool | None = None):

@@ -25,7 +25,8 @@ fi
 "$PY" -m pip install --quiet --upgrade pip
 # torch first and pinned: 2.13.0 is the local CPU build; any other version pulls CUDA wheels.
 "$PY" -m pip install --quiet torch==2.13.0
-"$PY" -m pip install --quiet -e ".[test]"
+# gguf: the GGUF loading tests (tiny GGUF files written by the tests themselves) run in CI too.
+"$PY" -m pip install --quiet -e ".[test,gguf]"
 # betty-ml 0.2.1 declares Requires-Python < 3.11, so a plain `pip install betty-ml` on 3.11 silently
 # installs 0.1.1, which lacks EngineConfig.strategy and has a DARTS bug (lower model left shifted by
 # -eps*v) and a roll_back that restores nothing. 0.2.1 runs fine on 3.11 / torch 2.13, so we install

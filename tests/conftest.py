@@ -1,7 +1,44 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and the thread count of a test run.
+
+``PRM_TEST_THREADS=N`` runs the tests with N torch threads (``torch.set_num_threads``) and gives the
+entry points the tests start ``OMP_NUM_THREADS=N`` and ``MKL_NUM_THREADS=N`` (where a test sets no
+count of its own). ``make test`` uses it to run the ``numerics`` tests again at 1 and 2 threads: a
+float comparison's verdict must not depend on how reductions are split. The run's header names the
+thread count and ATen's CPU capability (``ATEN_CPU_CAPABILITY`` selects another kernel path).
+"""
+
+import os
 
 import pytest
+import torch
 from PIL import Image
+
+THREADS_VARIABLE = "PRM_TEST_THREADS"
+
+
+def _requested_threads() -> int | None:
+    """The positive integer in PRM_TEST_THREADS, None when unset; pytest.UsageError otherwise."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{THREADS_VARIABLE}={value!r}: expected a positive number of torch threads")
+    return int(value)
+
+
+def pytest_configure(config):
+    threads = _requested_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def pytest_report_header(config):
+    source = f" ({THREADS_VARIABLE})" if _requested_threads() is not None else ""
+    return (
+        f"torch {torch.__version__}: {torch.get_num_threads()} threads{source}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
 
 
 @pytest.fixture(scope="session")

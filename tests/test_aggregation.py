@@ -48,8 +48,11 @@ def test_saturated_probabilities_give_finite_values_and_gradients(name):
 
 
 def test_clamping_bounds_saturated_logits():
-    result = Aggregation("sum_logit")(torch.tensor([[1.0]]), torch.tensor([[True]]))
-    assert result.item() == pytest.approx(logit(1 - EPS), rel=1e-3)
+    # float64: 1 - EPS is exact to 1e-16, so the clamped logit is logit(1 - EPS) to a few units of
+    # 2^-53 amplified by 1 / EPS (1e-10 relative). In float32, 1 - 1e-6 rounds to 1 - 1.013e-6, a
+    # logit 0.1% lower, which a tolerance would have to absorb.
+    result = Aggregation("sum_logit")(torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([[True]]))
+    assert result.item() == pytest.approx(logit(1 - EPS), rel=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATIONS))

@@ -4,12 +4,15 @@ any local causal LM, GGUF files."""
 
 import importlib.util
 import json
+import logging
+import re
 import time
 
 import pytest
 import torch
 from PIL import Image
 from transformers import (
+    AddedToken,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -17,14 +20,24 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
+    Qwen2Tokenizer,
 )
 
 from prm.model import families
 from prm.model.backbones import build_backbone
 from prm.model.chat import chatml_template
 from prm.model.families import FamilySpec, TinySize, family_names, get_family
+from prm.model.gguf_export import export
 from prm.model.prm import ProcessRewardModel
-from prm.model.tokenizer import build_tokenizer, single_token_id
+from prm.model.tokenizer import (
+    ExpectedToken,
+    TokenizerError,
+    build_tokenizer,
+    check_special_tokens,
+    expected_special_tokens,
+    load_shipped_vocab,
+    single_token_id,
+)
 
 PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
 TINY_FAMILIES = [name for name in family_names() if get_family(name).has_tiny]
@@ -438,3 +451,259 @@ def test_smollm2_gguf_loads_scores_a_chain_and_saves_plainly(tmp_path):
     assert reloaded.step_marker_id == backbone.step_marker_id
     with torch.no_grad():
         assert torch.equal(ProcessRewardModel(reloaded).eval()(batch).probs, probs)
+
+
+# GGUF files with DeepSeek-style special tokens: non-ASCII text (U+FF5C full-width bar, U+2581) in a
+# byte-level vocabulary, as BOS / EOS and in the chat template. Written with the gguf package the way
+# llama.cpp's converter writes a byte-level model: the vocabulary in the GPT-2 byte spelling, added
+# tokens as their text, typed CONTROL.
+DS_BOS, DS_EOS, DS_USER, DS_ASSISTANT = (
+    "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>",
+    "<｜User｜>",
+    "<｜Assistant｜>",
+)
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{%- for m in messages -%}{%- if m['role'] == 'user' -%}{{ '<｜User｜>' + m['content'] }}"
+    "{%- else -%}{{ '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' }}{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<｜Assistant｜>' }}{%- endif -%}"
+)
+DS_SPECIALS = [DS_BOS, DS_EOS, DS_USER, DS_ASSISTANT, "<step>"]
+DS_IDS = dict(zip(DS_SPECIALS, range(465, 470)))  # after the 465 tokens of the shipped BPE
+
+
+def _deepseek_tokenizer():
+    vocab, merges = load_shipped_vocab()
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in DS_SPECIALS], special_tokens=True
+    )
+    tokenizer.add_special_tokens({"bos_token": DS_BOS, "eos_token": DS_EOS})
+    tokenizer.chat_template = DEEPSEEK_TEMPLATE
+    return tokenizer
+
+
+def _llama_permute(weight, heads):
+    """llama.cpp's convert_hf_to_gguf.py permutation of a q/k projection (transformers undoes it)."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _write_gguf(path, model, tokens, token_types, template=DEEPSEEK_TEMPLATE, bos=465, eos=466):
+    """``model`` (a LlamaForCausalLM) as an F32 GGUF file with this vocabulary and chat template."""
+    gguf = pytest.importorskip(
+        "gguf", reason="writing GGUF files needs the optional gguf package: pip install '.[gguf]'"
+    )
+    config = model.config
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges([" ".join(pair) for pair in load_shipped_vocab()[1]])
+    writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(template)
+    weights = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    writer.add_tensor("output.weight", weights["lm_head.weight"])
+    gguf_names = {
+        "attn_norm": "input_layernorm", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+        "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }  # fmt: skip
+    for layer in range(config.num_hidden_layers):
+        hf = f"model.layers.{layer}."
+        for gguf_name, hf_name in gguf_names.items():
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", weights[hf + hf_name + ".weight"])
+        q, k = weights[hf + "self_attn.q_proj.weight"], weights[hf + "self_attn.k_proj.weight"]
+        writer.add_tensor(f"blk.{layer}.attn_q.weight", _llama_permute(q, config.num_attention_heads))
+        writer.add_tensor(f"blk.{layer}.attn_k.weight", _llama_permute(k, config.num_key_value_heads))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def deepseek_files(tmp_path_factory):
+    """One tiny random Llama with a DeepSeek-style tokenizer, saved as safetensors (``st/``, the
+    reference) and as GGUF files: ``model.gguf`` (the same vocabulary), ``no_step.gguf`` (another
+    control token where ``<step>`` was) and ``eos_twice.gguf`` (the EOS text also at id 468)."""
+    pytest.importorskip("gguf", reason="GGUF files need the optional gguf package: pip install '.[gguf]'")
+    directory = tmp_path_factory.mktemp("deepseek")
+    tokenizer = _deepseek_tokenizer()
+    size = TinySize()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_kv_heads,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory / "st")
+    tokenizer.save_pretrained(directory / "st")
+    by_id = {token_id: text for text, token_id in tokenizer.get_vocab().items()}
+    tokens = [by_id[i] for i in range(len(tokenizer))]
+    added = {token.content for token in tokenizer.added_tokens_decoder.values()}
+    types = [3 if text in added else 1 for text in tokens]  # 3: CONTROL, 1: NORMAL (gguf.TokenType)
+    _write_gguf(directory / "model.gguf", model, tokens, types)
+    _write_gguf(directory / "no_step.gguf", model, tokens[:469] + ["<｜place▁holder｜>"], types)
+    _write_gguf(directory / "eos_twice.gguf", model, tokens[:468] + [DS_EOS] + tokens[469:], types)
+    return directory, model
+
+
+def _marker_batch(backbone, steps=("2 + 3 = 5.", "Final answer: 5")):
+    text = backbone.format_chain("What is 2 + 3?", list(steps))
+    inputs = backbone.tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    positions = (inputs["input_ids"][0] == backbone.step_marker_id).nonzero().flatten()
+    batch = {
+        "inputs": dict(inputs),
+        "marker_positions": positions[None],
+        "step_mask": torch.ones(1, len(steps), dtype=torch.bool),
+    }
+    return text, batch
+
+
+def test_gguf_non_ascii_special_tokens_keep_their_ids_and_score_like_safetensors(deepseek_files, caplog):
+    directory, model = deepseek_files
+    caplog.set_level(logging.INFO, logger="prm.model")
+    loaded = build_backbone("causal_lm", path=str(directory), gguf_file="model.gguf")
+    reference = build_backbone("causal_lm", path=str(directory / "st"))
+    tokenizer = loaded.tokenizer
+    for text, token_id in DS_IDS.items():  # each one token, at the id of the GGUF vocabulary
+        assert tokenizer.encode(text, add_special_tokens=False) == [token_id]
+        assert reference.tokenizer.encode(text, add_special_tokens=False) == [token_id]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (465, 466, 466)
+    assert len(tokenizer) == 470 and loaded.step_marker_id == 469
+    assert {DS_USER, DS_ASSISTANT, DS_BOS, DS_EOS} <= set(loaded.special_token_strings)
+    # No resize: the embedding rows and the LM head are the written weights.
+    assert loaded.new_token_ids == () and "vocabulary grew" not in caplog.text
+    assert torch.equal(loaded.model.get_input_embeddings().weight, model.model.embed_tokens.weight)
+    assert torch.equal(loaded.model.lm_head.weight, model.lm_head.weight)
+    for name, parameter in reference.model.named_parameters():  # the F32 GGUF holds the same weights
+        assert torch.equal(loaded.model.get_parameter(name), parameter), name
+    assert "re-registered 4 GGUF token(s)" in caplog.text
+    text, batch = _marker_batch(loaded)
+    assert text == f"{DS_BOS}{DS_USER}What is 2 + 3?{DS_ASSISTANT}2 + 3 = 5.<step>\nFinal answer: 5<step>\n"
+    reference_text, reference_batch = _marker_batch(reference)
+    assert reference_text == text
+    assert torch.equal(batch["inputs"]["input_ids"], reference_batch["inputs"]["input_ids"])
+    assert batch["inputs"]["input_ids"][0, :2].tolist() == [465, 467]
+    # The same weights, the same ids and the same operations on one machine: bit-identical outputs
+    # (before the repair the BOS / EOS rows were new random ones and the scores moved).
+    with torch.no_grad():
+        logits = loaded.model(**batch["inputs"]).logits
+        assert torch.equal(logits, reference.model(**reference_batch["inputs"]).logits)
+        probs = ProcessRewardModel(loaded).eval()(batch).probs
+        assert torch.equal(probs, ProcessRewardModel(reference).eval()(reference_batch).probs)
+    assert probs.shape == (1, 2) and torch.isfinite(probs).all()
+
+
+def test_gguf_resize_log_names_the_tokens_it_adds(deepseek_files, caplog):
+    directory, model = deepseek_files
+    caplog.set_level(logging.INFO, logger="prm.model.backbones")
+    loaded = build_backbone("causal_lm", path=str(directory), gguf_file="no_step.gguf")
+    assert loaded.new_token_ids == (470,) and loaded.step_marker_id == 470
+    (message,) = [
+        record.getMessage() for record in caplog.records if "vocabulary grew" in record.getMessage()
+    ]
+    assert message.startswith("vocabulary grew from 470 to 471 tokens, adding '<step>': resizing")
+    assert loaded.tokenizer.encode(DS_BOS, add_special_tokens=False) == [465]
+    embeddings = loaded.model.get_input_embeddings().weight
+    assert embeddings.shape == (471, model.config.hidden_size)
+    assert torch.equal(embeddings[:470], model.model.embed_tokens.weight)  # only the marker's row is new
+
+
+def test_gguf_token_on_two_ids_is_a_clear_error(deepseek_files):
+    directory, _ = deepseek_files
+    # The EOS text is token 466 and token 468: the tokenizer can give it only one id.
+    expected = (
+        "EOS '<｜end▁of▁sentence｜>': expected id 466 (tokenizer.ggml.eos_token_id of the GGUF file), "
+        "encodes to [468] ['<｜end▁of▁sentence｜>']"
+    )
+    with pytest.raises(TokenizerError, match=re.escape(expected)) as error:
+        build_backbone("causal_lm", path=str(directory), gguf_file="eos_twice.gguf")
+    assert str(error.value).startswith(f"backbone.gguf_file={directory / 'eos_twice.gguf'}: ")
+
+
+def test_gguf_export_writes_the_repaired_tokenizer(deepseek_files, tmp_path):
+    directory, model = deepseek_files
+    facts = export(directory / "model.gguf", tmp_path)
+    assert facts["model_type"] == "llama"
+    exported = build_backbone("causal_lm", path=str(tmp_path))
+    assert exported.new_token_ids == () and len(exported.tokenizer) == 470
+    for text, token_id in DS_IDS.items():
+        assert exported.tokenizer.encode(text, add_special_tokens=False) == [token_id]
+
+
+def test_checkpoint_whose_bos_is_not_the_models_is_a_clear_error(tmp_path):
+    """A saved tokenizer whose BOS text is not in the vocabulary (transformers appends it as a new
+    token) while config.json says BOS is token 465: refused, naming both ids."""
+    tokenizer = _deepseek_tokenizer()
+    size = TinySize()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=1,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_kv_heads,
+        bos_token_id=465,
+        eos_token_id=466,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert build_backbone("causal_lm", path=str(tmp_path)).new_token_ids == ()
+    tokenizer_config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    tokenizer_config["bos_token"] = "<｜bos｜>"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    expected = (
+        f"backbone.path={tmp_path}: the tokenizer does not encode the model's special tokens as the model "
+        "was trained: BOS '<｜bos｜>': expected id 465 (the model config's bos_token_id), encodes to [470] "
+        "['<｜bos｜>'] (past the model's 470 embedding rows: a new, untrained row). Scores would read"
+    )
+    with pytest.raises(TokenizerError, match=re.escape(expected)):
+        build_backbone("causal_lm", path=str(tmp_path))
+
+
+def test_expected_special_tokens_of_a_tiny_backbone():
+    backbone = build_backbone("qwen2")
+    tokenizer = backbone.tokenizer
+    expected = expected_special_tokens(tokenizer, backbone.chat_template, backbone.model.config)
+    ids = tokenizer.convert_tokens_to_ids
+    assert [(t.text, t.role, t.ids) for t in expected] == [
+        ("<|endoftext|>", "EOS", (ids("<|endoftext|>"),)),  # also the PAD token
+        ("<|im_end|>", "chat-template token", (ids("<|im_end|>"),)),
+        ("<|im_start|>", "chat-template token", (ids("<|im_start|>"),)),
+    ]
+    rows = backbone.model.get_input_embeddings().weight.shape[0]
+    check_special_tokens(tokenizer, expected, rows, "tiny")
+    wrong = [ExpectedToken("<|im_end|>", "EOS", (0,), "a test")]
+    with pytest.raises(TokenizerError, match=r"EOS '<\|im_end\|>': expected id 0 \(a test\), encodes to \["):
+        check_special_tokens(tokenizer, wrong, rows, "tiny")
+    with pytest.raises(
+        TokenizerError, match=r"chat-template token 'a b': expected one token with an id below"
+    ):
+        check_special_tokens(tokenizer, [ExpectedToken("a b", "chat-template token")], rows, "tiny")

@@ -1,7 +1,9 @@
-"""train.compile: the repeated blocks are compiled one by one; scores and gradients are unchanged."""
+"""train.compile: the repeated blocks are compiled one by one; scores and gradients are unchanged (in
+float64, to ``numerics.FLOAT64_PATHS`` of their scale on any CPU: tests/numerics.py)."""
 
 import pytest
 import torch
+from numerics import assert_close_at_scale
 
 from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.records import StepChain
@@ -34,9 +36,10 @@ def test_repeated_blocks_finds_the_decoder_and_vision_stacks():
         assert all(block in blocks for block in model.model.language_model.layers)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", ["scores", "full"])
 def test_compiled_blocks_keep_scores_gradients_and_the_last_layer_path(mode):
-    backbone = build_backbone("causal_lm")
+    backbone = build_backbone("causal_lm", dtype="float64")
     backbone.model.train()
     base = backbone.model.model
     prm = ProcessRewardModel(backbone, "token", last_layer=mode)
@@ -57,9 +60,9 @@ def test_compiled_blocks_keep_scores_gradients_and_the_last_layer_path(mode):
     counts.clear()
     got = _scores_and_grads(prm, batch)
     assert counts["stats"]["calls_captured"] > 0  # the compiled layers ran through dynamo
-    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+    assert_close_at_scale(got[0], expected[0], msg="scores")
     for a, b in zip(got[1], expected[1], strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert_close_at_scale(a, b)
 
 
 def test_a_compiled_last_layer_takes_the_full_path():

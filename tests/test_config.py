@@ -350,6 +350,14 @@ BAD_TRAIN = [
     (["train.device=tpu"], "train.device='tpu': expected auto, cpu, cuda or cuda:<index>"),
     (["prm.head=linear"], "prm.head='linear': expected one of token, value"),
     (["prm.loss_target=-"], "prm.loss_target='-': expected one of +, both"),
+    (
+        ["backbone.label_words=[+,+]"],
+        "backbone.label_words=['+', '+']: the positive and negative words must differ",
+    ),
+    (["backbone.label_words=[+]"], "backbone.label_words=['+']: expected two non-empty words"),
+    (["backbone.label_words=[+,'']"], "backbone.label_words=['+', '']: expected two non-empty words"),
+    (["backbone.label_words=[+,-,x]"], "backbone.label_words=['+', '-', 'x']: expected two non-empty words"),
+    (["backbone.label_words=+"], "backbone.label_words='+': expected two non-empty words"),
     (["+data.limit.dev=3"], "data.limit.dev: unknown split"),
     (["data.limit=0"], "data.limit=0: expected null or a record count >= 1"),
     (["reweight=domain_table", "reweight.hypergradient.type=maml"], "reweight.hypergradient.type='maml'"),
@@ -446,6 +454,10 @@ BAD_EVALUATE = [
         "processbench.threshold=1.5: must be null or in [0, 1]",
     ),
     (["checkpoint=run", "device=gpu"], "device='gpu': expected auto, cpu, cuda"),
+    (
+        ["backbone=hf_causal_lm", "backbone.path=/m", "backbone.label_words=[yes,yes]"],
+        "backbone.label_words=['yes', 'yes']: the positive and negative words must differ",
+    ),
 ]
 
 

@@ -1,11 +1,13 @@
 """Collation: right padding, step-marker positions, label tables, chain labels, errors."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from prm.data.dataset import ChainDataset, PRMCollator, flatten_candidates
+from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, flatten_candidates
+from prm.data.records import LabelledChain, StepChain
 from prm.data.sources import DataSources
 from prm.data.synthetic import DemoBenchmark
 from prm.model.backbones import build_backbone
@@ -90,3 +92,60 @@ def test_step_text_containing_the_marker_is_refused(demo, backbone):
     chain.steps[0] += " <step>"
     with pytest.raises(ValueError, match="step markers for"):
         PRMCollator(backbone)([ChainDataset([chain])[0]])
+
+
+# ---------------------------------------------------------------------------------------------------
+# chain_lengths: the lengths length grouping sorts by, in the configured prompt layout
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen2_vl"])
+@pytest.mark.parametrize("prompt", ["marker", "conversation"])
+def test_chain_lengths_are_the_collated_lengths_in_the_prompt_layout(family, prompt):
+    """Text-only chains (images count as placeholders in chain_lengths, so without them the counts are
+    exact), with and without step labels (the conversation's teacher-forced replies follow them)."""
+    backbone = build_backbone(family, prompt=prompt)
+    chains = [
+        StepChain(
+            id="a",
+            question="What is 2 + 3?",
+            steps=["2 + 3 = 5.", "So 6.", "Answer: 6"],
+            labels=[1.0, 0.0, None],
+        ),
+        StepChain(
+            id="b", question="Count the tiles, then add one.", steps=["There are 4 tiles."], labels=[0.75]
+        ),
+        LabelledChain(
+            id="c", question="A longer question " * 6, steps=["One.", "Two.", "Three.", "Four."], label=1
+        ),
+        LabelledChain(id="d", question="Short?", steps=[], label=0),
+    ]
+    batch = PRMCollator(backbone)([ChainDataset(chains)[i] for i in range(len(chains))])
+    collated = batch["inputs"]["attention_mask"].sum(1).tolist()
+    assert chain_lengths(chains, backbone) == collated
+    if prompt == "conversation":  # the marker layout's lengths, which chain_lengths measured before
+        marker = build_backbone(family, prompt="marker")
+        assert chain_lengths(chains, marker) != collated
+
+
+# ---------------------------------------------------------------------------------------------------
+# data.max_length: one default
+
+
+def test_max_length_has_one_default_and_only_demo_sets_its_own():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from prm.config import DEFAULT_MAX_LENGTH, DataSchema
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    assert DEFAULT_MAX_LENGTH == 4096  # the value the README documents
+    assert DataSources().max_length == DataSchema().max_length == DEFAULT_MAX_LENGTH
+    own = sorted(p.name for p in (conf / "data").rglob("*.yaml") if "max_length" in OmegaConf.load(p))
+    assert own == ["demo.yaml"]  # a deliberate per-dataset value; every other config inherits
+    expected = {"demo": 512, "demo_shift": 512, "demo_shift_hard": 512}
+    names = sorted(p.stem for p in (conf / "data").glob("*.yaml"))
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for name in names:
+            data = compose("config", overrides=[f"data={name}"]).data
+            assert data.max_length == expected.get(name, DEFAULT_MAX_LENGTH), name
+        assert compose("evaluate", overrides=["data=files"]).data.max_length == DEFAULT_MAX_LENGTH

@@ -28,7 +28,10 @@ COMMON = [
     "reweight.upper.optimizer.lr=0.5",
     "logger=jsonl",
 ]
-TOLERANCE = 1e-5  # float32 reductions in a different order across world sizes and stages
+# Float32 reductions run in a different order across world sizes and stages. Measured with ATen's
+# AVX2 and default kernels and MKL's AUTO and COMPATIBLE paths (every process at 1 thread): the
+# weights agree to 1.2e-7, while they move by up to 0.34 from 1 in these 4 steps; 1e-5 leaves 80x.
+TOLERANCE = 1e-5
 
 pytestmark = pytest.mark.slow
 

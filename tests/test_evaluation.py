@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,3 +332,238 @@ def test_reports_are_written_and_list_every_method(tmp_path):
     assert saved["math"]["correct_accuracy"] is None  # NaN (no correct chain) is null in JSON
     assert "| gsm8k | 0.5 | 50.00 | 66.67 | 57.14 | 2 | 3 |" in markdown
     assert "| mean |" in markdown
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which data a checkpoint is evaluated on (evaluate.py checkpoint=<run> [data=...])
+
+ROOT = Path(__file__).resolve().parent.parent
+# The run's data: demo_shift_hard, made tiny; max_length 300 differs from demo's 512 and from the default.
+SHIFT_OVERRIDES = [
+    "data=demo_shift_hard",
+    "data.generator.train_per_domain=6",
+    "data.generator.meta_size=8",
+    "data.generator.test_problems=3",
+    "data.generator.n_candidates=3",
+    "data.limit=null",
+    "data.max_length=300",
+]
+
+
+def composed(name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def shifted_run(tmp_path_factory):
+    """A tiny text-only PRM trained 2 steps on (a small) data=demo_shift_hard; its demo cache folder.
+    Built once for the module (about 10 s)."""
+    from prm.training import train
+
+    folder = tmp_path_factory.mktemp("shifted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRM_CACHE_DIR", str(folder / "cache"))  # resolved into the run's config.yaml
+        overrides = ["experiment=smoke", "backbone=tiny_qwen2", "train.steps=2", "logger=none"]
+        train(composed("config", [*overrides, *SHIFT_OVERRIDES]), run_dir=folder / "run")
+    return folder / "run"
+
+
+def run_evaluate(overrides: list[str], out_dir: Path) -> dict:
+    """evaluate() as evaluate.py calls it with these command-line overrides."""
+    from prm.evaluation.run import evaluate
+
+    return evaluate(composed("evaluate", overrides), out_dir=out_dir, overrides=overrides)
+
+
+def test_checkpoint_is_evaluated_on_its_own_data_config(shifted_run, tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    overrides = [f"checkpoint={shifted_run}", "device=cpu", "logger=none"]
+    with caplog.at_level(logging.INFO, logger="evaluate"):
+        summary = run_evaluate(overrides, tmp_path / "eval")
+    data = summary["preflight"]["data"]
+    assert (data["name"], data["max_length"]) == ("demo_shift_hard", 300)
+    # the run's own generated test file (under its cache folder), not the demo's
+    assert Path(data["test"]).parent.parent == shifted_run.parent / "cache" / "demo"
+    assert data["source"].startswith("data=demo_shift_hard: data from the checkpoint's config.yaml")
+    assert "data from the checkpoint's config.yaml" in caplog.text
+    best = json.loads((tmp_path / "eval" / "best_of_n.json").read_text())
+    assert best["problems"] == 3  # the run's test_problems, not demo's 150
+    saved = (tmp_path / "eval" / "data.yaml").read_text()
+    assert saved.startswith("# data=demo_shift_hard: data from the checkpoint's config.yaml")
+    assert OmegaConf.create(saved).max_length == 300
+
+
+def test_data_on_the_command_line_wins_over_the_checkpoints(shifted_run, tmp_path, caplog):
+    overrides = [
+        f"checkpoint={shifted_run}",
+        "device=cpu",
+        "logger=none",
+        "data=demo",
+        "data.generator.train_per_domain=4",
+        "data.generator.meta_size=4",
+        "data.generator.test_problems=2",
+        "data.generator.n_candidates=2",
+        f"data.generator.root={tmp_path / 'demo'}",
+    ]
+    with caplog.at_level(logging.INFO, logger="evaluate"):
+        summary = run_evaluate(overrides, tmp_path / "eval")
+    data = summary["preflight"]["data"]
+    assert (data["name"], data["max_length"]) == ("demo", 512)
+    assert Path(data["test"]).parent.parent == tmp_path / "demo"
+    assert data["source"] == "data=demo: data= given on the command line"
+    assert "data= given on the command line" in caplog.text
+    assert json.loads((tmp_path / "eval" / "best_of_n.json").read_text())["problems"] == 2
+
+
+def test_data_key_overrides_apply_on_top_of_the_checkpoints_data(shifted_run, tmp_path):
+    overrides = [f"checkpoint={shifted_run}", "device=cpu", "logger=none", "data.max_length=256"]
+    summary = run_evaluate(overrides, tmp_path / "eval")
+    data = json.loads((tmp_path / "eval" / "preflight.json").read_text())["data"]
+    assert data == summary["preflight"]["data"]
+    assert (data["name"], data["max_length"]) == ("demo_shift_hard", 256)
+    assert data["source"].endswith("with data.max_length=256 from the command line")
+
+
+def test_multirun_jobs_are_evaluated_on_their_own_data(shifted_run, tmp_path):
+    """Two jobs of a (copied) sweep whose config.yaml differ in data.max_length: each keeps its own."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from prm.checkpoint import checkpoint_step, latest_checkpoint, write_manifest
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("{}\n")
+    for job, max_length in (("0", 300), ("1", 280)):
+        shutil.copytree(shifted_run, sweep / job)
+        (sweep / job / ".hydra").mkdir(exist_ok=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- job={job}\n")
+        checkpoint = latest_checkpoint(sweep / job)
+        saved = OmegaConf.load(checkpoint / "config.yaml")
+        saved.data.max_length = max_length
+        (checkpoint / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+        write_manifest(checkpoint, checkpoint_step(checkpoint))  # the edited file verifies again
+    summary = run_evaluate([f"checkpoint={sweep}", "device=cpu", "logger=none"], tmp_path / "eval")
+    assert {job: r["preflight"]["data"]["max_length"] for job, r in summary.items()} == {"0": 300, "1": 280}
+    assert {r["preflight"]["data"]["name"] for r in summary.values()} == {"demo_shift_hard"}
+
+
+@pytest.mark.slow
+def test_evaluate_py_reads_data_overrides_from_the_hydra_command_line(shifted_run, tmp_path):
+    """The real entry point: Hydra's task overrides decide (checkpoint's data + data.max_length=)."""
+    from prm.checkpoint import latest_checkpoint
+
+    out = tmp_path / "eval"
+    command = [
+        sys.executable,
+        "evaluate.py",
+        f"checkpoint={shifted_run}",
+        "device=cpu",
+        "logger=none",
+        "data.max_length=288",
+        f"hydra.run.dir={out}",
+    ]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    header = (out / "data.yaml").read_text().splitlines()[0]
+    saved = latest_checkpoint(shifted_run) / "config.yaml"
+    assert header == (
+        f"# data=demo_shift_hard: data from the checkpoint's config.yaml ({saved}) "
+        "with data.max_length=288 from the command line"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packing with prefix sharing
+
+
+def test_packing_with_prefix_sharing_packs_the_lone_chains_and_keeps_the_scores(monkeypatch, caplog):
+    """Scores in float64: both paths compute the same sums in another order (~1e-16 apart); the
+    float32 cast of the returned probabilities (in [0, 1]) then differs by at most one float32 ulp
+    below 1, 2**-24."""
+    import prm.evaluation.prefix_sharing as prefix_sharing
+    from prm.data.dataset import flatten_candidates
+    from prm.data.records import LabelledChain
+    from prm.evaluation.scoring import score_chains
+    from prm.model.backbones import build_backbone
+    from prm.model.prm import ProcessRewardModel
+
+    backbone = build_backbone("qwen2", dtype="float64")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # larger weights: scores spread away from 0.5, so a mix-up shows
+        for parameter in backbone.model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(
+                    0.1 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+                )
+    prm = ProcessRewardModel(backbone, "token")
+    problems = [
+        BestOfNProblem(
+            id=f"p{p}",
+            question=f"Problem {p}: how many?",
+            candidates=[
+                Candidate(
+                    steps=[f"Step {s} of {c} gives {s * c}." for s in range(1 + (c + p) % 3)],
+                    final_answer=str(c),
+                    correct=c == 0,
+                )
+                for c in range(3)
+            ],
+        )
+        for p in range(2)
+    ]
+    lone = [
+        LabelledChain(id=f"lone{i}", question=f"Lone question {i}?", steps=["One."] * (i + 1), label=1)
+        for i in range(3)
+    ]
+    chains = [*flatten_candidates(problems), *lone]
+    fallback_packing = []
+    unshared = prefix_sharing.score_chains
+
+    def spy(*args, **kwargs):
+        fallback_packing.append(kwargs.get("packing"))
+        return unshared(*args, **kwargs)
+
+    monkeypatch.setattr(prefix_sharing, "score_chains", spy)
+    with caplog.at_level(logging.INFO, logger="prm.evaluation.prefix_sharing"):
+        combined = score_chains(prm, chains, batch_size=4, prefix_sharing=True, packing=True)
+    plain = unshared(prm, chains, batch_size=4)
+    assert fallback_packing == [True]  # the 3 lone chains were scored whole, packed
+    assert (
+        "6 chains of 2 problems scored with a shared prefix, 3 without (no other chain with the same "
+        "prefix: 3); data.packing: the 3 chains scored whole are packed, the 6 continuations of a shared "
+        "prefix run padded" in caplog.text
+    )
+    assert [len(x) for x in combined] == [len(chain.steps) for chain in chains]
+    for a, b in zip(combined, plain):
+        assert torch.allclose(a.double(), b.double(), rtol=0, atol=2**-24)
+    flat = torch.cat(plain)
+    assert (flat[:, None] - flat[None, :]).abs().add(torch.eye(len(flat))).min() > 1e-4  # all distinct
+
+
+def test_data_config_refuses_a_checkpoint_data_node_it_cannot_use(tmp_path):
+    """No model is loaded: data_config reads only the checkpoint's config.yaml."""
+    from prm.config import ConfigError
+    from prm.evaluation.run import command_line_overrides, data_config
+
+    checkpoint = tmp_path / "step-0000002"
+    checkpoint.mkdir()
+    overrides = [f"checkpoint={checkpoint}"]
+    cfg = composed("evaluate", overrides)
+    (checkpoint / "config.yaml").write_text("data:\n  name: files\n  test: null\n  max_length: 64\n")
+    with pytest.raises(ConfigError, match=r"data=files from .*config.yaml has no test split"):
+        data_config(cfg, checkpoint, command_line_overrides(overrides))
+    given = [*overrides, "data.test=/some/test.json"]  # the run's data, another test file
+    job, reason = data_config(composed("evaluate", given), checkpoint, command_line_overrides(given))
+    assert (job.data.name, job.data.test, job.data.max_length) == ("files", "/some/test.json", 64)
+    assert reason.endswith("with data.test=/some/test.json from the command line")
+    (checkpoint / "config.yaml").write_text("data:\n  name: files\n  test: t.json\n  max_lenght: 64\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: its data node does not fit .*max_lenght"):
+        data_config(cfg, checkpoint, command_line_overrides(overrides))
+    (checkpoint / "config.yaml").write_text("data:\n  name: files\n  test: t.json\n  max_length: 0\n")
+    with pytest.raises(ConfigError, match=r"the data node of .*config.yaml: data.max_length=0"):
+        data_config(cfg, checkpoint, command_line_overrides(overrides))

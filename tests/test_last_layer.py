@@ -1,7 +1,13 @@
-"""The last decoder layer at the score positions only: same hidden states and gradients as the full layer."""
+"""The last decoder layer at the score positions only: same hidden states and gradients as the full layer.
+
+Both paths run in float64 and agree to ``numerics.FLOAT64_PATHS`` (1e-5) of each tensor's scale on any
+CPU (the bound is derived in tests/numerics.py); a wrong position or mask moves them by 1e-1 to 1e0 of
+it (``test_a_wrong_position_or_mask_is_far_outside_the_tolerance``).
+"""
 
 import pytest
 import torch
+from numerics import FLOAT64_PATHS, assert_close_at_scale
 from transformers import (
     LlamaConfig,
     LlamaModel,
@@ -38,13 +44,17 @@ MODELS = {
 
 
 def _inputs(kind: str):
-    """Rows of 12 tokens: right-padded with a mask, packed with position resets, or plain (no mask)."""
+    """Rows of 12 tokens: right-padded with a mask, packed with position resets, or plain (no mask).
+
+    Padded rows end in at most 4 pads, fewer than mistral's window of 5: a pad query whose window
+    holds only pads gets NaN under eager attention in float64 (transformers' float64 mask minimum
+    turns -inf in its float32 softmax), and 0 x NaN then reaches every later position."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 97, (3, 12), generator=generator)
     if kind == "padded":
         mask = torch.ones(3, 12, dtype=torch.long)
         mask[1, 9:] = 0
-        mask[2, 5:] = 0
+        mask[2, 8:] = 0
         return {"input_ids": ids, "attention_mask": mask}, torch.tensor([[2, 7, 11], [0, 4, 8], [1, 3, 4]])
     if kind == "packed":  # row 0: chains of 7 and 5 tokens; rows 1, 2: one chain and a padded tail
         positions = torch.tensor(
@@ -60,12 +70,13 @@ def _flat(positions: torch.Tensor) -> torch.Tensor:
     return torch.arange(positions.shape[0]).unsqueeze(1) * 12 + positions
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("kind", ["padded", "packed", "plain"])
 @pytest.mark.parametrize("model_type", sorted(MODELS))
 def test_hidden_states_and_gradients_equal_the_full_layer(model_type, kind, attn):
     torch.manual_seed(0)
-    base = MODELS[model_type](attn).train()
+    base = MODELS[model_type](attn).train().double()
     assert last_layer.supports(base)
     inputs, positions = _inputs(kind)
     flat = _flat(positions)
@@ -76,19 +87,20 @@ def test_hidden_states_and_gradients_equal_the_full_layer(model_type, kind, attn
     sparse_grads = torch.autograd.grad(sparse.pow(2).sum(), list(base.parameters()), allow_unused=True)
 
     assert sparse.shape == full.shape == (*positions.shape, 32)
-    torch.testing.assert_close(sparse, full, atol=1e-5, rtol=1e-5)
+    assert_close_at_scale(sparse, full, msg="hidden states")
     for (name, _), a, b in zip(base.named_parameters(), sparse_grads, full_grads, strict=True):
         if b is None:
             assert a is None or a.abs().max() == 0, name
         else:
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+            assert_close_at_scale(a, b, msg=name)
 
 
+@pytest.mark.numerics
 def test_eager_attention_keeps_second_derivatives():
     """Hessian-vector products (Neumann / CG hypergradients) through the sparse layer equal the full
     path's under eager attention."""
     torch.manual_seed(0)
-    base = MODELS["qwen2"]("eager")
+    base = MODELS["qwen2"]("eager").double()
     inputs, positions = _inputs("padded")
     flat = _flat(positions)
     params = list(base.parameters())
@@ -103,9 +115,28 @@ def test_eager_attention_keeps_second_derivatives():
         grads = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
         dot = sum((g * v).sum() for g, v in zip(grads, vector, strict=True))
         hvps.append(torch.autograd.grad(dot, params, allow_unused=True))
-    for a, b in zip(*hvps, strict=True):
+    for (name, _), a, b in zip(base.named_parameters(), *hvps, strict=True):
         if b is not None:
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+            assert_close_at_scale(a, b, msg=name)
+
+
+@pytest.mark.numerics
+def test_a_wrong_position_or_mask_is_far_outside_the_tolerance():
+    """Negative controls for FLOAT64_PATHS: a score read one position early, or packed chains that
+    see each other (no position resets), move the hidden states by 1e-1 to 1e0 of their scale (1.4
+    and 0.43 measured), over 1e3 times the tolerance the comparisons above allow."""
+    torch.manual_seed(0)
+    base = MODELS["qwen2"]("eager").double()
+    inputs, positions = _inputs("packed")
+    flat = _flat(positions)
+    with torch.no_grad():
+        sparse = last_layer.hidden_at_positions(base, inputs, flat)
+        full = base(**inputs, use_cache=False).last_hidden_state.reshape(-1, 32)
+        no_resets = base(input_ids=inputs["input_ids"], use_cache=False).last_hidden_state.reshape(-1, 32)
+    scale = full[flat].abs().max()
+    assert_close_at_scale(sparse, full[flat])
+    for wrong in (full[(flat - 1).clamp(min=0)], no_resets[flat]):
+        assert (wrong - sparse).abs().max() > 1e3 * FLOAT64_PATHS * scale
 
 
 def test_bad_positions_are_refused():
@@ -156,8 +187,9 @@ CHAINS = [
         ("qwen2_vl", False, {"prompt": "conversation"}),
     ],
 )
+@pytest.mark.numerics
 def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing, options, images):
-    backbone = build_backbone(family, **options)
+    backbone = build_backbone(family, dtype="float64", **options)
     backbone.model.train()
     base = backbone.model.model
     assert last_layer.supports(base)
@@ -183,10 +215,10 @@ def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, p
     rows, length = batch["inputs"]["input_ids"].shape
     assert mlp_tokens[1] == (rows, length)
     assert mlp_tokens[0][0] == rows and mlp_tokens[0][1] < length
-    torch.testing.assert_close(results["scores"][0], results["full"][0], atol=1e-5, rtol=1e-5)
+    assert_close_at_scale(results["scores"][0], results["full"][0], msg="scores")
     for a, b in zip(results["scores"][1], results["full"][1], strict=True):
         if a is not None or b is not None:
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+            assert_close_at_scale(a, b)
 
 
 def test_unknown_mode_is_refused():
@@ -194,6 +226,7 @@ def test_unknown_mode_is_refused():
         ProcessRewardModel(build_backbone("qwen2"), last_layer="half")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", sorted(MODELS))
@@ -203,7 +236,7 @@ def test_continuation_over_a_cached_prefix_equals_the_full_layer(model_type, att
     from transformers import DynamicCache
 
     torch.manual_seed(0)
-    base = MODELS[model_type](attn).eval()
+    base = MODELS[model_type](attn).eval().double()
     prefix = torch.randint(3, 97, (2, 6))
     prefix_mask = torch.ones(2, 6, dtype=torch.long)
     if masked:
@@ -212,7 +245,16 @@ def test_continuation_over_a_cached_prefix_equals_the_full_layer(model_type, att
     with torch.no_grad():
         cache = base(input_ids=prefix, attention_mask=prefix_mask, position_ids=positions, use_cache=True)
         cache = cache.past_key_values
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    # Float64 eager attention gives a left pad's query, which sees only pads, NaN (transformers'
+    # float64 mask minimum turns -inf in its float32 softmax), so the next layer caches NaN keys and
+    # values at the pads. Every later query masks the pads: zero them, or 0 x NaN would spread.
+    pads = (prefix_mask == 0)[:, None, :, None]
+    layers = []
+    for layer in cache.layers:  # mistral's sliding-window layers keep only the last positions
+        at_pads = pads[:, :, -layer.keys.shape[-2] :]
+        keys, values = layer.keys.masked_fill(at_pads, 0), layer.values.masked_fill(at_pads, 0)
+        assert torch.isfinite(keys).all() and torch.isfinite(values).all()  # NaN at pads only
+        layers.append((keys, values))
 
     def inputs():
         given = dict(
@@ -229,13 +271,14 @@ def test_continuation_over_a_cached_prefix_equals_the_full_layer(model_type, att
     with torch.no_grad():
         full = base(**inputs()).last_hidden_state.reshape(-1, SIZES["hidden_size"])[positions_flat]
         sparse = last_layer.hidden_at_positions(base, inputs(), positions_flat)
-    torch.testing.assert_close(sparse, full, atol=1e-5, rtol=1e-5)
+    assert_close_at_scale(sparse, full)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", sorted(MODELS))
 def test_prefix_cache_equals_the_models_cache(model_type):
     torch.manual_seed(0)
-    base = MODELS[model_type]("sdpa").eval()
+    base = MODELS[model_type]("sdpa").eval().double()
     ids = torch.randint(3, 97, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, :3] = 0
@@ -245,5 +288,5 @@ def test_prefix_cache_equals_the_models_cache(model_type):
         got = last_layer.prefix_cache(base, inputs)
     assert len(got.layers) == len(expected.layers)
     for a, b in zip(got.layers, expected.layers, strict=True):
-        torch.testing.assert_close(a.keys, b.keys, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(a.values, b.values, atol=1e-6, rtol=1e-5)
+        assert_close_at_scale(a.keys, b.keys, msg="keys")
+        assert_close_at_scale(a.values, b.values, msg="values")

@@ -1,8 +1,9 @@
 """Best-of-N prefix sharing: the same step scores as scoring every candidate whole, on every family.
 
 The tiny random backbones score every step near 0.5, so their weights are redrawn larger (std 0.1):
-scores then spread over [0, 1] and a wrong position or a wrong cached prefix moves them by far more
-than the 1e-4 tolerance (checked by the negative controls below).
+scores then spread over [0, 1]. Both paths run in float64 and must agree to ``numerics.FLOAT64_PATHS``
+(1e-5) of the scores' scale on any CPU (derived in tests/numerics.py); a wrong position or a wrong
+cached prefix moves them by more than 1e-2 (the negative controls below), a thousand times more.
 """
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from numerics import assert_close_at_scale
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -21,7 +23,6 @@ from prm.evaluation.scoring import score_chains
 from prm.model.backbones import build_backbone
 from prm.model.prm import ProcessRewardModel
 
-TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,13 +61,15 @@ def chains(tmp_path_factory):
 
 
 def sharpened_prm(family: str, head: str) -> ProcessRewardModel:
-    backbone = build_backbone(family)
+    """A float64 PRM of ``family`` whose weights are redrawn with std 0.1 (value head: 0.5)."""
+    backbone = build_backbone(family, dtype="float64")
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in backbone.model.parameters():
             if parameter.dim() >= 2:
                 parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
     prm = ProcessRewardModel(backbone, head)
+    assert {p.dtype for p in backbone.model.parameters()} == {torch.float64}
     if prm.value_head is not None:
         torch.nn.init.normal_(prm.value_head.weight, std=0.5, generator=generator)
     return prm
@@ -77,6 +80,14 @@ def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b) if len(x))
 
 
+def assert_same_scores(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    """Per-chain step scores of two float64 paths (returned rounded to float32, which moves them by at
+    most one float32 unit, 6e-8): same lengths, equal to FLOAT64_PATHS of their scale."""
+    assert [len(x) for x in actual] == [len(y) for y in expected]
+    assert_close_at_scale(torch.cat(actual), torch.cat(expected), msg="step scores")
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("head", ["token", "value"])
 @pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "qwen2_5_vl", "internvl"])
 def test_shared_scores_equal_unshared(chains, family, head):
@@ -85,13 +96,14 @@ def test_shared_scores_equal_unshared(chains, family, head):
     report = SharingReport()
     # batch 3: continuation batches mix problems of different prefix lengths and split problems
     shared = score_chains_shared(prm, chains, batch_size=3, report=report)
-    assert max_difference(unshared, shared) < TOLERANCE
+    assert_same_scores(shared, unshared)
     assert float(torch.cat(unshared).std()) > 0.05  # the scores really vary, so equality is informative
     assert [len(s) for s in shared] == [len(c.steps) for c in chains]
     assert (report.shared_chains, report.shared_problems, report.unshared_chains) == (12, 3, 1)
     assert report.fallback_reasons == {"no other chain with the same prefix": 1}
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("family", ["qwen2", "causal_lm", "qwen2_vl", "internvl"])
 def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, family):
     """The prefix pass computes only the last layer's keys and values, the continuation pass the last
@@ -107,7 +119,7 @@ def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, fam
     handle.remove()
     prm.last_layer = "full"
     full = score_chains_shared(prm, chains, batch_size=3)
-    assert max_difference(full, scores) < TOLERANCE
+    assert_same_scores(scores, full)
     assert float(torch.cat(full).std()) > 0.05
     # prefix passes compute only the last layer's keys and values (no MLP); every continuation pass
     # runs its MLP at the markers only
@@ -167,11 +179,12 @@ def test_images_encoded_once_per_problem(chains):
     assert sum(images) == 1 + 1 + 2 + 1  # each problem's image(s) once, then the lone chain's
 
 
+@pytest.mark.numerics
 def test_score_chains_dispatches_and_restores_mode(chains):
     prm = sharpened_prm("qwen2", "token").train()
     shared = score_chains(prm, chains, batch_size=4, prefix_sharing=True)
     assert prm.training
-    assert max_difference(score_chains(prm, chains, batch_size=4), shared) < TOLERANCE
+    assert_same_scores(shared, score_chains(prm, chains, batch_size=4))
 
 
 def test_max_length_counts_the_prefix(chains):
@@ -181,12 +194,13 @@ def test_max_length_counts_the_prefix(chains):
     assert prm.training  # restored on the error too
 
 
+@pytest.mark.numerics
 def test_no_shared_prefix_falls_back_to_whole_chains(chains):
     prm = sharpened_prm("qwen2", "token")
     lone = [chains[0], chains[-1]]  # different questions
     report = SharingReport()
     shared = score_chains_shared(prm, lone, report=report)
-    assert max_difference(score_chains(prm, lone), shared) < TOLERANCE
+    assert_same_scores(shared, score_chains(prm, lone))
     assert (report.shared_chains, report.unshared_chains) == (0, 2)
 
 
@@ -194,6 +208,7 @@ def test_evaluation_shares_prefixes_by_default():
     assert OmegaConf.load(ROOT / "conf" / "evaluate.yaml").prefix_sharing is True
 
 
+@pytest.mark.numerics
 def test_header_mismatch_falls_back(chains, monkeypatch):
     """A candidate whose tokens do not start with the problem's header is scored whole."""
     item = prefix_sharing._item
@@ -207,7 +222,7 @@ def test_header_mismatch_falls_back(chains, monkeypatch):
     prm = sharpened_prm("qwen2", "token")
     report = SharingReport()
     shared = score_chains_shared(prm, chains, batch_size=4, report=report)
-    assert max_difference(score_chains(prm, chains, batch_size=4), shared) < TOLERANCE
+    assert_same_scores(shared, score_chains(prm, chains, batch_size=4))
     assert report.shared_chains == 0
     assert report.fallback_reasons == {
         "header tokens differ from the chain's own": 12,

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from numerics import assert_close_at_scale
 
 from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.records import StepChain
@@ -31,18 +32,23 @@ def batch_of(backbone, chains):
     return PRMCollator(backbone)([ChainDataset(chains)[i] for i in range(len(chains))])
 
 
-def test_token_scores_are_two_token_softmax_of_full_logits(backbone):
+@pytest.mark.numerics
+def test_token_scores_are_two_token_softmax_of_full_logits():
+    """In float64: the head's projection onto the row difference and the full-vocabulary softmax
+    agree to FLOAT64_PATHS of the scores' scale on any CPU (tests/numerics.py)."""
+    backbone = build_backbone("qwen2", dtype="float64")
     prm = ProcessRewardModel(backbone, "token").eval()
     batch = batch_of(backbone, CHAINS)
     with torch.no_grad():
         scores = prm(batch)
         full = backbone.model(**batch["inputs"]).logits  # full vocabulary, for reference only
     plus, minus = backbone.label_token_ids
+    assert full.dtype == torch.float64
     for row, chain in enumerate(CHAINS):
-        for step in range(len(chain.steps)):
-            logits = full[row, batch["marker_positions"][row, step]]
-            expected = torch.softmax(logits[[plus, minus]], -1)[0]
-            assert scores.probs[row, step].item() == pytest.approx(expected.item(), abs=1e-6)
+        n = len(chain.steps)
+        logits = full[row, batch["marker_positions"][row, :n]]
+        expected = torch.softmax(logits[:, [plus, minus]], -1)[:, 0]
+        assert_close_at_scale(scores.probs[row, :n], expected, msg=chain.id)
 
 
 def test_token_head_never_computes_full_vocabulary_logits(backbone):
@@ -61,6 +67,7 @@ def _bce(logit, target):
     return -(target * math.log(p) + (1 - target) * math.log(1 - p))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("head", ["token", "value"])
 def test_per_example_losses_by_hand(backbone, head):
     prm = ProcessRewardModel(backbone, head).eval()
@@ -68,6 +75,10 @@ def test_per_example_losses_by_hand(backbone, head):
     with torch.no_grad():
         scores = prm(batch)
         losses, has_label = prm.losses(scores, batch["step_labels"])
+    # By hand in double precision from the model's own logits; the suite's loss is a few elementwise
+    # float32 operations on them (log-sigmoid or sigmoid, product, mean of <= 3 steps): <= 10 roundings
+    # of 2^-24 = 6e-8 relative each, no cancellation (losses ~0.1-0.7), so within 6e-7 relative on any
+    # CPU; rel=1e-5 leaves 16x, while a wrong label or step moves a loss by over 1e-2.
     z = scores.logits.tolist()
     if head == "token":
         expected_a = (_bce(z[0][0], 1.0) + _bce(z[0][1], 0.75)) / 2
@@ -80,6 +91,7 @@ def test_per_example_losses_by_hand(backbone, head):
     assert has_label.tolist() == [True, True, False]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "internvl", "causal_lm"])
 @pytest.mark.parametrize("head", ["token", "value"])
 def test_batch_invariance(family, head, tmp_path):
@@ -90,8 +102,8 @@ def test_batch_invariance(family, head, tmp_path):
         generator=DemoBenchmark(tmp_path, train_per_domain=3, meta_size=2, test_problems=1, n_candidates=2)
     )
     chains = sources.load("train")
-    backbone = build_backbone(
-        family, processor_kwargs={"crop_to_patches": False} if family == "internvl" else None
+    backbone = build_backbone(  # float64: batch and alone agree to FLOAT64_PATHS on any CPU
+        family, processor_kwargs={"crop_to_patches": False} if family == "internvl" else None, dtype="float64"
     )
     prm = ProcessRewardModel(backbone, head).eval()
     with torch.no_grad():
@@ -102,7 +114,7 @@ def test_batch_invariance(family, head, tmp_path):
                 for c in chains
             ]
         )
-    assert torch.allclose(together, alone, atol=1e-5)
+    assert_close_at_scale(together, alone)
 
 
 def test_gradients_reach_backbone_and_value_head(backbone):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from numerics import FLOAT64_PATHS, assert_close_at_scale
 from omegaconf import OmegaConf
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
@@ -21,6 +22,7 @@ from prm.config import ConfigError, validate_evaluate_config
 from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.records import LabelledChain, StepChain
 from prm.evaluation import best_of_n, choose_threshold, processbench
+from prm.evaluation.best_of_n import aggregate_all
 from prm.model.backbones import build_backbone
 from prm.model.prm import ProcessRewardModel
 from prm.model.prompts import DREAMPRM15_SYSTEM, ConversationPrompt, MarkerPrompt, build_prompt
@@ -73,7 +75,7 @@ def by_hand_messages(question, steps, replies, num_images, multimodal, system=SY
 def turn_by_turn(model, owner, tokenizer, label_words, messages, images, processor_kwargs=None):
     """P(+) of each reply, one forward pass per reply: the conversation up to the user turn before it
     with the template's generation prompt, full-vocabulary logits at the last position, softmax over
-    the two label words."""
+    the two label words (in float64, so a float64 model's scores are not rounded to float32)."""
     ids = [tokenizer.convert_tokens_to_ids(word) for word in label_words]
     scores = []
     for end, message in enumerate(messages):
@@ -90,7 +92,7 @@ def turn_by_turn(model, owner, tokenizer, label_words, messages, images, process
             )
         else:
             inputs = tokenizer([text], return_tensors="pt", add_special_tokens=False)
-        logits = model(**inputs).logits[0, -1].float()
+        logits = model(**inputs).logits[0, -1].double()
         scores.append(torch.softmax(logits[ids], -1)[0].item())
     return scores
 
@@ -162,10 +164,14 @@ def test_prompt_config_group():
 # One pass equals each turn alone
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("family", ["qwen2", "causal_lm", "qwen2_vl", "internvl"])
 def test_one_pass_conversation_equals_scoring_each_turn(family, tmp_path):
+    """Float64, so the two paths agree to FLOAT64_PATHS of the scores' scale on any CPU."""
     prompt = ConversationPrompt(system=SYSTEM)
-    backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family), prompt=prompt)
+    backbone = build_backbone(
+        family, processor_kwargs=PROCESSOR_KWARGS.get(family), prompt=prompt, dtype="float64"
+    )
     images = [image_file(tmp_path)] if backbone.is_multimodal else []
     items = chains(images)
     prm = ProcessRewardModel(backbone, "token").eval()
@@ -185,7 +191,8 @@ def test_one_pass_conversation_equals_scoring_each_turn(family, tmp_path):
             images,
             backbone.processor_kwargs,
         )
-        assert scores.probs[row, : len(chain.steps)].tolist() == pytest.approx(expected, abs=1e-5)
+        got = scores.probs[row, : len(chain.steps)]
+        assert_close_at_scale(got, torch.tensor(expected, dtype=torch.float64))
         assert all(abs(p - 0.5) > 1e-4 for p in expected)  # not a degenerate 0.5 everywhere
         assert scores.mask[row].sum() == len(chain.steps)
     # The loss sees the labels, not the replies: a soft 0.75 is still its own target.
@@ -298,6 +305,7 @@ def write_bestofn(directory: Path) -> Path:
     return path
 
 
+@pytest.mark.numerics
 def test_evaluate_a_dreamprm15_style_internvl_checkpoint_by_path(tmp_path):
     from prm.evaluation.run import evaluate
 
@@ -308,7 +316,7 @@ def test_evaluate_a_dreamprm15_style_internvl_checkpoint_by_path(tmp_path):
     overrides = [
         "backbone=internvl3_1b",
         f"backbone.path={model_dir}",
-        "backbone.dtype=float32",
+        "backbone.dtype=float64",
         "backbone.processor_kwargs.crop_to_patches=false",
         "prompt=conversation",
         "data=dreamprm15",
@@ -317,8 +325,9 @@ def test_evaluate_a_dreamprm15_style_internvl_checkpoint_by_path(tmp_path):
     ]
     summary = evaluate(composed(*overrides, name="evaluate"), out_dir=tmp_path / "eval")
 
-    # The same model loaded by transformers alone, each reply scored as its own prefix.
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    # The same model loaded by transformers alone, each reply scored as its own prefix. Both paths run
+    # in float64: their scores agree to FLOAT64_PATHS of their scale on any CPU (tests/numerics.py).
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float64).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     problems = instantiate(composed(*overrides, name="evaluate").data).load("test")
     grouped = []
@@ -339,6 +348,20 @@ def test_evaluate_a_dreamprm15_style_internvl_checkpoint_by_path(tmp_path):
                 for c in problem.candidates
             ]
         )
+    # The picks are decided by margins. The paths' step scores differ by at most delta = FLOAT64_PATHS
+    # of their scale, and every aggregation is non-decreasing in each step score, so a candidate's
+    # value lies between its aggregates at scores - delta and scores + delta. In every problem and
+    # aggregation the best candidate's lower end clears every other's upper end: both paths pick it.
+    for group in grouped:
+        steps = [torch.tensor(s, dtype=torch.float64) for s in group]
+        delta = FLOAT64_PATHS * max(float(s.max()) for s in steps)
+        values = aggregate_all(steps)
+        low = aggregate_all([(s - delta).clamp(0, 1) for s in steps])
+        high = aggregate_all([(s + delta).clamp(0, 1) for s in steps])
+        for name in values:
+            best = int(values[name].argmax())
+            others = torch.cat([high[name][:best], high[name][best + 1 :]])
+            assert low[name][best] > others.max(), (name, values[name])
     expected = best_of_n(problems, grouped).to_dict()
     for name, result in expected["aggregations"].items():
         assert summary["aggregations"][name]["accuracy"] == pytest.approx(result["accuracy"]), name
@@ -354,7 +377,10 @@ LLAMA3_TEMPLATE = (
 
 
 def save_tiny_llama(directory: Path) -> None:
-    """A tiny random LlamaForCausalLM whose tokenizer carries a Llama-3-style chat template."""
+    """A tiny random LlamaForCausalLM whose tokenizer carries a Llama-3-style chat template. Weights of
+    std 0.1 (not transformers' 0.02): the ProcessBench sample's 102 step scores then spread over
+    [0.27, 0.6], every two of them over 5e-5 apart, where std 0.02 packs them into [0.430, 0.443]
+    with pairs 1.6e-6 apart, a threshold's side decided by float rounding."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from prm.model.tokenizer import build_tokenizer
@@ -372,39 +398,47 @@ def save_tiny_llama(directory: Path) -> None:
         num_key_value_heads=2,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.1,
     )
     torch.manual_seed(1)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
 
-def llama_overrides(model_dir: Path) -> list[str]:
+def llama_overrides(model_dir: Path, dtype: str = "float32") -> list[str]:
     return [
         "backbone=hf_causal_lm",
         f"backbone.path={model_dir}",
-        "backbone.dtype=float32",
+        f"backbone.dtype={dtype}",
         "prompt=conversation",
         "data=processbench",
         f"data.test={PROCESSBENCH}",
     ]
 
 
+@pytest.mark.numerics
 def test_evaluate_a_llama_checkpoint_with_its_own_template(tmp_path):
     from prm.evaluation.run import evaluate
 
     model_dir = tmp_path / "llama"
     save_tiny_llama(model_dir)
-    summary = evaluate(composed(*llama_overrides(model_dir), name="evaluate"), out_dir=tmp_path / "eval")
+    overrides = llama_overrides(model_dir, dtype="float64")
+    summary = evaluate(composed(*overrides, name="evaluate"), out_dir=tmp_path / "eval")
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    # Both paths in float64: their scores agree to FLOAT64_PATHS (of scores <= 1) on any CPU.
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    records = instantiate(composed(*llama_overrides(model_dir), name="evaluate").data).load("test")
+    records = instantiate(composed(*overrides, name="evaluate").data).load("test")
     scores = []
     for chain in records:
         messages = by_hand_messages(
             chain.question, chain.steps, ["+"] * len(chain.steps), 0, False, DREAMPRM15_SYSTEM
         )
         scores.append(turn_by_turn(model, tokenizer, tokenizer, ("+", "-"), messages, []))
+    # The threshold and F1 depend only on the order of the scores: every two are over twice the paths'
+    # difference apart (no ties either), so both paths order them, and decide every chain, alike.
+    ordered = sorted(score for chain in scores for score in chain)
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 2 * FLOAT64_PATHS
     first_errors = [chain.first_error for chain in records]
     expected = processbench(scores, first_errors, choose_threshold(scores, first_errors)).to_dict()
     assert {k: v for k, v in summary.items() if k != "preflight"} == pytest.approx(expected)
@@ -449,6 +483,7 @@ def test_cli_evaluates_a_model_by_path(tmp_path):
 # Best-of-N prefix sharing works in the conversation layout
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("first_step", ["with_question", "own_turn"])
 @pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "internvl"])
 def test_prefix_sharing_in_the_conversation_layout(family, first_step, tmp_path):
@@ -458,7 +493,9 @@ def test_prefix_sharing_in_the_conversation_layout(family, first_step, tmp_path)
     from prm.evaluation.scoring import score_chains
 
     prompt = ConversationPrompt(system=SYSTEM, first_step=first_step)
-    backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family), prompt=prompt)
+    backbone = build_backbone(
+        family, processor_kwargs=PROCESSOR_KWARGS.get(family), prompt=prompt, dtype="float64"
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # larger random weights: scores spread over [0, 1], a wrong position shows
         for parameter in backbone.model.parameters():
@@ -488,6 +525,5 @@ def test_prefix_sharing_in_the_conversation_layout(family, first_step, tmp_path)
     whole = score_chains(prm, chains, batch_size=3)
     assert report.shared_chains == len(chains), report
     assert [len(s) for s in shared] == [len(c.steps) for c in chains]
-    for a, b in zip(shared, whole):
-        assert a.tolist() == pytest.approx(b.tolist(), abs=1e-4)
+    assert_close_at_scale(torch.cat(shared), torch.cat(whole))  # float64 paths, rounded to float32
     assert max(float(s.max()) - float(s.min()) for s in whole if len(s) > 1) > 0.01  # scores spread

@@ -65,18 +65,45 @@ def test_resume_matches_uninterrupted_run(cache, head):
         )
 
 
-def test_checkpoint_is_a_loadable_backbone_path(cache):
-    from prm.training import train
+def test_checkpoint_is_a_loadable_backbone_path(cache, monkeypatch):
+    """A run started with backbone.path=<checkpoint> begins from that checkpoint's weights: its PRM's
+    parameters right after setup_model equal, bit for bit, the first run's parameters at its end (what
+    the checkpoint holds), and differ from a fresh initialisation (the first run's start)."""
+    from prm.training import recipe, train
+
+    snapshots = {"start": [], "end": []}
+
+    def parameters(run):
+        return {name: p.detach().clone() for name, p in run.prm.named_parameters()}
+
+    def setup_model(run):
+        original_setup_model(run)
+        snapshots["start"].append(parameters(run))
+
+    def finish(run):
+        snapshots["end"].append(parameters(run))
+        return original_finish(run)
+
+    original_setup_model, original_finish = recipe.setup_model, recipe.finish
+    monkeypatch.setattr(recipe, "setup_model", setup_model)
+    monkeypatch.setattr(recipe, "finish", finish)
 
     first = cache / "first"
     train(config("train.steps=2"), run_dir=first)
     checkpoint = latest_checkpoint(first)
+    assert checkpoint.name == "step-0000002"  # the last step: the first run's end
     assert (checkpoint / "config.yaml").is_file() and (checkpoint / "training_state.json").is_file()
     second = cache / "second"
     metrics = train(config("train.steps=1", f"backbone.path={checkpoint}"), run_dir=second)
     assert "auroc" in metrics
     lines = (second / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 1
+
+    fresh, trained, loaded = snapshots["start"][0], snapshots["end"][0], snapshots["start"][1]
+    assert loaded.keys() == trained.keys() == fresh.keys()
+    for name in trained:
+        assert torch.equal(loaded[name], trained[name]), name
+    assert not all(torch.equal(fresh[name], loaded[name]) for name in fresh)  # not a fresh init
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):

@@ -13,8 +13,11 @@
   upper parameters, through the weights; the lower problem is told (``graph_free``) so its PRM forward
   runs without an autograd graph. Neumann, CG and SAMA need second derivatives and keep it.
 
+- ``cg`` is the suite's own (prm/bilevel/conjugate_gradient.py): betty-ml 0.2.1's conjugate gradient
+  does not converge to ``H^-1 g``.
+
 All of it is registered into ``betty.hypergradient.jvp_fn_mapping`` under Betty's names; in a world of
-one without ZeRO-3 it is Betty's function unchanged.
+one without ZeRO-3 it is Betty's function unchanged (the suite's own for ``cg``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.distributed as dist
 from betty import hypergradient
 from betty.utils import replace_none_with_zero, to_vec
 
+from prm.bilevel import conjugate_gradient
 from prm.distributed import average
 
 
@@ -114,7 +118,17 @@ def _rank_averaged(fn, name: str):
     return averaged
 
 
+#: hypergradients of the suite's own that replace Betty's under the same name
+OWN = {"cg": conjugate_gradient.cg}  # betty-ml 0.2.1's cg updates its direction from the old residual
+
+
 def register() -> None:
+    """Put the suite's hypergradients into ``betty.hypergradient.jvp_fn_mapping`` (idempotent): its own
+    ``cg`` (prm/bilevel/conjugate_gradient.py) in place of Betty's, every type rank-averaged."""
+    for name, fn in OWN.items():
+        current = hypergradient.jvp_fn_mapping.get(name)
+        if getattr(current, "__wrapped__", current) is not fn:
+            hypergradient.jvp_fn_mapping[name] = fn
     for name, fn in list(hypergradient.jvp_fn_mapping.items()):
         if not getattr(fn, "rank_averaged", False):
             hypergradient.jvp_fn_mapping[name] = _rank_averaged(fn, name)

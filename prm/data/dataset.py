@@ -87,13 +87,21 @@ class ChainDataset(Dataset):
 
 
 def chain_lengths(chains: Sequence[Chain], backbone: Backbone) -> list[int]:
-    """Token count of each chain as the collator formats it (text tokens of the chat-templated chain,
-    each image counted as its placeholder tokens before the processor expands them; images of one
-    data set have similar sizes, so this orders chains like their true lengths). Shape: ``len(chains)``."""
-    texts = [
-        backbone.format_chain(c.question, c.steps, len(c.images) if backbone.is_multimodal else 0)
-        for c in chains
-    ]
+    """Token count of each chain as :class:`PRMCollator` renders it: in ``backbone.prompt``'s layout
+    (marker or conversation, with the same teacher-forced replies), tokenised without added special
+    tokens; each image counts as its placeholder tokens before the processor expands them (images of
+    one data set have similar sizes, so this orders chains like their true lengths; without images the
+    counts equal the collated ones). Returns ``len(chains)`` ints. Raises ValueError naming the chain
+    when the prompt cannot render it, as the collator does."""
+    prompt = backbone.prompt
+    texts = []
+    for chain in chains:
+        images = len(chain.images) if backbone.is_multimodal else 0
+        labels = chain.labels if isinstance(chain, StepChain) else None
+        try:
+            texts.append(prompt.render(backbone, chain.question, chain.steps, images, labels).text)
+        except ValueError as error:
+            raise ValueError(f"chain {chain.id!r} (prompt={prompt.name}): {error}") from error
     encoded = backbone.tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [len(ids) for ids in encoded]
 

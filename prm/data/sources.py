@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prm.config import DEFAULT_MAX_LENGTH
 from prm.data.errors import SkipReport
 from prm.data.readers import read_records
 from prm.errors import UserError
@@ -47,7 +48,7 @@ class DataSources:
     generator: Any = None  # an object with .build() -> DemoFiles-like (train, meta, test, image_root)
     batch_size: int = 8
     eval_batch_size: int = 16
-    max_length: int | None = 1024
+    max_length: int | None = DEFAULT_MAX_LENGTH  # tokens per chain (prm.config: the one default)
     num_workers: int = 0
     # Speed (see PRMCollator and LengthGroupedSampler): batches of similar token length, grouped in
     # windows of length_window global batches of the seeded order; packing: no padding tokens.

@@ -10,7 +10,8 @@ highest aggregate (equal up to a relative ``TIE_RTOL``, i.e. float rounding), th
 deterministic and unbiased, and each accuracy comes with the number of problems that had a tie.
 The majority vote uses the same rule over the tied answers, each answer earning the share of its
 voters that are correct. Answers vote together when :func:`prm.answers.vote_keys` gives them one key:
-the same normalised form, or equivalent by math-verify (``\\frac{1}{2}`` and ``0.5``).
+the same normalised form, or equivalent by :func:`prm.answers.answers_match` (``\\frac{1}{2}``,
+``50%`` and ``0.5``; ``3, 2`` and ``x=2 or x=3``), so one answer in several notations is one vote.
 
 An empty candidate (no scored step) is left out of the selection unless every candidate is empty:
 its aggregate ``EMPTY_SCORE`` is the lowest value, but a real chain can reach it too (min of a chain

@@ -37,6 +37,12 @@ Chains fall back to the unshared path (:func:`prm.evaluation.scoring.score_chain
 chain has the same question and images, when the header check fails, or when the backbone's cache
 is not a plain full-attention cache (sliding-window layers). The counts are logged and returned in
 :class:`SharingReport`.
+
+Packing (``data.packing``) and prefix sharing combine as far as they can: the chains scored whole
+(the fallback above) are packed; the continuations are not, because each row attends to its own
+problem's cached prefix, and a packed row (several chains end to end, no attention mask) has one
+sequence of keys and values for all of them (their padding stays small: a problem's rows are sorted
+by length before batching). The log line of every call says so when ``packing`` is on.
 """
 
 from __future__ import annotations
@@ -117,6 +123,7 @@ def score_chains_shared(
     precision: str = "fp32",
     progress: bool = False,
     report: SharingReport | None = None,
+    packing: bool = False,
 ) -> list[torch.Tensor]:
     """Step probabilities of every chain, in the order given, sharing each problem's prefix.
 
@@ -125,7 +132,9 @@ def score_chains_shared(
     (``[steps]``, in [0, 1]). Chains with the same question and images (the candidates of one
     best-of-N problem, e.g. from :func:`prm.data.dataset.flatten_candidates`) share one prefix pass;
     the rest are scored one by one. ``batch_size`` bounds the candidates per continuation pass.
-    ``report``, when given, is filled with the counts of shared and unshared chains.
+    ``report``, when given, is filled with the counts of shared and unshared chains. ``packing``: the
+    chains scored whole are packed (:class:`prm.data.dataset.PRMCollator`); continuations on a shared
+    prefix never are (see the module doc), and the log line says which chains ran which way.
 
     Raises ``ValueError`` when a chain is longer than ``max_length`` tokens (prefix included), as
     the unshared path does.
@@ -135,20 +144,30 @@ def score_chains_shared(
     was_training = prm.training
     prm.eval()
     try:
-        result = _score(prm, chains, collator, batch_size, max_length, device, precision, progress, report)
+        result = _score(
+            prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing
+        )
     finally:
         prm.train(was_training)
+    packed = (
+        f"; data.packing: the {report.unshared_chains} chains scored whole are packed, the "
+        f"{report.shared_chains} continuations of a shared prefix run padded (each attends to its own "
+        "problem's cached prefix, which a packed row cannot hold)"
+        if packing
+        else ""
+    )
     log.info(
-        "prefix sharing: %d chains of %d problems scored with a shared prefix, %d without (%s)",
+        "prefix sharing: %d chains of %d problems scored with a shared prefix, %d without (%s)%s",
         report.shared_chains,
         report.shared_problems,
         report.unshared_chains,
         ", ".join(f"{reason}: {n}" for reason, n in report.fallback_reasons.items()) or "none",
+        packed,
     )
     return result
 
 
-def _score(prm, chains, collator, batch_size, max_length, device, precision, progress, report):
+def _score(prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing):
     backbone = prm.backbone
 
     groups: dict[tuple, list[int]] = {}
@@ -203,7 +222,14 @@ def _score(prm, chains, collator, batch_size, max_length, device, precision, pro
                 problem.cache = None
     if unshared:
         scores = score_chains(
-            prm, [chains[i] for i in unshared], batch_size, max_length, device, precision, progress=progress
+            prm,
+            [chains[i] for i in unshared],
+            batch_size,
+            max_length,
+            device,
+            precision,
+            progress=progress,
+            packing=packing,
         )
         for index, scored in zip(unshared, scores):
             result[index] = scored

@@ -9,22 +9,34 @@ Every candidate is scored once (all steps in one forward pass); best-of-N accura
 for every aggregation at once from those scores, beside the baselines (random expectation, first
 candidate, majority vote, pass@N). A ProcessBench test file gives the first-error metric instead.
 A multirun directory evaluates every job of the sweep and writes a comparison table.
+
+Which data: with ``checkpoint=``, the checkpoint's own data config (the ``data`` node of its
+``config.yaml``: test split, ``max_length``, preflight policies, ``limit``) unless ``data=`` is given on
+the command line; ``data.<key>=`` overrides given without ``data=`` apply on top of the checkpoint's
+node. With ``backbone=``, conf/evaluate.yaml's ``data`` (``demo`` unless ``data=`` is given). Each job of
+a multirun directory uses its own checkpoint's data. The choice and its reason are logged and written
+to ``data.yaml`` beside the results (:func:`data_config`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from prm import plots
 from prm.checkpoint import find_resume_checkpoint, load_prm, resolve_checkpoint
-from prm.config import validate_evaluate_config
+from prm.config import ConfigError, DataSchema, validate_evaluate_config
 from prm.data.dataset import flatten_candidates
 from prm.data.records import BestOfNProblem, LabelledChain
 from prm.device import pick_device
@@ -50,6 +62,100 @@ def detect_mode(records: list) -> str:
     raise UserError(
         "data.test holds neither best-of-N problems nor chains with known first errors (ProcessBench)"
     )
+
+
+def command_line_overrides(overrides: Sequence[str] | None = None) -> list[Override]:
+    """The overrides evaluate.py was given, parsed by Hydra's own override parser.
+
+    ``overrides``: override strings such as ``["checkpoint=<dir>", "data.test=<file>"]``; None takes
+    those of the running Hydra job (``HydraConfig.get().overrides.task``: the command line's, for a
+    multirun job its own sweep values), or none outside a Hydra job (a programmatic call).
+    """
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _data_group_given(overrides: Sequence[Override]) -> bool:
+    """True when the overrides choose the ``data`` config group (``data=<name>``, ``+data=``, ...)."""
+    return any(o.key_or_group == "data" and o.package is None for o in overrides)
+
+
+def _apply_data_overrides(node: DictConfig, cfg: DictConfig, overrides: Sequence[Override]) -> list[str]:
+    """Apply the ``data.<key>`` overrides to ``node`` (a data config) with the values Hydra composed into
+    ``cfg`` (parsed, typed, interpolations resolved); ``~data.<key>`` removes the key. Returns the
+    overrides applied, as given."""
+    applied = []
+    for o in overrides:
+        if o.package is not None or not o.key_or_group.startswith("data."):
+            continue
+        key = o.key_or_group.removeprefix("data.")
+        if o.is_delete():
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(node, parent_key) if parent_key else node
+            if isinstance(parent, DictConfig) and leaf in parent:
+                del parent[leaf]
+        else:
+            value = OmegaConf.select(cfg, o.key_or_group)
+            if isinstance(value, DictConfig | list) or OmegaConf.is_list(value):
+                value = OmegaConf.to_container(value, resolve=True)
+            OmegaConf.update(node, key, value, merge=False, force_add=True)
+        applied.append(o.input_line)
+    return applied
+
+
+def data_config(
+    cfg: DictConfig, checkpoint: Path | None, overrides: Sequence[Override] = ()
+) -> tuple[DictConfig, str]:
+    """The evaluation config with the data config one model is evaluated on, and why that one.
+
+    - ``checkpoint`` given and no ``data=`` among ``overrides``: the ``data`` node of the checkpoint's
+      ``config.yaml`` (the run's test split, ``max_length``, preflight policies and ``limit``), with the
+      ``data.<key>=`` overrides applied on top (see :func:`_apply_data_overrides`);
+    - ``data=<name>`` among ``overrides``: ``cfg.data`` as composed (that config and its overrides);
+    - ``checkpoint=None`` (``backbone=``, any model) or a checkpoint without ``config.yaml``:
+      ``cfg.data`` (conf/evaluate.yaml's default ``demo`` unless ``data=`` was given).
+
+    ``overrides``: from :func:`command_line_overrides`. Returns ``(config, reason)``: a copy of ``cfg``
+    whose ``data`` is the chosen node, and one line saying where it comes from (logged, and written to
+    ``data.yaml``). Raises ConfigError when the checkpoint's data node holds a key the data schema
+    (:class:`prm.config.DataSchema`) does not know, a value the config checks refuse, or no test split
+    (neither ``test`` nor a ``generator``).
+    """
+    name = cfg.data.name
+    if _data_group_given(overrides):
+        return cfg, f"data={name}: data= given on the command line"
+    saved = checkpoint / "config.yaml" if checkpoint is not None else None
+    if saved is None or not saved.is_file():
+        why = "a model train.py never wrote" if saved is None else f"{checkpoint} has no config.yaml"
+        return cfg, f"data={name}: conf/evaluate.yaml's data ({why}, no data= given)"
+    loaded = OmegaConf.load(saved)
+    if loaded.get("data") is None:
+        return cfg, f"data={name}: conf/evaluate.yaml's data ({saved} has no data node, no data= given)"
+    node = OmegaConf.create(OmegaConf.to_container(loaded.data, resolve=True))
+    applied = _apply_data_overrides(node, cfg, overrides)
+    try:
+        data = OmegaConf.merge(OmegaConf.structured(DataSchema), node)
+    except OmegaConfBaseException as error:
+        raise ConfigError(
+            f"{saved}: its data node does not fit the data schema ({error.msg}); give data=<config> to "
+            "evaluate on another data config"
+        ) from error
+    if data.test is None and data.generator is None:
+        raise ConfigError(
+            f"data={data.name} from {saved} has no test split (data.test is null): give "
+            "data.test=<file> (with the run's data config) or data=<config> data.test=<file>"
+        )
+    job = copy.deepcopy(cfg)
+    job.data = data
+    try:
+        validate_evaluate_config(job)
+    except ConfigError as error:
+        raise ConfigError(f"the data node of {saved}: {error}") from error
+    reason = f"data={data.name}: data from the checkpoint's config.yaml ({saved})"
+    if applied:
+        reason += f" with {' '.join(applied)} from the command line"
+    return job, reason
 
 
 def load_test(cfg: DictConfig, backbone):
@@ -94,21 +200,41 @@ def load_model(cfg: DictConfig, checkpoint: Path | None, device) -> ProcessRewar
 
 
 def evaluate_checkpoint(
-    cfg: DictConfig, checkpoint: Path | None, out_dir: Path, tracker: Tracker, test=None
+    cfg: DictConfig,
+    checkpoint: Path | None,
+    out_dir: Path,
+    tracker: Tracker,
+    test=None,
+    data_source: str | None = None,
 ) -> dict:
-    """Score the test split with one checkpoint (None: the model at ``backbone.path``, see
-    :func:`load_model`); write results, plots and report.md into ``out_dir``; returns the result
-    summary. ``test``: (data, records, report) from :func:`load_test`, read here when not given.
+    """Score the test split of ``cfg.data`` with one checkpoint (None: the model at ``backbone.path``,
+    see :func:`load_model`); write results, plots, report.md and ``data.yaml`` (the data config used,
+    headed by ``data_source``, the reason :func:`data_config` gives) into ``out_dir``; returns the result
+    summary, whose ``preflight`` (also written to ``preflight.json``) holds ``data``: the name, test
+    file, ``max_length`` and source of the data config the records were read and checked with.
+    ``test``: (data, records, report) from :func:`load_test`, read here when not given.
     Raises UserError when the test records fit neither mode or fail the preflight checks."""
     device = pick_device(cfg.device)
+    data_source = data_source or f"data={cfg.data.name}: as composed"
+    log.info("%s", data_source)
     prm = load_model(cfg, checkpoint, device)
     source = (
         checkpoint if checkpoint is not None else f"{cfg.backbone.path} (prompt={prm.backbone.prompt.name})"
     )
     data, records, report = test if test is not None else load_test(cfg, prm.backbone)
     mode = detect_mode(records) if cfg.mode == "auto" else cfg.mode
-    log.info("evaluating %s on %d %s records (%s)", source, len(records), data.name, mode)
+    log.info(
+        "evaluating %s on %d %s records (%s) of %s, max_length %s",
+        source,
+        len(records),
+        data.name,
+        mode,
+        data.test,
+        data.max_length,
+    )
     preflight_json = report.as_dict()  # {"test": counts, "warnings": [...]}
+    used = {"name": data.name, "test": data.test, "max_length": data.max_length, "source": data_source}
+    preflight_json["data"] = used  # what the counts were checked against
     tune = None
     if mode == "processbench":
         tune, tune_report = load_threshold_split(cfg, data, prm.backbone)
@@ -117,6 +243,10 @@ def evaluate_checkpoint(
             preflight_json["warnings"] += tune_report["warnings"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "preflight.json").write_text(json.dumps(preflight_json, indent=1), encoding="utf-8")
+    (out_dir / "data.yaml").write_text(
+        f"# {data_source}\n# test file: {data.test}\n" + OmegaConf.to_yaml(cfg.data, resolve=True),
+        encoding="utf-8",
+    )
 
     def score(chains, prefix_sharing: bool = False):
         return score_chains(
@@ -214,15 +344,33 @@ def sweep_jobs(path: Path) -> list[Path]:
     )
 
 
-def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tracker) -> dict:
-    """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot."""
-    results, test = {}, None  # each job's test set is checked with its own backbone's chain format
+def compare_sweep(
+    cfg: DictConfig,
+    jobs: list[Path],
+    out_dir: Path,
+    tracker: Tracker,
+    overrides: Sequence[Override] = (),
+) -> dict:
+    """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot.
+    Each job is evaluated on its own checkpoint's data config unless ``overrides`` (evaluate.py's, see
+    :func:`command_line_overrides`) choose ``data=`` (:func:`data_config`)."""
+    results = {}  # each job's test set is checked with its own backbone's chain format
     for job in jobs:
-        overrides = [
+        job_overrides = [
             o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
         ]
-        summary = evaluate_checkpoint(cfg, resolve_checkpoint(job), out_dir / job.name, tracker, test)
-        results[job.name] = {"overrides": " ".join(overrides) or "(defaults)", **summary}
+        checkpoint = resolve_checkpoint(job)
+        job_cfg, source = data_config(cfg, checkpoint, overrides)
+        summary = evaluate_checkpoint(job_cfg, checkpoint, out_dir / job.name, tracker, data_source=source)
+        results[job.name] = {"overrides": " ".join(job_overrides) or "(defaults)", **summary}
+    tests = sorted({str(r["preflight"]["data"]["test"]) for r in results.values()})
+    if len(tests) > 1:
+        log.warning(
+            "the jobs were evaluated on %d different test sets (each on its own data config: %s), so "
+            "their accuracies compare different problems; give data=<config> to evaluate all on one",
+            len(tests),
+            ", ".join(tests),
+        )
     if not all("aggregations" in r for r in results.values()):
         raise ValueError("sweep comparison needs best-of-N test records")
     headline = cfg.aggregation.name
@@ -265,12 +413,20 @@ def compare_sweep(cfg: DictConfig, jobs: list[Path], out_dir: Path, tracker: Tra
     return results
 
 
-def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
+def evaluate(
+    cfg: DictConfig, out_dir: str | Path | None = None, overrides: Sequence[str] | None = None
+) -> dict:
     """One checkpoint (or run directory), every job of a multirun directory, or (``backbone=`` with
     ``backbone.path=``) any model. Raises ConfigError for an invalid combination (see
     :func:`prm.config.validate_evaluate_config`). ``out_dir``: where results go (default: Hydra's
-    output directory, else ``<checkpoint>/eval``, else ``outputs/eval``)."""
+    output directory, else ``<checkpoint>/eval``, else ``outputs/eval``).
+
+    ``overrides``: the override strings ``cfg`` was composed with, which decide the data config (a
+    checkpoint's own unless they hold ``data=``, see :func:`data_config`); None: the running Hydra
+    job's command line, or none outside Hydra (then a checkpoint is evaluated on its own data, with
+    no ``data.<key>`` overrides)."""
     validate_evaluate_config(cfg)
+    given = command_line_overrides(overrides)
     any_model = cfg.get("backbone") is not None
     target = Path(cfg.backbone.path if any_model else cfg.checkpoint)
     if out_dir is not None:
@@ -279,17 +435,20 @@ def evaluate(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
     else:
         out_dir = Path("outputs/eval") if any_model else target / "eval"
+    jobs = [] if any_model else sweep_jobs(target)
+    checkpoint = None if any_model or jobs else resolve_checkpoint(target)
+    job_cfg, source = data_config(cfg, checkpoint, given) if not jobs else (cfg, None)
     tracker = instantiate(cfg.logger)
     tracker.start(
-        out_dir, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate", name=f"eval-{target.name}"
+        out_dir,
+        OmegaConf.to_container(job_cfg, resolve=True),
+        job_type="evaluate",
+        name=f"eval-{target.name}",
     )
     try:
-        if any_model:
-            return evaluate_checkpoint(cfg, None, out_dir, tracker)
-        jobs = sweep_jobs(target)
         if jobs:
             log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))
-            return compare_sweep(cfg, jobs, out_dir, tracker)
-        return evaluate_checkpoint(cfg, resolve_checkpoint(target), out_dir, tracker)
+            return compare_sweep(cfg, jobs, out_dir, tracker, given)
+        return evaluate_checkpoint(job_cfg, checkpoint, out_dir, tracker, data_source=source)
     finally:
         tracker.finish()

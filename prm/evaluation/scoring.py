@@ -41,11 +41,15 @@ def score_chains(
 
     ``prefix_sharing``: encode the question and images that chains share (the candidates of one
     best-of-N problem) once, see :mod:`prm.evaluation.prefix_sharing`; same scores up to float rounding.
+    With both, the chains scored whole are packed and the continuations of a shared prefix are not
+    (one logged line says how many ran each way; the module doc of prefix_sharing says why).
     """
     if prefix_sharing:
         from prm.evaluation.prefix_sharing import score_chains_shared
 
-        return score_chains_shared(prm, chains, batch_size, max_length, device, precision, progress)
+        return score_chains_shared(
+            prm, chains, batch_size, max_length, device, precision, progress, packing=packing
+        )
     was_training = prm.training
     prm.eval()
     order = length_order(chain_lengths(chains, prm.backbone)) if len(chains) > batch_size else None

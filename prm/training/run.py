@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ class TrainingData:
 @dataclass
 class TrainingRun:
     """One training job. ``start_step``: optimiser steps already taken (a resumed run's checkpoint);
-    ``state``: the resumed training state (None for a fresh run)."""
+    ``state``: the resumed training state (None for a fresh run); ``resumed``: what this resume
+    changed against the checkpoint's config (:func:`prm.training.state.check_resume_config`; None
+    for a fresh run); ``resume_history``: every resume of the run so far, this one last (saved with
+    each checkpoint)."""
 
     cfg: DictConfig
     run_dir: Path
@@ -44,6 +47,8 @@ class TrainingRun:
     upper: Any = None
     engine: Any = None
     config_yaml: str = ""
+    resumed: dict | None = None
+    resume_history: list = field(default_factory=list)
 
     @property
     def start_step(self) -> int:
