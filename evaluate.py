@@ -16,10 +16,12 @@ logged and written to data.yaml. Examples:
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from prm.config import user_error_exit
+from prm.config import split_limit_overrides, user_error_exit
 from prm.evaluation.run import evaluate
 
 
@@ -30,4 +32,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = split_limit_overrides(sys.argv[1:])  # data.limit.test=N without +
     main()

@@ -13,10 +13,12 @@ Steps count optimiser steps. Examples:
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from prm.config import user_error_exit
+from prm.config import split_limit_overrides, user_error_exit
 from prm.training import train
 
 
@@ -28,4 +30,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = split_limit_overrides(sys.argv[1:])  # data.limit.test=N without +
     main()

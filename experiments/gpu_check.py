@@ -723,6 +723,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     cuda = torch.cuda.is_available()
     args.size = ("real" if cuda else "tiny") if args.size == "auto" else args.size
+    if args.size == "real" and not cuda:
+        parser.error(
+            "--size real needs a CUDA GPU: the real-size models (2.2B and 0.9B parameters) do not fit a "
+            "CPU check's memory or time; use --size tiny (the default without CUDA)"
+        )
     args.precision = ("bf16" if cuda else "fp32") if args.precision == "auto" else args.precision
     real = args.size == "real"
     args.steps = args.steps if args.steps is not None else (20 if real else 4)

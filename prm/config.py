@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -245,11 +247,13 @@ def _number(cfg, key: str):
 def _at_least(cfg, key: str, low: float) -> None:
     value = _number(cfg, key)
     _require(value is not None and value >= low, f"{key}={value}: must be >= {low:g}")
+    _require(math.isfinite(value), f"{key}={value}: must be a finite number")
 
 
 def _positive(cfg, key: str) -> None:
     value = _number(cfg, key)
     _require(value is not None and value > 0, f"{key}={value}: must be > 0")
+    _require(math.isfinite(value), f"{key}={value}: must be a finite number")
 
 
 def _check_precision(key: str, precision) -> None:
@@ -392,6 +396,13 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"reweight.hypergradient.type={kind} needs second derivatives, which torch.compile'd "
             "blocks do not provide; set train.compile=false",
         )
+        stage = _get(cfg, "distributed.deepspeed.zero_optimization.stage")
+        _require(
+            stage != 3,
+            f"reweight.hypergradient.type={kind} is not supported under distributed=zero3 (parameters "
+            "exist only as shards outside a forward, so no Hessian-vector product can be taken); use "
+            "reweight.hypergradient.type=darts, or distributed=zero2",
+        )
     _positive(cfg, "reweight.upper.optimizer.lr")
     _at_least(cfg, "reweight.upper.batch_size", 1)
     _at_least(cfg, "reweight.upper.gradient_clipping", 0)
@@ -492,6 +503,20 @@ def _user_error(error: BaseException) -> UserError | None:
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
     return error if isinstance(error, UserError) else None
+
+
+# ``data.limit.<split>=N`` on the command line: data.limit is null in every conf/data/*.yaml (an int or
+# a {train, meta, test} dict where set), so Hydra refuses a plain override of a key under it ("Key
+# 'test' is not in struct") and only ``+data.limit.test=N`` composes, while ``+`` in turn fails where
+# the key exists (experiment=smoke's dict). ``++`` (add or override) composes in both cases.
+_SPLIT_LIMIT_OVERRIDE = re.compile(r"data\.limit\.\w+=")
+
+
+def split_limit_overrides(argv: list[str]) -> list[str]:
+    """``argv`` (command-line overrides) with each plain ``data.limit.<split>=N`` written
+    ``++data.limit.<split>=N``, so it composes whether data.limit is null, an int or a dict; the
+    split name and value are checked later with the config (:func:`validate_train_config`)."""
+    return [f"++{arg}" if _SPLIT_LIMIT_OVERRIDE.match(arg) else arg for arg in argv]
 
 
 def user_error_exit(fn: Callable | None = None, *, debug: bool | None = None):

@@ -337,6 +337,8 @@ BAD_TRAIN = [
     (["train.steps=0"], "train.steps=0: must be >= 1"),
     (["train.optimizer.lr=0"], "train.optimizer.lr=0: must be > 0"),
     (["train.optimizer.lr=-1e-3"], "train.optimizer.lr=-0.001: must be > 0"),
+    (["train.optimizer.lr=inf"], "train.optimizer.lr=inf: must be a finite number"),
+    (["train.gradient_clipping=inf"], "train.gradient_clipping=inf: must be a finite number"),
     (["data.batch_size=0"], "data.batch_size=0: must be >= 1"),
     (["data.eval_batch_size=0"], "data.eval_batch_size=0: must be >= 1"),
     (["train.gradient_accumulation=0"], "train.gradient_accumulation=0: must be >= 1"),
@@ -367,6 +369,28 @@ BAD_TRAIN = [
         "reweight.upper.optimizer.lr=0: must be > 0",
     ),
     (["reweight=instance_table", "reweight.upper.batch_size=0"], "reweight.upper.batch_size=0: must be >= 1"),
+    (
+        ["reweight=instance_table", "reweight.upper.optimizer.lr=inf"],
+        "reweight.upper.optimizer.lr=inf: must be a finite",
+    ),
+    (
+        [
+            "reweight=domain_table",
+            "reweight.hypergradient.type=cg",
+            "backbone.attn_implementation=eager",
+            "reweight.hypergradient.alpha=inf",
+        ],
+        "reweight.hypergradient.alpha=inf: must be a finite number",
+    ),
+    (
+        [
+            "reweight=domain_table",
+            "reweight.hypergradient.type=neumann",
+            "backbone.attn_implementation=eager",
+            "distributed=zero3",
+        ],
+        "type=neumann is not supported under distributed=zero3",
+    ),
     (["reweight=instance_table", "aggregation=sum_logit"], "aggregation=sum_logit is not a probability"),
     (
         ["reweight=domain_table", "aggregation=mean_odd", "prm.loss_target=both"],

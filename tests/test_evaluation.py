@@ -477,6 +477,26 @@ def test_evaluate_py_reads_data_overrides_from_the_hydra_command_line(shifted_ru
     )
 
 
+@pytest.mark.slow
+def test_evaluate_py_takes_a_split_limit_without_a_plus(shifted_run, tmp_path):
+    """data.limit.test=N composes although data.limit is null in conf/evaluate.yaml's data (and in the
+    run's): evaluate.py writes it ++data.limit.test=N before Hydra reads it."""
+    out = tmp_path / "eval"
+    command = [
+        sys.executable,
+        "evaluate.py",
+        f"checkpoint={shifted_run}",
+        "device=cpu",
+        "logger=none",
+        "data.limit.test=1",
+        f"hydra.run.dir={out}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "best_of_n.json").read_text())["problems"] == 1  # of the run's 3
+    assert "data.limit.test=1 from the command line" in (out / "data.yaml").read_text().splitlines()[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Packing with prefix sharing
 

@@ -172,7 +172,7 @@ def test_bad_arguments_exit_with_status_2(capsys):
         (["--rows", "plain,zero4"], "--rows: unknown"),
         (["--steps", "2", "--warmup", "1"], "need at least warmup + 2 steps"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
-    ]:
+    ] + ([(["--size", "real"], "--size real needs a CUDA GPU")] if not torch.cuda.is_available() else []):
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.parse_args(argv)
         assert exit_info.value.code == 2

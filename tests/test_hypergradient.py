@@ -593,6 +593,23 @@ def test_conjugate_gradient_edge_cases():
     torch.testing.assert_close(xs, [0.5 * e1, torch.tensor([1 / 3], dtype=torch.float64)], rtol=1e-15, atol=0)
 
 
+def test_an_early_stop_at_negative_curvature_is_logged_once_and_counted(caplog, monkeypatch):
+    from prm.bilevel import conjugate_gradient as module
+
+    monkeypatch.setattr(module, "early_stops", {"count": 0, "logged": False})
+    indefinite = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 2.0], dtype=torch.float64)  # b.Ab = -3: stops at step 0 of 20
+    with caplog.at_level("WARNING", logger="prm.bilevel.conjugate_gradient"):
+        conjugate_gradient(matrix_hvp(indefinite), [b], 20)
+        conjugate_gradient(matrix_hvp(indefinite), [b], 20)
+    messages = [r.getMessage() for r in caplog.records if "cg hypergradient" in r.getMessage()]
+    assert len(messages) == 1 and "stopped after 0 of 20 iterations" in messages[0]
+    assert module.early_stops["count"] == 2
+    # a positive-definite solve never reports
+    conjugate_gradient(matrix_hvp(torch.eye(2, dtype=torch.float64)), [b], 3)
+    assert module.early_stops["count"] == 2
+
+
 @pytest.mark.parametrize(
     "iterations,alpha,message",
     [(0, 1.0, "cg_iterations=0: must be an integer >= 1"), (2, 0.0, "cg_alpha=0.0: must be > 0")],

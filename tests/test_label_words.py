@@ -73,6 +73,19 @@ def test_backbone_load_refuses_one_token_twice():
         build_backbone("qwen2", label_words=["+", "+"])
 
 
+@pytest.mark.parametrize(
+    "words,what",
+    [
+        (["<|im_end|>", "-"], "a special token"),
+        (["+", "<|im_end|>"], "a special token"),
+        (["<step>", "-"], "the step marker"),
+    ],
+)
+def test_backbone_load_refuses_special_tokens_and_the_step_marker_as_label_words(words, what):
+    with pytest.raises(ConfigError, match=rf"backbone.label_words=.*is {what} of the tokenizer"):
+        build_backbone("qwen2", label_words=words)
+
+
 def test_user_errors_unwraps_hydra_instantiation(capsys, monkeypatch):
     """A ConfigError raised while Hydra instantiates the backbone reaches the user as one line and
     exit status 2; any other error inside an instantiation passes through untouched."""

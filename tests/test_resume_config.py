@@ -321,6 +321,11 @@ def test_allowed_train_steps_extends_the_run_and_is_recorded(cache):
     assert (run / "metrics.jsonl").read_text() == rows
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")] == ["step-0000002"]
 
+    shorten = ["train.steps=1", "resume=true", "resume_allow_changes=[train.steps]"]
+    with pytest.raises(ConfigError, match=r"is at step 2, past train\.steps=1: a run cannot be shortened"):
+        train(config(*shorten), run_dir=run)
+    assert (run / "metrics.jsonl").read_text() == rows
+
     extend = ["train.steps=4", "train.save_every=1", "resume=true", "resume_allow_changes=[train.steps]"]
     train(config(*extend), run_dir=run)
     final = latest_checkpoint(run)

@@ -24,9 +24,14 @@ operator (the iterates on ``alpha H`` are those on ``H`` divided by ``alpha``), 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
+# Solves stopped early at a direction of non-positive curvature, and the first of them reported.
+early_stops = {"count": 0, "logged": False}
 
 Vectors = Sequence[torch.Tensor]
 
@@ -79,6 +84,7 @@ def conjugate_gradient(
         ap = [alpha * v for v in hvp(p)]
         curvature = _dot(p, ap)
         if curvature <= 0:  # False for NaN: a non-finite product propagates into the result
+            _report_early_stop(step, iterations, float(curvature))
             if step == 0:
                 return [alpha * v.detach().clone() for v in b]
             break
@@ -92,6 +98,24 @@ def conjugate_gradient(
         p = [ri + beta * pi for ri, pi in zip(r, p)]  # from the *new* residual
         rr = rr_new
     return [alpha * yi for yi in y]
+
+
+def _report_early_stop(step: int, iterations: int, curvature: float) -> None:
+    """Count a solve that stopped at step ``step`` of ``iterations`` (non-positive curvature) and log the
+    first one, so a user who asked for more iterations learns that they were not used."""
+    early_stops["count"] += 1
+    if not early_stops["logged"]:
+        early_stops["logged"] = True
+        log.warning(
+            "cg hypergradient: stopped after %d of %d iterations: the lower loss's Hessian has "
+            "non-positive curvature (p^T H p = %.3g) along a search direction (a non-convex lower "
+            "problem), where conjugate gradients cannot continue; the iterate so far is used. Later "
+            "early stops are counted, not logged (prm.bilevel.conjugate_gradient.early_stops). "
+            "type=neumann with a small alpha does not need positive curvature",
+            step,
+            iterations,
+            curvature,
+        )
 
 
 def hessian_vector_product(gradient: Vectors, parameters: Vectors, vector: Vectors) -> list[torch.Tensor]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
+from prm.config import ConfigError
 from prm.model import lora as lora_adapters
 from prm.model.chat import chatml_template, render_chain
 from prm.model.families import AUTO, FamilySpec, TinySize, family_for_config, family_names, get_family
@@ -238,6 +239,17 @@ def _build_backbone(
         )
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     positive, negative = label_token_ids(tokenizer, label_words)
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    reserved = {
+        **{i: "a special token" for i in special | set(tokenizer.all_special_ids)},
+        marker_id: "the step marker",
+    }
+    for word, token in zip(label_words, (positive, negative)):
+        if token in reserved:
+            raise ConfigError(
+                f"backbone.label_words={list(label_words)!r}: {word!r} is {reserved[token]} of the tokenizer "
+                f"(id {token}); the label words must be ordinary tokens the model can predict as a reply"
+            )
     tiny_base = None
     if path is None:
         tiny_base = dict(family=spec.name, tiny=asdict(tiny), seed=seed, step_marker=step_marker, dtype=dtype)

@@ -33,6 +33,7 @@ from prm.bilevel.nonfinite import NonFiniteError, all_finite
 from prm.checkpoint import (
     CheckpointError,
     checkpoint_folders,
+    checkpoint_step,
     find_resume_checkpoint,
     load_training_state,
     resolve_checkpoint,
@@ -269,6 +270,12 @@ def check_resume_config(cfg: DictConfig, checkpoint: Path | None) -> dict | None
     old = _plain(OmegaConf.load(saved), str(saved))
     new = _plain(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)), "the config")
     changes = compare_resume_configs(old, new, allow, str(checkpoint))
+    step, steps = checkpoint_step(checkpoint), int(cfg.train.steps)
+    if step > steps:
+        raise ConfigError(
+            f"resume: {checkpoint} is at step {step}, past train.steps={steps}: a run cannot be shortened "
+            f"on resume (its steps are taken); pass train.steps >= {step}, or evaluate that checkpoint"
+        )
     if changes.neutral:
         log.info("resume: result-neutral changes: %s", "; ".join(map(str, changes.neutral)))
     if changes.accepted:
