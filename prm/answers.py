@@ -26,10 +26,10 @@ Rules of :func:`answers_match`:
    equals some answer of the candidate, in any order (each pair decided by the rules below). A
    candidate that gives one of them ("3" for "2, 3") or hedges between several ("2 or 3" for "3")
    is wrong. A single set written in braces ("\{3, 2\}") counts as its elements; another single
-   bracketed object is compared by math-verify (rule 4) with the list written whole, which it
-   reads as a set ("(1, 2)" against "1, 2"). Words against a list ("two and three" for "2, 3")
-   are undecided.
-2. **Choice letters** ("(B)", "B.", "answer: b") compare as letters.
+   bracketed object (a pair or interval "(1, 2)") is one answer, so it is wrong against a list
+   ("1, 2"). Words against a list ("two and three" for "2, 3") are undecided.
+2. **Choice letters** ("(B)", "B.", "answer: b") compare as letters; a letter followed by its
+   option text ("(C) 12", "C. 12") matches that letter alone ("C").
 3. **Two numbers** (integers, decimals, fractions, percentages, scientific notation ``1e-9`` or
    ``6.02 \times 10^{23}``, roots, pi) are equal when (a) they are the same number; or (b) they
    are not both integers or fractions (those compare exactly: a count of 1000001 is not 1000000)
@@ -39,7 +39,11 @@ Rules of :func:`answers_match`:
    six significant digits and the other, rounded half away from zero to the same decimal places,
    equals it ("0.166667" for 1/6). An infinity equals only itself. ``p%`` stands for ``p/100``
    and also matches ``p`` itself (a percentage reference written without its sign), as in
-   math-verify. This numeric check replaces math-verify's verdict on two numbers: math-verify
+   math-verify. A leading ``+`` is dropped ("+5" is 5). Words or a unit after the number ("13
+   apples", "42 cm") are ignored when only one side has them ("13 apples" for "13"); when both
+   have different ones, two known units ("42 cm", "42 m") make the answers different (False, and
+   "42 meters" is "42 m") and other words ("42 apples", "42 oranges") make them undecided (None).
+   This numeric check replaces math-verify's verdict on two numbers: math-verify
    compares numbers after rounding to six decimal places, which makes 1e-9 equal 2e-9.
 4. **Other mathematics** (LaTeX, ``\boxed{}``, expressions ``1+x^2`` = ``x^2+1``, sets,
    intervals, equations ``x = 3`` against ``3``) is decided by Hugging Face's ``math-verify``
@@ -63,8 +67,9 @@ from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 # Decoration allowed before "Answer": markdown (#, *, -, +, >, |, ~), bullets, arrows and emoji:
-# any character that is not a letter, digit, underscore, space, or one that starts math or prose.
-_DECORATION = r"[^\w\s$\\()\[\]{}\"'`.,;:!?=<]"
+# any character that is not a letter, digit, underscore, space, or one that starts math or prose
+# (a backtick is decoration: "`Answer: 42`").
+_DECORATION = r"[^\w\s$\\()\[\]{}\"'.,;:!?=<]"
 # An answer line: "Answer: X", "Final answer: X", "**Final answer:** X", "### Final Answer: X",
 # "- Answer: X", "> Answer: X", "✅ Answer: X", "1. Answer: X", "__Answer__: X", "Answer：X".
 ANSWER_LINE = re.compile(
@@ -101,26 +106,54 @@ _LIST_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)(?!,
 _INEQUALITY = re.compile(r"[<>\u2264\u2265\u2260]|\\(?:leq?|geq?|lt|gt|neq?|leqslant|geqslant)(?![A-Za-z])")
 _MATH_BOXED = re.compile(r"^(?:\$\$?|\\\(|\\\[)?\s*\\boxed\{")  # "\boxed{", "$\boxed{", "\(\boxed{"
 _WRITTEN_DECIMAL = re.compile(r"^[+-]?(?:\d+\.\d*|\.\d+)$")
+_LEADING_PLUS = re.compile(r"^\+\s*(?=[\d.])")  # "+5" is 5
+# A choice letter followed by its option text: "(C) 12", "C. 12", "C) 12".
+_CHOICE_WITH_TEXT = re.compile(r"^(?:\(([A-Ha-h])\)|([A-H])[.)])\s*\S")
+# Words or a unit after a number or mathematics without words: "42 cm", "13 apples", "5\text{ m}".
+_SUFFIX = re.compile(r"^(?P<math>.*?)\s+(?P<words>[A-Za-z]+(?:\s+[A-Za-z]+)*)\.?$")
+_TEXT_COMMAND = re.compile(r"\\(?:text|textrm|mathrm|textnormal|mbox)\s*\{([^{}]*)\}")
+_UNITS = {  # alias -> unit, for rule 3's "different units are different answers"
+    **dict.fromkeys(["mm", "millimeter", "millimeters", "millimetre", "millimetres"], "mm"),
+    **dict.fromkeys(["cm", "centimeter", "centimeters", "centimetre", "centimetres"], "cm"),
+    **dict.fromkeys(["m", "meter", "meters", "metre", "metres"], "m"),
+    **dict.fromkeys(["km", "kilometer", "kilometers", "kilometre", "kilometres"], "km"),
+    **dict.fromkeys(["mg", "milligram", "milligrams"], "mg"),
+    **dict.fromkeys(["g", "gram", "grams"], "g"),
+    **dict.fromkeys(["kg", "kilogram", "kilograms"], "kg"),
+    **dict.fromkeys(["ms", "millisecond", "milliseconds"], "ms"),
+    **dict.fromkeys(["s", "sec", "secs", "second", "seconds"], "s"),
+    **dict.fromkeys(["min", "mins", "minute", "minutes"], "min"),
+    **dict.fromkeys(["h", "hr", "hrs", "hour", "hours"], "h"),
+    **dict.fromkeys(["day", "days"], "day"),
+    **dict.fromkeys(["ml", "milliliter", "milliliters", "millilitre", "millilitres"], "ml"),
+    **dict.fromkeys(["l", "liter", "liters", "litre", "litres"], "l"),
+    **dict.fromkeys(["in", "inch", "inches"], "in"),
+    **dict.fromkeys(["ft", "foot", "feet"], "ft"),
+    **dict.fromkeys(["mi", "mile", "miles"], "mi"),
+    **dict.fromkeys(["deg", "degree", "degrees"], "deg"),
+    **dict.fromkeys(["rad", "radian", "radians"], "rad"),
+    **dict.fromkeys(["cent", "cents"], "cent"),
+    **dict.fromkeys(["dollar", "dollars"], "dollar"),
+}
 _SIGNIFICANT_DIGITS_FOR_ROUNDING = 6  # rule 3 (c): a decimal this precise matches what rounds to it
 
 
 def extract_answer(text: str | Sequence[str], lenient: bool = False) -> str | None:
     r"""The answer a solution commits to, or None when it states none.
 
-    ``text``: the solution, or its steps (joined by newlines). Rule: the last answer line gives the
-    text after its colon, or the next non-empty line when nothing follows the colon. An answer line
-    is a line whose first word is ``Answer`` or ``Final answer`` (any case, optionally "The"),
-    followed by ``:`` (or a full-width colon), possibly after decoration: markdown headings and
-    emphasis (``### Final Answer: 42``, ``**Final answer:** 42``, ``__Answer__: 42``), list and
-    quote markers (``- Answer: 42``, ``1. Answer: 42``, ``> Answer: 42``) and emoji or bullets
-    (``✅ Answer: 42``). Without such a line, the content of the last ``\boxed{...}``, or of the
-    last run of boxes on one line separated only by commas, "and"/"or", ``$``, spaces and a
-    variable's ``x =`` (``\boxed{2}, \boxed{3}`` and ``x = \boxed{2} or x = \boxed{3}`` give
-    ``2, 3``); without one and with ``lenient``, the text after the last "answer is" (a trailing
-    period dropped). The last statement wins because a model that restates its answer commits to
-    the restatement. From the value, surrounding whitespace, emphasis markers (``*``, ``_``,
-    backticks: ``**42**`` -> ``42``) and a value that is one ``\boxed{}`` (``$\boxed{42}$`` ->
-    ``42``) are removed; nothing else is normalised (matching is :func:`answers_match`'s job).
+    ``text``: the solution, or its steps (joined by newlines). Rule: the last answer line gives the text after
+    its colon, or the next non-empty line when nothing follows the colon. An answer line is a line whose first
+    word is ``Answer`` or ``Final answer`` (any case, optionally "The"), followed by ``:`` (or a full-width
+    colon), possibly after decoration: markdown headings and emphasis (``### Final Answer: 42``, ``**Final
+    answer:** 42``, ``__Answer__: 42``), list and quote markers (``- Answer: 42``, ``1. Answer: 42``, ``>
+    Answer: 42``), emoji or bullets (``✅ Answer: 42``) and backticks (``\`Answer: 42\```). Without such a
+    line, the content of the last ``\boxed{...}``, or of the last run of boxes on one line separated only by
+    commas, "and"/"or", ``$``, spaces and a variable's ``x =`` (``\boxed{2}, \boxed{3}`` and ``x = \boxed{2}
+    or x = \boxed{3}`` give ``2, 3``); without one and with ``lenient``, the text after the last "answer is"
+    (a trailing period dropped). The last statement wins because a model that restates its answer commits to
+    the restatement. From the value, surrounding whitespace, emphasis markers (``*``, ``_``, backticks:
+    ``**42**`` -> ``42``) and a value that is one ``\boxed{}`` (``$\boxed{42}$`` -> ``42``) are removed;
+    nothing else is normalised (matching is :func:`answers_match`'s job).
     """
     if not isinstance(text, str):
         text = "\n".join(text)
@@ -240,27 +273,32 @@ def answer_key(answer: str | None) -> str | None:
 def vote_keys(answers: Sequence[str | None]) -> list[str | None]:
     """One voting key per answer, equal for answers that should pool their votes; None: no vote.
 
-    Answers with the same :func:`answer_key` share it; a key group whose first answer
-    :func:`answers_match` calls equivalent to the first answer of an earlier group joins that group
-    (so ``\\frac{1}{2}``, ``50%`` and ``5e-1`` vote with ``0.5``, and ``3, 2`` with ``2, 3``).
-    Groups are represented by their first answer, so the keys of ``answers[:n]`` are the same for
-    every prefix length ``n``. Cost: one comparison per pair of distinct keys (cached).
+    Answers with the same :func:`answer_key` share it. Pooling does not depend on the order of
+    ``answers``: the distinct keys are taken in sorted order, each represented by the smallest raw
+    answer giving it; a key joins the first earlier group whose representative
+    :func:`answers_match` calls equivalent to its own, else it starts a group (so
+    ``\\frac{1}{2}``, ``50%`` and ``5e-1`` vote with ``0.5``, and ``3, 2`` with ``2, 3``). Since
+    equivalence is not transitive (``50%`` matches ``0.5`` and ``50``; tolerances chain), an
+    answer pools only with a group's representative, never through a third answer. The group of
+    a key depends on all the distinct keys present, so ``vote_keys(answers[:n])`` may differ from
+    ``vote_keys(answers)[:n]``; both are valid votes. Cost: one comparison per pair of distinct
+    keys (cached).
     """
-    first: dict[str, str] = {}  # group key -> the group's first raw answer
+    keys = [answer_key(a) for a in answers]
+    representative: dict[str, str] = {}  # answer key -> its smallest raw answer
+    for raw, key in zip(answers, keys):
+        if key is not None and (key not in representative or str(raw) < representative[key]):
+            representative[key] = str(raw)
+    groups: list[str] = []  # group keys, in sorted order
     group: dict[str, str] = {}  # answer key -> group key
-    keys: list[str | None] = []
-    for raw, key in zip(answers, (answer_key(a) for a in answers)):
-        if key is None:
-            keys.append(None)
-            continue
-        if key not in group:
-            target = next((g for g, rep in first.items() if answers_match(raw, rep) is True), None)
-            if target is None:
-                first[key] = raw
-                target = key
-            group[key] = target
-        keys.append(group[key])
-    return keys
+    for key in sorted(representative):
+        raw = representative[key]
+        target = next((g for g in groups if answers_match(raw, representative[g]) is True), None)
+        if target is None:
+            groups.append(key)
+            target = key
+        group[key] = target
+    return [None if key is None else group[key] for key in keys]
 
 
 def strip_answer(text: str) -> str:
@@ -317,6 +355,7 @@ def _prepare(text: str) -> str:
     digit groups joined (``1\\,000``), scientific notation as a decimal (math-verify reads the
     ``e`` of ``1e-9`` as Euler's number inside LaTeX)."""
     text = _unwrap(strip_answer(text)).translate(_UNICODE_MATH).replace("\\%", "%")
+    text = _LEADING_PLUS.sub("", text)
     return _SCIENTIFIC.sub(_decimal_from_scientific, _DIGIT_GROUP_SPACE.sub("", text))
 
 
@@ -528,13 +567,53 @@ def _normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s.-]", "", _TEXT.sub(r"\1", text).lower())).strip()
 
 
+def _choice_with_text(text: str) -> str | None:
+    """The letter of a choice written with its option text ("(C) 12", "C. 12" -> "C"), else None."""
+    match = _CHOICE_WITH_TEXT.match(strip_answer(text))
+    return (match.group(1) or match.group(2)).upper() if match else None
+
+
+def _suffix(text: str) -> str:
+    """The words after a number or word-free mathematics, lower case ("42 cm" -> "cm", "13 apples"
+    -> "13" is "apples"); "" when there are none ("42", "x = 3", "seven")."""
+    text = _TEXT_COMMAND.sub(r" \1 ", _unwrap(strip_answer(text))).replace("$", " ").strip()
+    match = _SUFFIX.match(text)
+    if not match or not match.group("math").strip():
+        return ""
+    if re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", match.group("math"))):
+        return ""  # the part before the words holds words or variables: not a number with a unit
+    return " ".join(match.group("words").lower().split())
+
+
+def _suffixes_differ(answer: str, reference: str) -> bool | None:
+    """Rule 3 on units: False when both answers carry the same words (or none on one side), True
+    for two different units ("42 cm", "42 m"), None for other different words ("42 apples",
+    "42 oranges")."""
+    a, r = _suffix(answer), _suffix(reference)
+    if not a or not r:
+        return False
+    ua, ur = _UNITS.get(a), _UNITS.get(r)
+    if ua is not None and ur is not None:
+        return ua != ur
+    if a == r or a.rstrip("s") == r.rstrip("s"):  # "apple" and "apples"
+        return False
+    return None
+
+
 def _match_one(answer: str, reference: str, tolerance) -> bool | None:
     """Rules 2 to 6 for one answer against one reference answer."""
     a, r = choice_letter(answer), choice_letter(reference)
     if a is not None and r is not None:
         return a == r
+    if a is not None or r is not None:  # a letter against a letter with its option text: "C", "(C) 12"
+        other = _choice_with_text(reference if a is not None else answer)
+        if other is not None:
+            return (a or r) == other
     pa, pr = parse_math(answer), parse_math(reference)
     if pa and pr:
+        differ = _suffixes_differ(answer, reference)
+        if differ is not False:
+            return None if differ is None else False
         return _match_parsed(pa, pr, tolerance)
     if bool(pa) != bool(pr):
         return None
@@ -571,11 +650,8 @@ def _match_several(answer: str, reference: str, tolerance) -> bool | None:
     if not parsed:
         return False if choice_letter(single) is not None else None
     if not isinstance(parsed[0], sympy.FiniteSet):
-        # One answer against a list: wrong, unless the list written whole is the set math-verify
-        # equates with this single object (a comma list "1, 2" against "(1, 2)").
-        whole = parse_math(answer if not answer_is_single else reference)
-        if whole and isinstance(whole[0], sympy.FiniteSet) and len(whole[0].args) == len(listed):
-            return _match_parsed(*((parsed, whole) if answer_is_single else (whole, parsed)), tolerance)
+        # One answer against a list: wrong, also for a bracketed pair or interval against the bare
+        # list of its entries ("(1, 2)" against "1, 2": one ordered answer against two answers).
         return False
     elements = [(element,) for element in parsed[0].args]
     parts = [parse_math(part) for part in listed]

@@ -9,6 +9,7 @@ boundary (the relative differences are quoted in the reasons), so no verdict dep
 import signal
 import sys
 import threading
+from collections import Counter
 
 import pytest
 
@@ -75,6 +76,7 @@ def test_extract_answer(text, lenient, answer):
         "\u2022 Answer: 42",
         "Answer: **42**",
         "Answer: `42`",
+        "`Answer: 42`",  # a backtick before the label is decoration
         "__Answer__: 42",
         "The final answer: 42",
         "FINAL ANSWER: 42",
@@ -127,6 +129,7 @@ MATCHES = [
     ("int-differ", "13", "12", False, "different integers"),
     ("int-large-off-by-one", "1000001", "1000000", False, "two integers compare exactly (rel. diff 1e-6)"),
     ("int-negative", "-3", "3", False, "sign differs"),
+    ("int-plus", "+5", "5", True, "a leading plus sign is dropped"),
     # decimals
     ("dec-int", "12", "12.0", True, "integer and decimal of one value"),
     ("dec-zeros", "0.50", "0.5", True, "trailing zero"),
@@ -174,6 +177,9 @@ MATCHES = [
     ("choice-paren", "(B)", "B", True, "letters compare as letters"),
     ("choice-prefix", "answer: b", "B", True, "answer prefix and case ignored"),
     ("choice-differ", "c.", "B", False, "different letters"),
+    ("choice-with-text", "(C) 12", "C", True, "a letter with its option text matches the letter"),
+    ("choice-with-text-ref", "C", "(C) 12", True, "the same, the option text in the reference"),
+    ("choice-with-text-differ", "(C) 12", "B", False, "a letter with option text, another letter"),
     # several answers: the same set, order-free
     ("multi-reordered", "3, 2", "2, 3", True, "same set, other order"),
     ("multi-one-of-two", "2", "2, 3", False, "one of the two reference answers"),
@@ -192,7 +198,10 @@ MATCHES = [
     ("multi-letters-extra", "A, B, C", "(A) and (C)", False, "B is not a reference answer"),
     ("multi-duplicate", "2, 2", "2, 3", False, "no candidate answer gives 3"),
     ("multi-words", "two and three", "2, 3", None, "words against listed numbers: undecided"),
-    ("multi-pair", "(1, 2)", "1, 2", True, "math-verify equates the pair with the list read as a set"),
+    ("multi-pair", "(1, 2)", "1, 2", False, "a bracketed pair is one answer, the list two"),
+    ("multi-interval", "(-1, 1)", "-1, 1", False, "an interval is one answer, not a list of its ends"),
+    ("multi-pair-vs-set", "(3, 2)", "2, 3", False, "an ordered pair against a set of two answers"),
+    ("multi-pair-order", "(2, 1)", "(1, 2)", False, "ordered pairs in other order"),
     ("multi-pair-one", "(1, 2)", "x=1 or x=2", False, "the or-list, read whole, is not a set"),
     ("multi-set-tiny", "\\{1e-9, 2\\}", "\\{2e-9, 2\\}", False, "numbers inside a set are cross-checked"),
     # LaTeX and other mathematics (math-verify)
@@ -217,6 +226,11 @@ MATCHES = [
     ("text-and", "salt and pepper", "Salt and pepper", True, "word parts are not a list"),
     ("text-vs-number", "seven", "7", None, "words against math: undecided"),
     ("text-units", "13 apples", "13", True, "number with a unit"),
+    ("units-omitted", "42 cm", "42", True, "a unit given on one side only is ignored"),
+    ("units-differ", "42 cm", "42 m", False, "two different units"),
+    ("units-spelled", "42 meters", "42 m", True, "one unit, spelled out and abbreviated"),
+    ("words-differ", "42 apples", "42 oranges", None, "different words after one number: undecided"),
+    ("words-plural", "42 apple", "42 apples", True, "singular and plural of one word"),
     ("text-prose", "The answer is 7.", "7", True, "prose prefix and period dropped"),
     ("missing", None, "7", False, "no answer"),
     ("blank", "  ", "7", False, "blank answer"),
@@ -372,12 +386,32 @@ def test_answer_key(raw, key):
     assert answer_key(raw) == key
 
 
-def test_vote_keys_pool_equivalent_answers_and_keep_prefixes_stable():
+def test_vote_keys_pool_equivalent_answers():
     raw = ["0.5", None, "\\frac{1}{2}", "$1,000$", "1/2", "1000.0", "7", "(B)", "b."]
-    keys = vote_keys(raw)
-    assert keys == ["0.5", None, "0.5", "1000", "0.5", "1000", "7", "b", "b"]
-    for n in range(len(raw)):  # the keys of every prefix are the prefix of the keys
-        assert vote_keys(raw[:n]) == keys[:n]
+    assert vote_keys(raw) == ["0.5", None, "0.5", "1000", "0.5", "1000", "7", "b", "b"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ["50", "50%", "0.5", "0.5"],  # 50% matches both 0.5 and 50: equivalence is not transitive
+        ["1e-9", "1.0000006e-9", "1.0000012e-9", "1.0000006e-9"],  # tolerance chains
+        ["(C) 12", "C", "(C) 13", "B"],  # both option texts match the bare letter
+    ],
+)
+def test_vote_keys_do_not_depend_on_the_order_of_the_answers(raw):
+    import itertools
+
+    expected = dict(zip(raw, vote_keys(raw)))
+    for order in itertools.permutations(raw):
+        keys = vote_keys(list(order))
+        assert dict(zip(order, keys)) == expected, order  # each answer gets the same key
+        assert sorted(Counter(keys).values()) == sorted(Counter(expected[a] for a in raw).values())
+
+
+def test_vote_keys_pool_a_percentage_with_its_fraction():
+    assert vote_keys(["50", "50%", "0.5", "0.5"]) == ["50", "0.5", "0.5", "0.5"]
+    assert vote_keys(["0.5", "0.5", "50%", "50"]) == ["0.5", "0.5", "0.5", "50"]
 
 
 def test_vote_keys_put_equal_answers_in_different_notation_in_one_group():
