@@ -50,3 +50,10 @@ def images(tmp_path_factory):
         Image.new("RGB", size, colour).save(folder / f"{name}.png")
         paths.append(str(folder / f"{name}.png"))
     return paths
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh demo-data cache (``PRM_CACHE_DIR``) under this test's ``tmp_path``; returns ``tmp_path``."""
+    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path

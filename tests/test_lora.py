@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from numerics import assert_close_at_scale
 from PIL import Image
 from safetensors.torch import load_file
+from smoke_runs import config
 
 from prm.checkpoint import LATEST, latest_checkpoint, load_prm, load_training_state
 from prm.data.dataset import ChainDataset, PRMCollator
@@ -37,17 +37,6 @@ BILEVEL = [
     "reweight.hypergradient.unroll_steps=2",
     "reweight.upper.optimizer.lr=0.1",
 ]
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", *overrides])
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def chains(folder: Path, with_images: bool) -> list[StepChain]:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
+from smoke_runs import config, weights
 
 from prm.checkpoint import (
     LATEST,
@@ -39,21 +38,6 @@ from prm.training.state import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", *overrides])
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
-
-
-def weights(checkpoint):
-    return load_file(checkpoint / "model.safetensors")
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:

@@ -8,27 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
+from smoke_runs import config, weights
 
 from prm.checkpoint import LATEST, latest_checkpoint, load_training_state
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", *overrides])
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
-
-
-def weights(checkpoint):
-    return load_file(checkpoint / "model.safetensors")
 
 
 @pytest.mark.parametrize("head", ["token", "value"])
