@@ -38,7 +38,7 @@ SECOND_ORDER_HYPERGRADIENTS = ("neumann", "cg")  # Hessian-vector products: doub
 PRECISIONS = ("fp32", "bf16")
 HEADS = ("token", "value")
 LAST_LAYER_MODES = ("scores", "full")
-LOSS_TARGETS = ("+", "both")
+LOSS_TARGETS = ("+", "both", "steps")
 EVALUATE_MODES = ("auto", "best_of_n", "processbench")
 SPLITS = ("train", "meta", "test")
 
@@ -61,7 +61,7 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class PRMSchema:
     head: str = "token"  # token | value
-    loss_target: str = "+"  # + | both
+    loss_target: str = "+"  # + | both | steps (the meta loss; prm/bilevel/meta_loss.py)
     last_layer: str = "scores"  # scores | full (prm/model/last_layer.py)
 
 
@@ -90,6 +90,8 @@ class HypergradientSchema:
     iterations: int = 1
     alpha: float = 1.0
     sama_adam_alpha: float = 1.0
+    probe_chains: int = 0  # 0: DARTS on the lower's current batch; N: on N training chains (prm/bilevel/probe.py)
+    warmup_steps: int = 0  # lower optimiser steps before the first upper step (weights stay at their start)
 
 
 @dataclass
@@ -371,14 +373,21 @@ def validate_train_config(cfg: DictConfig) -> None:
         last in LAST_LAYER_MODES, f"prm.last_layer={last!r}: expected one of {', '.join(LAST_LAYER_MODES)}"
     )
     _require(target in LOSS_TARGETS, f"prm.loss_target={target!r}: expected one of {', '.join(LOSS_TARGETS)}")
-    if _get(cfg, "reweight.name", "none") == "none":
-        return
+    if _get(cfg, "reweight.name", "none") == "none" or _get(cfg, "reweight.upper") is None:
+        return  # plain training, or a baseline without an upper level (small_loss, oracle)
     kind = _get(cfg, "reweight.hypergradient.type")
     _require(
         kind in HYPERGRADIENTS,
         f"reweight.hypergradient.type={kind!r}: expected one of {', '.join(HYPERGRADIENTS)}",
     )
     _at_least(cfg, "reweight.hypergradient.unroll_steps", 1)
+    _at_least(cfg, "reweight.hypergradient.probe_chains", 0)
+    _at_least(cfg, "reweight.hypergradient.warmup_steps", 0)
+    _require(
+        kind == "darts" or not _get(cfg, "reweight.hypergradient.probe_chains", 0),
+        f"reweight.hypergradient.probe_chains needs reweight.hypergradient.type=darts (got {kind}: "
+        "it differentiates the current batch twice)",
+    )
     if kind in SECOND_ORDER_HYPERGRADIENTS:
         # cg needs a step to move off x = 0; neumann's 0 iterations is the estimate H^-1 ~ alpha I
         _at_least(cfg, "reweight.hypergradient.iterations", 1 if kind == "cg" else 0)
@@ -411,7 +420,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     name = _get(cfg, "aggregation.name")
     _require(name in REGISTRY, f"aggregation.name={name!r}: expected one of {', '.join(sorted(REGISTRY))}")
     _require(
-        name in PROBABILITY_VALUED,
+        name in PROBABILITY_VALUED or target == "steps",
         f"aggregation={name} is not a probability, so the meta loss of reweight={_get(cfg, 'reweight.name')} "
         f"with prm.loss_target={target} ((p - y)^2 for '+', (p' - 1)^2 for 'both') has no meaning; "
         f"choose aggregation= one of {', '.join(sorted(PROBABILITY_VALUED))}",

@@ -697,3 +697,73 @@ def test_training_with_type_cg_runs_the_suites_conjugate_gradient(tmp_path, monk
     weights = [value for key, value in metrics.items() if key.startswith("weight/") and "_over_" not in key]
     assert len(weights) == 3 and all(math.isfinite(w) for w in weights)
     assert any(w != 1.0 for w in weights)  # the hypergradient reached the table
+
+
+class FixedProbe:
+    """A probe sampler stand-in: the same probe batches at every draw, and the steps it was asked at."""
+
+    def __init__(self, batches):
+        self.batches, self.steps = batches, []
+
+    def draw(self, step):
+        from prm.bilevel.probe import ProbeBatches
+
+        self.steps.append(step)
+        return ProbeBatches(self.batches)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("kind", ["instance_table", "instance_net"])
+def test_darts_over_probe_chains_is_the_exact_mixed_derivative_over_those_chains(kind, registered):
+    """With probe chains, the perturbed passes run over them (not the lower batch): the upper gradient
+    is -d/dtheta (grad_phi L_probe . v), L_probe the weighted loss over every probe chain."""
+    training_set, lower_batch, meta_batch = toy_batches()
+    features, labels = data(seed=5, n=6)
+    probe = [  # two batches, instances 1 and 4 are not in the lower batch
+        make_batch(features[:4], labels[:4], instances=[1, 4, 0, 2], domains=[0, 0, 0, 1]),
+        make_batch(features[4:], labels[4:], instances=[5, 7], domains=[1, 1]),
+    ]
+    if kind == "instance_table":
+        reweighter = InstanceTable(training_set, nn.Softplus(), initialization=1.0)
+        with torch.no_grad():
+            reweighter.theta.add_(torch.linspace(-0.5, 0.5, 8))
+    else:
+        reweighter = InstanceNet(training_set, nn.Softplus(), hidden_size=4, layers=2)
+    reweighter.double()
+    prm, lower, upper = build(reweighter, [lower_batch], [meta_batch], alpha=1e-6)
+    lower.probe = FixedProbe(probe)
+    seen = capture_grad(upper)
+    run(lower, upper, steps=1)
+
+    merged = {
+        key: torch.cat([b[key] for b in probe]) for key in ("features", "step_mask", "step_labels", "instance")
+    }
+    merged["domain"] = torch.cat([b["domain"] for b in probe])
+    expected = analytic_hypergradient(prm, reweighter, merged, meta_batch)
+    assert lower.probe.steps == [1]  # drawn once per upper step (both perturbed passes share it)
+    for got, want in zip(seen[0], expected):
+        assert want.abs().max() > 1e-6
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+    if kind == "instance_table":
+        assert seen[0][0][[3, 6]].abs().max() == 0  # in the lower batch but not probed: no gradient
+        assert seen[0][0][[1, 4]].abs().min() > 0  # probed though never in a lower batch
+
+
+def test_probe_loss_outside_the_perturbed_passes_is_refused():
+    from prm.bilevel.probe import ProbeBatches
+
+    training_set, lower_batch, meta_batch = toy_batches()
+    _, lower, upper = build(InstanceTable(training_set, nn.Softplus()).double(), [lower_batch], [meta_batch])
+    lower.upper_problem = upper
+    with pytest.raises(RuntimeError, match="only for DARTS"):
+        lower.training_step(ProbeBatches([lower_batch]))
+
+
+def test_upper_warmup_keeps_the_weights_until_the_lower_has_taken_its_steps():
+    training_set, lower_batch, meta_batch = toy_batches()
+    reweighter = InstanceTable(training_set, nn.Softplus()).double()
+    prm, lower, upper = build(reweighter, [lower_batch], [meta_batch], upper_lr=0.1)
+    lower.warmup_steps = 3  # Betty's Config.warmup_steps (reweight.hypergradient.warmup_steps)
+    seen = capture_grad(upper)
+    run(lower, upper, steps=5)
+    assert len(seen) == 2  # upper steps after lower steps 4 and 5 only

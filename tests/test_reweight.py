@@ -180,3 +180,95 @@ def test_weight_report_tables():
     assert report["corruption"]["auroc_clean_vs_corrupted"] == 1.0
     text = weights_markdown(report)
     assert "| noisy | 2 |" in text and "ratio 0.200" in text
+
+
+def test_training_set_knows_corrupted_chains_only_when_every_chain_says():
+    from types import SimpleNamespace as Chain
+
+    chains = [Chain(id="a", domain="x", meta={"corrupted": True}), Chain(id="b", domain="x", meta={"corrupted": False})]
+    assert TrainingSet.of(chains, ["x"]).corrupted == [True, False]
+    chains.append(Chain(id="c", domain="x", meta={}))
+    partial = TrainingSet.of(chains, ["x"])
+    assert partial.corrupted is None and partial.missing_corrupted == "c"
+
+
+def test_oracle_weighs_out_corrupted_chains_and_needs_to_know_them():
+    from prm.reweight import Oracle
+
+    known = TrainingSet(["a", "b", "c", "d"], ["x"], [0, 0, 0, 0], corrupted=[False, True, False, True])
+    oracle = Oracle(known)  # normalize=batch by default: the clean chains carry the batch
+    weights = oracle(batch(instances=(0, 1, 2, 3)), None, torch.zeros(4), torch.ones(4, dtype=torch.bool))
+    assert weights.tolist() == [2.0, 0.0, 2.0, 0.0]
+    assert oracle.instance_weights().tolist() == [1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="meta.corrupted.*'q' has none"):
+        Oracle(TrainingSet(["q"], ["x"], [0], missing_corrupted="q"))
+
+
+def test_small_loss_ramps_then_drops_the_highest_losses_among_labelled_chains():
+    from prm.reweight import SmallLoss
+
+    table = SmallLoss(SET, drop_rate=0.5, warmup_steps=2, normalize="none")
+    assert [table.rate(t) for t in (0, 1, 2, 5)] == [0.0, 0.25, 0.5, 0.5]
+    losses = torch.tensor([0.3, 0.9, 0.1, 0.5])
+    labelled = torch.tensor([True, True, True, False])  # chain 3 has no label: never ranked
+    step = lambda: table(batch(), None, losses, labelled).tolist()  # noqa: E731
+    assert step() == [1.0, 1.0, 1.0, 1.0]  # batch 0: rate 0
+    assert step() == [1.0, 0.0, 1.0, 1.0]  # batch 1: rate 0.25 of 3 labelled: keep int(2.25) = 2
+    assert step() == [0.0, 0.0, 1.0, 1.0]  # batch 2: rate 0.5: keep int(1.5) = 1, the lowest loss
+    assert table.seen.tolist() == [3, 3, 3, 0] and table.dropped.tolist() == [1, 2, 0, 0]
+    assert table.instance_weights().tolist() == pytest.approx([2 / 3, 1 / 3, 1.0, 1.0])
+    normalised = SmallLoss(SET, drop_rate=0.5, warmup_steps=0)  # normalize=batch by default
+    weights = normalised(batch(), None, torch.tensor([0.3, 0.9, 0.1, 0.5]), torch.ones(4, dtype=torch.bool))
+    assert weights.tolist() == [2.0, 0.0, 2.0, 0.0]  # 2 of 4 dropped; the kept two carry the batch
+    restored = SmallLoss(SET, drop_rate=0.5, warmup_steps=2)
+    restored.load_state_dict(table.state_dict())
+    assert int(restored.batches) == 3 and restored.dropped.tolist() == [1, 2, 0, 0]
+
+
+@pytest.mark.parametrize("drop_rate, warmup, message", [(1.0, 0, "drop_rate"), (-0.1, 0, "drop_rate"), (0.2, -1, "warmup")])
+def test_small_loss_refuses_bad_settings(drop_rate, warmup, message):
+    from prm.reweight import SmallLoss
+
+    with pytest.raises(ValueError, match=message):
+        SmallLoss(SET, drop_rate=drop_rate, warmup_steps=warmup)
+
+
+def test_step_meta_loss_is_the_prm_step_loss_on_the_known_first_error():
+    from prm.bilevel.meta_loss import step_meta_losses
+    from prm.data.dataset import meta_step_labels
+    from prm.model.prm import ProcessRewardModel
+
+    assert meta_step_labels(-1, 3) == [1.0, 1.0, 1.0]
+    assert meta_step_labels(0, 1) == [0.0]
+    got = meta_step_labels(1, 4)
+    assert got[:2] == [1.0, 0.0] and all(math.isnan(v) for v in got[2:])
+
+    prm = type("P", (), {"head": "token", "losses": ProcessRewardModel.losses})()
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    labels = torch.tensor([meta_step_labels(1, 3), meta_step_labels(-1, 2) + [math.nan]], dtype=torch.float64)
+    out = step_meta_losses(prm, StepScores(logits=logits, mask=mask), {"step_labels": labels, "ids": ["m0", "m1"]})
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: BCE(logit, 1) = sp(-x), BCE(logit, 0) = sp(x)
+    # float32 result (the meta loss is float32 like every meta loss): a few ulps, 2**-23 each
+    assert out.tolist() == pytest.approx([(sp(-2.0) + sp(-1.0)) / 2, (sp(0.0) + sp(-1.0)) / 2], rel=8 * 2**-23)
+    unknown = torch.full((2, 3), math.nan, dtype=torch.float64)
+    with pytest.raises(ValueError, match="meta chain 'm0' has no first_error"):
+        step_meta_losses(prm, StepScores(logits=logits, mask=mask), {"step_labels": unknown, "ids": ["m0", "m1"]})
+
+
+def test_probe_sampler_draws_depend_on_seed_and_step_only():
+    from types import SimpleNamespace as Chain
+
+    from prm.bilevel.probe import ProbeSampler
+
+    chains = [Chain(id=f"c{i}", domain="x", images=[]) for i in range(10)]
+    collate = lambda items: [item["instance"] for item in items]  # noqa: E731
+    sampler = ProbeSampler(chains, ["x"], collate, size=4, batch_size=3, seed=7)
+    first = sampler.draw(5)
+    assert [len(b) for b in first] == [3, 1] and len(set(sum(first, []))) == 4
+    assert sampler.draw(5) == first
+    assert ProbeSampler(chains, ["x"], collate, size=4, batch_size=3, seed=7).draw(5) == first
+    assert sampler.draw(6) != first
+    assert sorted(sum(ProbeSampler(chains, ["x"], collate, size=99, batch_size=4, seed=0).draw(1), [])) == list(range(10))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        ProbeSampler(chains, ["x"], collate, size=0, batch_size=3, seed=0)

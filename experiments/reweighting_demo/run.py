@@ -44,7 +44,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's prm, not another installed copy
-STRATEGIES = ("none", "domain_table", "instance_table", "instance_net", "oracle")
+STRATEGIES = ("none", "small_loss", "domain_table", "instance_table", "instance_net", "oracle")
+# Baselines that learn nothing (reweight=<name>, no meta loss, no upper level): small-loss filtering.
+BASELINES = ("small_loss",)
 # "oracle_domain" (on request, --strategies): plain training without every domain that holds a
 # corrupted chain, i.e. the best one weight per domain could do by removing the harmful domain.
 ORACLES = {"oracle": "chains", "oracle_domain": "domains"}
@@ -74,18 +76,22 @@ KEYS = override_names()
 # corrupted chains (mean blames every step, the correct prefix included, which is what that noise
 # does); on demo_shift (arithmetic slips labelled as right) min 0.79, last 0.77, mean 0.69, prod 0.34
 # (prod points at the wrong chains); on demo_shift_hard min 0.80, prod 0.38.
-META_AGGREGATION = {"demo": "prod", "demo_shift": "min", "demo_shift_hard": "min"}
+META_AGGREGATION = {"demo": "prod", "demo_shift": "min", "demo_shift_hard": "min", "demo_scatter": "min"}
 # Cold-start lengths the measured tables used (demo's earlier study: 3000; demo_shift: 1500;
 # demo_shift_hard: none, every run from scratch: a cold start on the full mixture has already taken
 # the harm the weights are meant to avoid, and the gap to the oracle closes to 1 point).
-COLDSTART_STEPS = {"demo": 3000, "demo_shift": 1500, "demo_shift_hard": 0}
+SCATTERED = ("demo_scatter", "demo_scatter_mixed", "demo_clean")
+COLDSTART_STEPS = {"demo": 3000, "demo_shift": 1500, "demo_shift_hard": 0, **dict.fromkeys(SCATTERED, 0)}
 # Lower steps of each run (after the cold start, or from scratch).
-STEPS = {"demo": 400, "demo_shift": 400, "demo_shift_hard": 1500}
+STEPS = {"demo": 400, "demo_shift": 400, "demo_shift_hard": 1500, **dict.fromkeys(SCATTERED, 1500)}
 UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3}
 # From scratch the weights must move within the first few hundred steps, before the bad data's harm
 # is done: domain table 0.05 (at 0.01 the noisy domain's weight fell too late: 60.25% best-of-N
 # against 67.25% at 0.05, seed 0), instance table 0.5.
-UPPER_LR_BY_DATA = {"demo_shift_hard": {"domain_table": 0.05, "instance_table": 0.5, "instance_net": 1e-3}}
+UPPER_LR_BY_DATA = {
+    "demo_shift_hard": {"domain_table": 0.05, "instance_table": 0.5, "instance_net": 1e-3},
+    **dict.fromkeys(SCATTERED, {"domain_table": 0.05, "instance_table": 0.5, "instance_net": 1e-3}),
+}
 UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 # From scratch the DARTS signal fades as the PRM's own (cosine) learning rate goes to 0, and Adam's
 # normalised steps then turn noise into moves: under a constant upper lr the noisy domain's weight
@@ -393,6 +399,11 @@ def main() -> None:
         help=f"upper-level learning rates other than {UPPER_LR} (by data: {UPPER_LR_BY_DATA})",
     )
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the run folders (<strategy><tag>_seed<N>): ablations beside the main runs in one --out",
+    )
     args = parser.parse_args()
     upper_lr = {**UPPER_LR, **UPPER_LR_BY_DATA.get(args.data, {})}
     for item in args.upper_lr:
@@ -444,7 +455,7 @@ def main() -> None:
                 overrides.append(f"{KEYS['cold_start']}={coldstart}")
             if strategy in ORACLES:
                 overrides += oracle_data[strategy]
-            elif strategy != "none":
+            elif strategy not in ("none", *BASELINES):
                 overrides += [
                     f"aggregation={args.meta_aggregation}",
                     f"{KEYS['upper_lr']}={upper_lr[strategy]}",
@@ -453,7 +464,7 @@ def main() -> None:
                 ]
                 if args.upper_batch:
                     overrides.append(f"{KEYS['upper_batch']}={args.upper_batch}")
-            jobs.append((strategy, seed, out / f"{strategy}_seed{seed}", overrides))
+            jobs.append((strategy, seed, out / f"{strategy}{args.tag}_seed{seed}", overrides))
 
     def work(job):
         strategy, seed, run_dir, overrides = job

@@ -13,6 +13,9 @@
   upper parameters, through the weights; the lower problem is told (``graph_free``) so its PRM forward
   runs without an autograd graph. Neumann, CG and SAMA need second derivatives and keep it.
 
+- With ``reweight.hypergradient.probe_chains`` DARTS' perturbed passes run over a fresh draw of
+  training chains instead of the lower problem's current batch (prm/bilevel/probe.py).
+
 - ``cg`` is the suite's own (prm/bilevel/conjugate_gradient.py): betty-ml 0.2.1's conjugate gradient
   does not converge to ``H^-1 g``.
 
@@ -91,6 +94,22 @@ def darts_zero3(vector, curr, prev, sync):
 
 
 @contextmanager
+def _probe(problem, enabled: bool):
+    """For DARTS with probe chains (prm/bilevel/probe.py): the lower problem's current batch replaced
+    by this upper step's draw of probe chains for the duration (both perturbed passes), then put back."""
+    sampler = getattr(problem, "probe", None)
+    if not enabled or sampler is None:
+        yield
+        return
+    current = problem.cur_batch
+    problem.cur_batch = sampler.draw(problem._count)
+    try:
+        yield
+    finally:
+        problem.cur_batch = current
+
+
+@contextmanager
 def _graph_free(problem, enabled: bool):
     """Set ``problem.graph_free`` (read by PRMLower.training_step) for the duration."""
     previous = getattr(problem, "graph_free", False)
@@ -106,7 +125,7 @@ def _rank_averaged(fn, name: str):
         if dist.is_initialized() and dist.get_world_size() > 1:
             vector = [v.detach().clone() for v in vector]
             average(vector)
-        with _graph_free(curr, name == "darts"):
+        with _graph_free(curr, name == "darts"), _probe(curr, name == "darts"):
             if name == "darts" and _is_zero3(curr):
                 return darts_zero3(vector, curr, prev, sync)
             if _is_zero3(curr):

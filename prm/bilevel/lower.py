@@ -31,6 +31,7 @@ import torch
 from betty.problems import ImplicitProblem
 
 from prm.bilevel.nonfinite import NonFiniteGuard
+from prm.bilevel.probe import ProbeBatches
 from prm.device import autocast, to_device
 
 SUMMED = ("tokens", "chains")
@@ -38,7 +39,8 @@ SUMMED = ("tokens", "chains")
 
 class PRMLower(ImplicitProblem):
     """Lower level: ``module`` is a ProcessRewardModel; ``reweighter`` names the upper problem whose
-    module maps (batch, scores, losses, has_label) to one weight per chain (None: every weight is 1).
+    module maps (batch, scores, losses, has_label) to one weight per chain, or is such a module itself
+    (a baseline that learns nothing: reweight=small_loss, oracle), or None (every weight is 1).
 
     The loss is the weighted mean over chains that carry at least one step label.
     """
@@ -52,7 +54,7 @@ class PRMLower(ImplicitProblem):
         train_data_loader,
         precision: str = "fp32",
         schedule=None,
-        reweighter: str | None = None,
+        reweighter=None,
         max_nonfinite_steps: int = 10,
     ):
         super().__init__(
@@ -84,9 +86,13 @@ class PRMLower(ImplicitProblem):
         """One weight per chain, shape (chains,): the upper problem's reweighter, or ones."""
         if self.reweighter is None:
             return torch.ones_like(losses)
-        return getattr(self, self.reweighter).module(batch, scores, losses, has_label)
+        if isinstance(self.reweighter, str):
+            return getattr(self, self.reweighter).module(batch, scores, losses, has_label)
+        return self.reweighter(batch, scores, losses, has_label)
 
     def training_step(self, batch):
+        if isinstance(batch, ProbeBatches):  # DARTS' perturbed passes over probe chains
+            return self.probe_loss(batch)
         batch = to_device(batch, self.device)
         with (
             autocast(self.device, self.precision_mode),
@@ -108,6 +114,22 @@ class PRMLower(ImplicitProblem):
             "chains": len(losses),
         }
         return loss
+
+    def probe_loss(self, batches: ProbeBatches) -> torch.Tensor:
+        """The weighted training loss over every probe chain (prm/bilevel/probe.py): the PRM without an
+        autograd graph (only inside DARTS' perturbed passes, ``graph_free``), the weights with one."""
+        if not self.graph_free:
+            raise RuntimeError("probe chains are only for DARTS' perturbed passes (graph_free)")
+        total, count = 0.0, 0
+        for batch in batches:
+            batch = to_device(batch, self.device)
+            with autocast(self.device, self.precision_mode), torch.no_grad():
+                scores = self.score(batch)
+            losses, has_label = self.module.losses(scores, batch["step_labels"])
+            weights = self.weigh(batch, scores, losses, has_label) * has_label
+            total = total + (weights * losses).sum()
+            count += int(has_label.sum())
+        return total / max(count, 1)
 
     def grad_callback(self):
         """Gradient norm of the PRM before clipping (Betty calls this after every backward): one

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from betty.problems import ImplicitProblem
 
-from prm.bilevel.meta_loss import meta_losses
+from prm.bilevel.meta_loss import meta_losses, step_meta_losses
 from prm.bilevel.nonfinite import NonFiniteGuard
 from prm.device import autocast, to_device
 from prm.distributed import average
@@ -63,9 +63,12 @@ class ReweightUpper(ImplicitProblem):
         batch = to_device(batch, self.device)
         with autocast(self.device, self.precision_mode):
             scores = prm(batch)
-        losses = meta_losses(
-            scores.probs.float(), scores.mask, batch["chain_label"], self.aggregation, self.loss_target
-        )
+        if self.loss_target == "steps":
+            losses = step_meta_losses(prm, scores, batch)
+        else:
+            losses = meta_losses(
+                scores.probs.float(), scores.mask, batch["chain_label"], self.aggregation, self.loss_target
+            )
         loss = losses.mean()
         self.last_metrics = {"loss": float(loss.detach())}
         return loss

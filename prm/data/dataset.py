@@ -57,6 +57,15 @@ def flatten_candidates(problems: Sequence[BestOfNProblem]) -> list[LabelledChain
     return chains
 
 
+
+def meta_step_labels(first_error: int, steps: int) -> list[float]:
+    """Step labels of a whole-chain-labelled chain whose first wrong step is known: 1 before it, 0 at
+    it, NaN after (unknown); every step 1 when ``first_error == -1``. What ``prm.loss_target=steps``
+    (the meta loss on steps) trains against."""
+    if first_error < 0:
+        return [1.0] * steps
+    return [1.0] * first_error + [0.0] + [math.nan] * (steps - first_error - 1)
+
 class ChainDataset(Dataset):
     """Chains with stable instance indices (their position) and domain indices (sorted names).
 
@@ -263,6 +272,9 @@ class PRMCollator:
                 for column, label in enumerate(chain.labels):
                     if label is not None:
                         step_labels[row, column] = float(label)
+            elif chain.first_error is not None:  # a meta chain whose first wrong step is known
+                for column, label in enumerate(meta_step_labels(chain.first_error, len(chain.steps))):
+                    step_labels[row, column] = label
         num_tokens = int(inputs["attention_mask"].sum())
         if self.packing:
             pad = backbone.tokenizer.pad_token_id

@@ -30,7 +30,9 @@ prefix with r steps left succeeds with probability q ** (r / steps); a step's la
 **Domains** (training; names are the kinds below, sizes per domain configurable):
 
 - ``clean``: every error kind; labels are the true labels.
-- ``noisy``: the same task; a share ``noise_rate`` (default 0.4) of chains get corrupted labels.
+- ``noisy``: the same task; a share ``noise_rate`` (default 0.4) of chains get corrupted labels
+  (``noisy_domains``, default ``["noisy"]``, names the domains corrupted this way: every training
+  domain scatters the bad labels over the whole set, so no per-domain weight can single them out).
   ``corruption="mixed"`` (default): flipped (1 - label) or shifted (the labels of a different first
   error, or of none), half and half: noise without a direction. ``corruption="false_positive"``:
   a wrong chain is labelled as if it had no error (what Monte Carlo labels give when the policy
@@ -402,6 +404,7 @@ class DemoBenchmark:
         corruption: str = "mixed",
         corrupted_kinds: Sequence[str] | None = None,
         domain_kind_weights: Mapping[str, Mapping[str, float]] | None = None,
+        noisy_domains: Sequence[str] | None = None,
     ) -> None:
         domains = [str(domain) for domain in domains]
         unknown = [domain for domain in domains if domain not in DOMAIN_ERRORS]
@@ -443,6 +446,9 @@ class DemoBenchmark:
             domain in domains and set(weights) <= set(ERROR_KINDS) and min(weights.values(), default=0) >= 0
             for domain, weights in domain_kind_weights.items()
         )
+        if noisy_domains is not None:
+            noisy_domains = [str(domain) for domain in noisy_domains]
+            checks["noisy_domains name training domains"] = set(noisy_domains) <= set(domains)
         failed = [rule for rule, ok in checks.items() if not ok]
         if failed:
             raise ValueError(f"demo benchmark parameters break: {', '.join(failed)}")
@@ -469,6 +475,8 @@ class DemoBenchmark:
         # Added only when set, so the benchmarks of earlier settings keep their hash (and cache).
         if corrupted_kinds is not None:
             self.params["corrupted_kinds"] = sorted(corrupted_kinds)
+        if noisy_domains is not None and noisy_domains != ["noisy"]:
+            self.params["noisy_domains"] = sorted(noisy_domains)
         if domain_kind_weights:
             self.params["domain_kind_weights"] = {
                 domain: {kind: weights.get(kind, 0.0) for kind in ERROR_KINDS}
@@ -552,7 +560,7 @@ class DemoBenchmark:
     def _train_domain(self, domain: str, size: int, pool: list[Problem], image_root: Path) -> list[StepChain]:
         p = self.params
         rng = random.Random(f"{p['seed']}:train:{domain}")
-        share = p["noise_rate"] if domain == "noisy" else 0.0
+        share = p["noise_rate"] if domain in p.get("noisy_domains", ["noisy"]) else 0.0
         corrupted = set(rng.sample(range(size), round(share * size)))
         kind_weights = p.get("domain_kind_weights", {}).get(domain, p["kind_weights"])
         corrupted_kinds = p.get("corrupted_kinds")

@@ -5,12 +5,19 @@ weight per chain. ``none`` has no module; the others are built from ``conf/rewei
 
 - :class:`DomainTable` (DreamPRM): one weight per domain;
 - :class:`InstanceTable` (DreamPRM-1.5): one weight per training instance;
-- :class:`InstanceNet` (DreamPRM-1.5): a small net from detached features of the chain to its weight.
+- :class:`InstanceNet` (DreamPRM-1.5): a small net from detached features of the chain to its weight;
+
+and two baselines that learn nothing (no upper problem), for the learned weights to beat:
+
+- :class:`SmallLoss`: drop the highest-loss chains of each batch after a warm-up;
+- :class:`Oracle`: drop the chains known to be corrupted (data that says which).
 """
 
 from prm.reweight.base import Reweighter, TrainingSet
 from prm.reweight.domain_table import DomainTable
 from prm.reweight.instance_net import InstanceNet
 from prm.reweight.instance_table import InstanceTable
+from prm.reweight.oracle import Oracle
+from prm.reweight.small_loss import SmallLoss
 
-__all__ = ["Reweighter", "TrainingSet", "DomainTable", "InstanceTable", "InstanceNet"]
+__all__ = ["Reweighter", "TrainingSet", "DomainTable", "InstanceTable", "InstanceNet", "SmallLoss", "Oracle"]

@@ -21,11 +21,20 @@ class TrainingSet:
     ids: list[str]
     domains: list[str]  # sorted domain names (``batch["domain"]`` indexes them)
     instance_domain: list[int]  # domain index of each instance
+    corrupted: list[bool] | None = None  # meta.corrupted of each chain, when every chain has it
+    missing_corrupted: str | None = None  # the first chain without meta.corrupted (else None)
 
     @classmethod
     def of(cls, chains: Sequence, domains: Sequence[str]) -> TrainingSet:
         index = {name: i for i, name in enumerate(domains)}
-        return cls([chain.id for chain in chains], list(domains), [index[chain.domain] for chain in chains])
+        missing = next((c.id for c in chains if "corrupted" not in (getattr(c, "meta", None) or {})), None)
+        return cls(
+            [chain.id for chain in chains],
+            list(domains),
+            [index[chain.domain] for chain in chains],
+            None if missing is not None else [bool(chain.meta["corrupted"]) for chain in chains],
+            missing,
+        )
 
 
 def can_be_negative(activation: nn.Module) -> bool:
@@ -56,6 +65,9 @@ class Reweighter(nn.Module):
     sparse_rows: bool = False
     #: whether instance weights need a forward pass over the data (a net), not just a read (a table)
     needs_data_pass: bool = False
+    #: whether an upper problem learns the weights (bi-level); baselines (small_loss, oracle) set False
+    #: and the lower problem calls them directly
+    learned: bool = True
 
     def __init__(self, training_set: TrainingSet, normalize: str = "none"):
         super().__init__()

@@ -51,13 +51,14 @@ class InstanceNet(Reweighter):
         labels = batch["step_labels"].to(scores.logits.device)
         labelled = scores.mask & ~torch.isnan(labels)
         parts = []
+        dtype = torch.promote_types(scores.logits.dtype, torch.float32)  # float32, or wider (float64 tests)
         if "probs" in self.features:
-            positive = torch.sigmoid(scores.logits.detach().float())
+            positive = torch.sigmoid(scores.logits.detach().to(dtype))
             parts += [positive, 1 - positive]
         if "label" in self.features:
-            parts.append(torch.nan_to_num(labels, nan=0.0).float())
+            parts.append(torch.nan_to_num(labels, nan=0.0).to(dtype))
         if "loss" in self.features:
-            parts.append(losses.detach().float()[:, None].expand_as(labels))
+            parts.append(losses.detach().to(dtype)[:, None].expand_as(labels))
         return torch.stack(parts, dim=-1), labelled
 
     def raw_weights(self, batch, scores, losses):

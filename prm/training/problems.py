@@ -20,6 +20,7 @@ from prm.bilevel.deepspeed_lower import DeepSpeedLower
 from prm.bilevel.engine import PRMEngine
 from prm.bilevel.lower import PRMLower
 from prm.bilevel.meta_loss import check_meta_loss
+from prm.bilevel.probe import ProbeSampler
 from prm.bilevel.upper import ReweightUpper
 from prm.data.dataset import ChainDataset, chain_lengths
 from prm.data.sampling import LengthGroupedSampler, ResumableSampler
@@ -53,6 +54,7 @@ def hypergradient_config(reweight: DictConfig, precision: str = "fp32") -> dict:
     return dict(
         type=h.type,
         unroll_steps=h.unroll_steps,
+        warmup_steps=h.get("warmup_steps", 0),
         darts_alpha=darts_alpha(h.darts_alpha, precision),
         neumann_iterations=h.iterations,
         neumann_alpha=h.alpha,
@@ -60,6 +62,26 @@ def hypergradient_config(reweight: DictConfig, precision: str = "fp32") -> dict:
         cg_alpha=h.alpha,
         sama_adam_alpha=h.sama_adam_alpha,
     )
+
+
+def learns_weights(cfg: DictConfig) -> bool:
+    """Whether ``reweight`` is a bi-level strategy (an upper problem learns the weights); none and the
+    baselines (small_loss, oracle: a module without ``upper``) train the PRM alone."""
+    return cfg.reweight.name != "none" and cfg.reweight.get("upper") is not None
+
+
+def build_reweighter(run: TrainingRun):
+    """The ``reweight.module`` of the run over its training set (None for reweight=none)."""
+    if cfg_module(run.cfg) is None:
+        return None
+    return instantiate(run.cfg.reweight.module)(
+        training_set=TrainingSet.of(run.data.train_chains, run.data.domains),
+        activation=instantiate(run.cfg.activation),
+    )
+
+
+def cfg_module(cfg: DictConfig):
+    return None if cfg.reweight.name == "none" else cfg.reweight.get("module")
 
 
 def build_optimizer(node: DictConfig, parameters):
@@ -98,8 +120,10 @@ def chain_loader(
 def setup_lower(run: TrainingRun) -> None:
     """The PRM as Betty's lower problem, plain or inside a DeepSpeed engine (``distributed=zero*``)."""
     cfg, data = run.cfg, run.data
-    reweighting = cfg.reweight.name != "none"
+    reweighting = learns_weights(cfg)
     bilevel = hypergradient_config(cfg.reweight, cfg.train.precision) if reweighting else {}
+    if bilevel:  # Betty counts its warm-up in micro-batches
+        bilevel["warmup_steps"] *= run.accumulation
     loader = chain_loader(
         run,
         data.train_chains,
@@ -110,7 +134,12 @@ def setup_lower(run: TrainingRun) -> None:
     )
     optimizer = build_optimizer(cfg.train.optimizer, trainable_parameters(run.prm))  # LoRA: adapters only
     common = dict(name=LOWER, train_data_loader=loader, precision=cfg.train.precision)
-    common.update(reweighter=UPPER if reweighting else None)
+    if reweighting:
+        common.update(reweighter=UPPER)
+    elif cfg_module(cfg) is not None:  # a baseline: the lower problem calls the module itself
+        run.reweighter = build_reweighter(run).to(run.device)
+        common.update(reweighter=run.reweighter)
+        log.info("reweighting: %s (a baseline, no upper problem)", cfg.reweight.name)
     if not run.world.deepspeed:
         run.lower = PRMLower(
             module=run.prm,
@@ -126,6 +155,7 @@ def setup_lower(run: TrainingRun) -> None:
             ),
             **common,
         )
+        attach_probe(run)
         return
     import deepspeed
 
@@ -141,20 +171,36 @@ def setup_lower(run: TrainingRun) -> None:
         bilevel["unroll_steps"] *= run.accumulation
     config = Config(gradient_accumulation=1, gradient_clipping=0.0, precision="fp32", log_step=-1, **bilevel)
     run.lower = DeepSpeedLower(engine=engine, config=config, **common)
+    attach_probe(run)
+
+
+def attach_probe(run: TrainingRun) -> None:
+    """With ``reweight.hypergradient.probe_chains`` > 0, the sampler of probe chains DARTS reads
+    (prm/bilevel/probe.py), seeded by the run's seed."""
+    if not learns_weights(run.cfg) or not run.cfg.reweight.hypergradient.get("probe_chains", 0):
+        return
+    data = run.data
+    run.lower.probe = ProbeSampler(
+        data.train_chains,
+        data.domains,
+        run.collator,
+        run.cfg.reweight.hypergradient.probe_chains,
+        data.config.eval_batch_size,
+        run.cfg.seed + 2,
+    )
 
 
 def setup_upper(run: TrainingRun) -> None:
     """The reweighter from ``reweight`` as Betty's upper problem over the meta set (reweight=none: none)."""
     cfg, data = run.cfg, run.data
-    if cfg.reweight.name == "none":
+    if not learns_weights(cfg):
         return
     check_meta_loss(run.aggregation, cfg.prm.loss_target)
     upper = cfg.reweight.upper
-    reweighter = instantiate(cfg.reweight.module)(
-        training_set=TrainingSet.of(data.train_chains, data.domains), activation=instantiate(cfg.activation)
-    )
+    reweighter = run.reweighter = build_reweighter(run)
     optimizer = build_optimizer(upper.optimizer, list(reweighter.parameters()))
-    upper_steps = max(1, cfg.train.steps // cfg.reweight.hypergradient.unroll_steps)
+    hyper = cfg.reweight.hypergradient
+    upper_steps = max(1, (cfg.train.steps - hyper.get("warmup_steps", 0)) // hyper.unroll_steps)
     seed = cfg.seed + 1 if upper.sampler_seed is None else upper.sampler_seed
     start = run.state["upper"]["steps"] if run.state is not None else 0
     run.upper = ReweightUpper(

@@ -71,10 +71,10 @@ def finish(run: TrainingRun) -> dict[str, float]:
         log.info("upper parameters agree across %d ranks: max difference %.3g", run.world.size, drift)
         if drift > 0:
             raise RuntimeError(f"the reweighter differs across ranks (max difference {drift})")
-    if upper is not None:
+    if run.reweighter is not None:
         final_weights = weights_now(run)  # every rank: a net's pass over the data is collective under ZeRO-3
         if run.world.is_main:
-            write_weight_report(run.run_dir, upper.module, final_weights, run.data.train_chains)
+            write_weight_report(run.run_dir, run.reweighter, final_weights, run.data.train_chains)
             run.tracker.log_histogram("weights/instances", final_weights.tolist(), run.cfg.train.steps)
     log.info(
         "final validation: %s",

@@ -45,6 +45,7 @@ class TrainingRun:
     aggregation: Any = None
     lower: Any = None
     upper: Any = None
+    reweighter: Any = None  # the weights' module: the upper problem's, or a baseline's (None: none)
     engine: Any = None
     config_yaml: str = ""
     resumed: dict | None = None

@@ -381,6 +381,7 @@ def restore(run: TrainingRun) -> None:
     state, lower, upper = run.state, run.lower, run.upper
     if state is None:
         return
+    lower._count = run.start_step * run.accumulation  # Betty's micro-batch count: unroll and warm-up line up
     if run.world.deepspeed:
         lower.engine.load_checkpoint(
             str(run.checkpoint / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_module_strict=True
@@ -393,6 +394,8 @@ def restore(run: TrainingRun) -> None:
         upper.optimizer.load_state_dict(state["upper"]["optimizer"])
         upper.lr_scheduler.load_state_dict(state["upper"]["scheduler"])
         upper.steps_taken = state["upper"]["steps"]
+    elif run.reweighter is not None and "reweighter" in state:  # a baseline's counters (small_loss)
+        run.reweighter.load_state_dict(state["reweighter"])
     if run.resumed is not None and run.resumed["changes"]:  # e.g. train.steps: the new schedule from here
         lower_schedule = lower.engine.lr_scheduler if run.world.deepspeed else lower.lr_scheduler
         for scheduler in [lower_schedule] + ([upper.lr_scheduler] if upper is not None else []):
@@ -416,18 +419,20 @@ def training_state(run: TrainingRun) -> dict:
             "scheduler": upper.lr_scheduler.state_dict(),
             "steps": upper.steps_taken,
         }
+    elif run.reweighter is not None:
+        state["reweighter"] = run.reweighter.state_dict()
     return state
 
 
 def save(run: TrainingRun, step: int) -> Path:
     """Checkpoint ``step`` (optimiser steps) of the run. Raises NonFiniteError, writing nothing, when a
     parameter of the PRM or the reweighter is not finite."""
-    modules = [run.prm] + ([run.upper.module] if run.upper is not None else [])
+    modules = [run.prm] + ([run.reweighter] if run.reweighter is not None else [])
     if not all(all_finite(p.detach() for p in module.parameters()) for module in modules):
         raise NonFiniteError(f"step {step}: the model holds non-finite parameters; not saving a checkpoint")
     extra = {}
-    if run.upper is not None and not run.upper.module.needs_data_pass:  # a net's weights: at the end
-        extra["weights.json"] = weights_json(run.upper.module, weights_now(run), run.data.train_chains)
+    if run.reweighter is not None and not run.reweighter.needs_data_pass:  # a net's weights: at the end
+        extra["weights.json"] = weights_json(run.reweighter, weights_now(run), run.data.train_chains)
     path = save_checkpoint(
         run.run_dir,
         step,

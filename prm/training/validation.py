@@ -22,7 +22,7 @@ def weights_now(run: TrainingRun) -> torch.Tensor:
     """Every training chain's current weight, shape (train chains,)."""
     data = run.data
     return instance_weights(
-        run.upper.module, run.prm, data.train_chains, run.collator, data.config.eval_batch_size, run.device
+        run.reweighter, run.prm, data.train_chains, run.collator, data.config.eval_batch_size, run.device
     )
 
 
@@ -44,11 +44,11 @@ def validate(run: TrainingRun, step: int) -> dict[str, float]:
     metrics = {"auroc": result.auroc, f"auroc_{aggregation.name}": result.auroc}
     if result.mse is not None:
         metrics.update(loss=result.mse, accuracy=result.accuracy)
-    if run.upper is not None and not run.upper.module.needs_data_pass:  # tables: cheap to read
+    if run.reweighter is not None and not run.reweighter.needs_data_pass:  # tables: cheap to read
         current = weights_now(run)
         if run.world.is_main:
             run.tracker.log_histogram("weights/instances", current.tolist(), step)
-        report = weight_report(run.upper.module, current, data.train_chains, extremes=0)
+        report = weight_report(run.reweighter, current, data.train_chains, extremes=0)
         metrics.update({f"weight/{name}": s["mean"] for name, s in report["per_domain"].items()})
         if "corruption" in report:
             metrics["weight/corrupted_over_clean"] = report["corruption"]["ratio"]
