@@ -1,7 +1,7 @@
 """Which meta loss points the hypergradient at the bad training data? Measured before any bi-level run.
 
     python experiments/meta_loss_signal.py <run dir or checkpoint> [--aggregations min mean prod ...]
-                                           [--targets + both] [--out signal.json]
+                                           [--targets + both steps] [--out signal.json]
 
 The DARTS hypergradient of instance i's weight is -lr * g_i . G, where g_i is the gradient of chain i's
 training loss and G the gradient of the meta loss, both at the current PRM
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra.utils import instantiate  # noqa: E402
 
 from prm.aggregation import PROBABILITY_VALUED, Aggregation  # noqa: E402
-from prm.bilevel.meta_loss import TARGETS, meta_losses  # noqa: E402
+from prm.bilevel.meta_loss import TARGETS, meta_losses, step_meta_losses  # noqa: E402
 from prm.checkpoint import load_prm, resolve_checkpoint  # noqa: E402
 from prm.data.dataset import ChainDataset, PRMCollator  # noqa: E402
 from prm.evaluation.best_of_n import auroc  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
         default=["min", "mean", "log_mean", "last", "prod"],
         choices=sorted(PROBABILITY_VALUED),
     )
-    parser.add_argument("--targets", nargs="+", default=["+"], choices=TARGETS)
+    parser.add_argument("--targets", nargs="+", default=["+", "steps"], choices=TARGETS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="also write the table as JSON here")
     args = parser.parse_args()
@@ -139,9 +139,11 @@ def main() -> None:
     collator = PRMCollator(prm.backbone, data.max_length)
 
     losses = {}
+    if "steps" in args.targets:  # prm.loss_target=steps: the PRM's step loss up to the known first error
+        losses["steps (prm.loss_target=steps)"] = lambda scores, batch, _: step_meta_losses(prm, scores, batch).mean()
     for name in args.aggregations:
         aggregation = Aggregation(name)
-        for target in args.targets:
+        for target in (t for t in args.targets if t != "steps"):
             losses[f"{name} {target}"] = (
                 lambda a, t: lambda scores, batch, _: meta_losses(
                     scores.probs.float(), scores.mask, batch["chain_label"], a, t

@@ -107,6 +107,7 @@ class UpperSchema:
     )
     batch_size: int = "${data.batch_size}"  # type: ignore[assignment]
     gradient_clipping: float = 0.0
+    grad_scale: str = "none"  # none | rms (prm/bilevel/upper.py rms_scale)
     sampler_seed: Optional[int] = None  # noqa: UP045
 
 

@@ -115,6 +115,22 @@ def test_instance_net_reads_detached_features_and_the_label():
         InstanceNet(SET, nn.Sigmoid(), features=["logits"])
 
 
+def test_instance_net_can_read_the_prms_detached_hidden_states():
+    torch.manual_seed(0)
+    s = scores()
+    s.hidden = torch.randn(4, 2, 3, requires_grad=True)
+    net = InstanceNet(SET, nn.Softplus(), features=["label", "hidden"], prm_hidden_size=3)
+    features, _ = net.inputs(batch(), s, torch.zeros(4))
+    assert features.shape == (4, 2, 4)
+    assert torch.equal(features[..., 1:], s.hidden.detach()) and features[0, :, 0].tolist() == [1.0, 0.0]
+    net(batch(), s, torch.zeros(4)).sum().backward()
+    assert s.hidden.grad is None  # read, never trained through
+    with pytest.raises(ValueError, match="prm_hidden_size"):
+        InstanceNet(SET, nn.Softplus(), features=["hidden"])
+    with pytest.raises(ValueError, match="hidden states"):
+        net(batch(), scores(), torch.zeros(4))
+
+
 def test_meta_loss_exact_values():
     probs = torch.tensor([[0.9, 0.5], [0.2, 0.4]])
     mask = torch.tensor([[True, True], [True, False]])
@@ -240,13 +256,13 @@ def test_step_meta_loss_is_the_prm_step_loss_on_the_known_first_error():
 
     assert meta_step_labels(-1, 3) == [1.0, 1.0, 1.0]
     assert meta_step_labels(0, 1) == [0.0]
-    got = meta_step_labels(1, 4)
-    assert got[:2] == [1.0, 0.0] and all(math.isnan(v) for v in got[2:])
+    assert meta_step_labels(1, 4) == [1.0, 0.0, 0.0, 0.0]
 
     prm = type("P", (), {"head": "token", "losses": ProcessRewardModel.losses})()
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 0.0]], dtype=torch.float64)
     mask = torch.tensor([[True, True, True], [True, True, False]])
     labels = torch.tensor([meta_step_labels(1, 3), meta_step_labels(-1, 2) + [math.nan]], dtype=torch.float64)
+    labels[0, 2] = math.nan  # a step past the chain's known labels does not count
     out = step_meta_losses(prm, StepScores(logits=logits, mask=mask), {"step_labels": labels, "ids": ["m0", "m1"]})
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: BCE(logit, 1) = sp(-x), BCE(logit, 0) = sp(x)
     # float32 result (the meta loss is float32 like every meta loss): a few ulps, 2**-23 each

@@ -331,6 +331,73 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         assert torch.equal(value, weights(latest_checkpoint(interrupted))[key]), key
 
 
+@pytest.mark.parametrize("strategy", ["small_loss", "oracle"])
+def test_baseline_reweighting_runs_without_an_upper_level_and_resumes_exactly(cache, strategy):
+    """reweight=small_loss / oracle: the lower problem calls the module itself (no meta set, no upper
+    problem); the weight report says how well it found the corrupted chains; a resume continues it."""
+    from prm.training import train
+
+    overrides = [f"reweight={strategy}", "train.steps=4", "train.save_every=2", "train.validate_every=2"]
+    if strategy == "small_loss":
+        overrides += ["reweight.module.warmup_steps=2", "reweight.module.drop_rate=0.5"]
+    full = cache / "full"
+    train(config(*overrides), run_dir=full)
+    report = json.loads((full / "weights.json").read_text())
+    assert report["module"] == {"small_loss": "SmallLoss", "oracle": "Oracle"}[strategy]
+    state = load_training_state(latest_checkpoint(full))
+    assert "upper" not in state
+    if strategy == "oracle":
+        assert report["corruption"]["auroc_clean_vs_corrupted"] == 1.0
+        assert report["corruption"]["corrupted_mean"] == 0.0
+    else:  # 4 batches of 4 chains: rates 0, 0.25, 0.5, 0.5 -> 0 + 1 + 2 + 2 chains dropped
+        assert int(state["reweighter"]["batches"]) == 4
+        assert int(state["reweighter"]["dropped"].sum()) == 5
+        assert int(state["reweighter"]["seen"].sum()) == 16
+
+    interrupted = cache / "interrupted"
+    shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
+    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    for key, value in weights(latest_checkpoint(full)).items():
+        assert torch.equal(value, weights(latest_checkpoint(interrupted))[key]), key
+    if strategy == "small_loss":
+        resumed = load_training_state(latest_checkpoint(interrupted))["reweighter"]
+        for key, value in state["reweighter"].items():
+            assert torch.equal(value, resumed[key]), key
+
+
+def test_probe_chains_and_upper_warmup_train_and_resume_exactly(cache):
+    """DARTS over 16 probe chains per upper step, the first upper step after 1 lower step: more rows
+    move than the lower batches hold, and a resumed run draws the same probes and steps alike."""
+    from prm.training import train
+
+    overrides = [
+        "reweight=instance_table",
+        "train.steps=4",
+        "train.save_every=2",
+        "train.validate_every=2",
+        "reweight.hypergradient.probe_chains=16",
+        "reweight.hypergradient.warmup_steps=1",
+        "reweight.upper.optimizer.lr=0.1",
+    ]
+    full = cache / "full"
+    train(config(*overrides), run_dir=full)
+    state = load_training_state(latest_checkpoint(full))
+    assert state["upper"]["steps"] == 3  # after lower steps 2, 3 and 4
+    report = json.loads((full / "weights.json").read_text())
+    moved = [w for w in report["weights"].values() if abs(w - 1.0) > 1e-6]
+    assert len(moved) > 12  # 3 upper steps x 16 probes (the 3 lower batches hold 12 chains)
+
+    interrupted = cache / "interrupted"
+    shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
+    (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
+    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    a = load_training_state(latest_checkpoint(full))["upper"]["module"]
+    b = load_training_state(latest_checkpoint(interrupted))["upper"]["module"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_meta_loss_refuses_a_non_probability_aggregation(cache):
     from prm.training import train
 

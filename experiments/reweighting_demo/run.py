@@ -90,14 +90,17 @@ UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3}
 # against 67.25% at 0.05, seed 0), instance table 0.5.
 UPPER_LR_BY_DATA = {
     "demo_shift_hard": {"domain_table": 0.05, "instance_table": 0.5, "instance_net": 1e-3},
-    **dict.fromkeys(SCATTERED, {"domain_table": 0.05, "instance_table": 0.5, "instance_net": 1e-3}),
+    # scattered regimes: the instance strategies' own defaults (conf/reweight/*.yaml, measured here)
+    **dict.fromkeys(SCATTERED, {"domain_table": 0.05, "instance_table": None, "instance_net": None}),
 }
 UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 # From scratch the DARTS signal fades as the PRM's own (cosine) learning rate goes to 0, and Adam's
 # normalised steps then turn noise into moves: under a constant upper lr the noisy domain's weight
 # climbed from ~0.05 back to ~1 in the last 200 steps. A cosine upper schedule keeps it down
 # (0.03-0.07 at the end) at about the same accuracy (measured for the domain table).
-UPPER_EXTRA_BY_DATA = {"demo_shift_hard": {"domain_table": ["reweight.upper.schedule.name=cosine"]}}
+UPPER_EXTRA_BY_DATA = {
+    name: {"domain_table": ["reweight.upper.schedule.name=cosine"]} for name in ("demo_shift_hard", *SCATTERED)
+}
 
 
 def run(command: list[str], log: Path, threads: int = 1) -> None:
@@ -458,7 +461,7 @@ def main() -> None:
             elif strategy not in ("none", *BASELINES):
                 overrides += [
                     f"aggregation={args.meta_aggregation}",
-                    f"{KEYS['upper_lr']}={upper_lr[strategy]}",
+                    *([f"{KEYS['upper_lr']}={upper_lr[strategy]}"] if upper_lr[strategy] is not None else []),
                     *UPPER_EXTRA.get(strategy, []),
                     *UPPER_EXTRA_BY_DATA.get(args.data, {}).get(strategy, []),
                 ]

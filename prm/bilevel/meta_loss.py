@@ -1,7 +1,7 @@
 """The upper level's loss on the meta set (docs/methods.md#bi-level-objective), per chain.
 
 ``target="steps"``: the PRM's own per-step loss against the meta chains' step labels (1 before the
-known first wrong step, 0 at it; ``prm.data.dataset.meta_step_labels``), averaged over the chain's
+known first wrong step, 0 from it on; ``prm.data.dataset.meta_step_labels``), averaged over the chain's
 labelled steps: a signal on the wrong step itself rather than on the whole chain.
 ``target="+"``: aggregate the step probabilities r to p = agg(r) and take (p - y)^2.
 ``target="both"``: score each step by the probability of the label that matches y (r when y = 1,

@@ -4,6 +4,8 @@ Its loss is the meta loss of the *lower* problem's PRM on a meta batch; the rewe
 get their gradient through Betty's hypergradient (``Config.type`` of the lower problem: darts,
 neumann, cg or sama), never directly. Two things are ours:
 
+- ``grad_scale="rms"`` (``reweight.upper.grad_scale``) divides the hypergradient by the RMS of its
+  non-zero entries before the step (:func:`rms_scale`), for SGD on tables;
 - tables with ``sparse_rows`` step with torch's ``SparseAdam`` on the rows that have a gradient
   (only instances of the batch the hypergradient used), so unsampled weights stay where they are;
 - the schedule is built with the problem and steps once per upper step (``param_callback``), as in
@@ -27,6 +29,20 @@ from prm.device import autocast, to_device
 from prm.distributed import average
 
 
+GRAD_SCALES = ("none", "rms")
+
+
+def rms_scale(grad: torch.Tensor) -> None:
+    """Divide ``grad`` in place by the root mean square of its non-zero entries (a table: the rows
+    this step touched), so that plain SGD moves them by ``lr`` on average while keeping their
+    relative sizes: unlike per-row Adam, a chain with a strong signal moves further than one with a
+    weak one. A gradient of zeros is left as it is."""
+    with torch.no_grad():
+        touched = grad != 0
+        if bool(touched.any()):
+            grad.div_(grad[touched].float().pow(2).mean().sqrt().to(grad.dtype))
+
+
 class ReweightUpper(ImplicitProblem):
     def __init__(
         self,
@@ -41,6 +57,7 @@ class ReweightUpper(ImplicitProblem):
         precision: str = "fp32",
         schedule=None,
         max_nonfinite_steps: int = 10,
+        grad_scale: str = "none",
     ):
         super().__init__(
             name=name, config=config, module=module, optimizer=optimizer, train_data_loader=train_data_loader
@@ -50,6 +67,9 @@ class ReweightUpper(ImplicitProblem):
         self.loss_target = loss_target
         self.precision_mode = precision
         self.lr_scheduler = schedule
+        if grad_scale not in GRAD_SCALES:
+            raise ValueError(f"reweight.upper.grad_scale must be one of {GRAD_SCALES}, got {grad_scale!r}")
+        self.grad_scale = grad_scale
         self.nonfinite = NonFiniteGuard(name, max_nonfinite_steps)
         self.last_metrics: dict[str, float] = {}
         self.steps_taken = 0
@@ -87,6 +107,9 @@ class ReweightUpper(ImplicitProblem):
             self.last_metrics["grad_norm"] = float(
                 torch.stack([g.detach().float().norm() for g in grads]).norm()
             )
+        if self.grad_scale == "rms":
+            for grad in grads:
+                rms_scale(grad)
         if self.module.sparse_rows:
             for parameter in self.trainable_parameters():
                 if parameter.grad is not None and not parameter.grad.is_sparse:

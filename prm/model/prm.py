@@ -59,6 +59,7 @@ class StepScores:
 
     logits: torch.Tensor  # log-odds of a correct step, float32
     mask: torch.Tensor  # True where the chain has that step
+    hidden: torch.Tensor | None = None  # detached score-position hidden states [chains, max_steps, hidden]
 
     @property
     def probs(self) -> torch.Tensor:
@@ -135,7 +136,9 @@ class ProcessRewardModel(nn.Module):
         return hidden.gather(1, index)
 
     def forward(self, batch: dict) -> StepScores:
-        return StepScores(logits=self.step_logits(self.hidden_at_markers(batch)), mask=batch["step_mask"])
+        hidden = self.hidden_at_markers(batch)
+        # the hidden states go out detached: an instance net may read them (features: [hidden])
+        return StepScores(logits=self.step_logits(hidden), mask=batch["step_mask"], hidden=hidden.detach())
 
     def step_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-odds of a correct step from score-position hidden states: ``[..., hidden]`` -> ``[...]``.

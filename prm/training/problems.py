@@ -74,9 +74,13 @@ def build_reweighter(run: TrainingRun):
     """The ``reweight.module`` of the run over its training set (None for reweight=none)."""
     if cfg_module(run.cfg) is None:
         return None
+    extra = {}
+    if "hidden" in (cfg_module(run.cfg).get("features") or []):  # an instance net reading hidden states
+        extra["prm_hidden_size"] = run.prm.hidden_size
     return instantiate(run.cfg.reweight.module)(
         training_set=TrainingSet.of(run.data.train_chains, run.data.domains),
         activation=instantiate(run.cfg.activation),
+        **extra,
     )
 
 
@@ -214,6 +218,7 @@ def setup_upper(run: TrainingRun) -> None:
         loss_target=cfg.prm.loss_target,
         precision=cfg.train.precision,
         max_nonfinite_steps=cfg.train.max_nonfinite_steps,
+        grad_scale=upper.get("grad_scale", "none"),
         config=Config(gradient_clipping=upper.gradient_clipping, precision="fp32", log_step=-1),
     )
     log.info(
