@@ -140,7 +140,9 @@ def main() -> None:
 
     losses = {}
     if "steps" in args.targets:  # prm.loss_target=steps: the PRM's step loss up to the known first error
-        losses["steps (prm.loss_target=steps)"] = lambda scores, batch, _: step_meta_losses(prm, scores, batch).mean()
+        losses["steps (prm.loss_target=steps)"] = lambda scores, batch, _: step_meta_losses(
+            prm, scores, batch
+        ).mean()
     for name in args.aggregations:
         aggregation = Aggregation(name)
         for target in (t for t in args.targets if t != "steps"):

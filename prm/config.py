@@ -90,7 +90,9 @@ class HypergradientSchema:
     iterations: int = 1
     alpha: float = 1.0
     sama_adam_alpha: float = 1.0
-    probe_chains: int = 0  # 0: DARTS on the lower's current batch; N: on N training chains (prm/bilevel/probe.py)
+    probe_chains: int = (
+        0  # 0: DARTS on the lower's current batch; N: on N training chains (prm/bilevel/probe.py)
+    )
     warmup_steps: int = 0  # lower optimiser steps before the first upper step (weights stay at their start)
 
 
@@ -384,11 +386,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     _at_least(cfg, "reweight.hypergradient.unroll_steps", 1)
     _at_least(cfg, "reweight.hypergradient.probe_chains", 0)
     _at_least(cfg, "reweight.hypergradient.warmup_steps", 0)
-    _require(
-        kind == "darts" or not _get(cfg, "reweight.hypergradient.probe_chains", 0),
-        f"reweight.hypergradient.probe_chains needs reweight.hypergradient.type=darts (got {kind}: "
-        "it differentiates the current batch twice)",
-    )
     if kind in SECOND_ORDER_HYPERGRADIENTS:
         # cg needs a step to move off x = 0; neumann's 0 iterations is the estimate H^-1 ~ alpha I
         _at_least(cfg, "reweight.hypergradient.iterations", 1 if kind == "cg" else 0)

@@ -295,7 +295,8 @@ def test_schema_accepts_contract_keys_and_new_optimizer_arguments():
     assert cfg.optimized_metric == "loss" and cfg.train.keep_last_n_checkpoints == 3
     assert cfg.reweight.upper.optimizer._target_ == "torch.optim.SparseAdam"
     assert "weight_decay" not in cfg.reweight.upper.optimizer and cfg.reweight.upper.sampler_seed == 7
-    assert cfg.reweight.upper.batch_size == cfg.data.batch_size
+    assert cfg.reweight.upper.batch_size == 120  # the instance strategies: a large meta batch (measured)
+    assert composed("reweight=domain_table").reweight.upper.batch_size == cfg.data.batch_size
     optimizer = instantiate(cfg.train.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["eps"] == 1e-6
 

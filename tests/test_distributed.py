@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from smoke_runs import PER_BATCH
 
 from prm.checkpoint import latest_checkpoint
 from prm.distributed import free_port
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMON = [
     "experiment=smoke",
     "reweight=instance_table",
+    *PER_BATCH,
     "train.steps=4",
     "train.save_every=4",
     "train.validate_every=0",

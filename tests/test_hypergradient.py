@@ -736,7 +736,8 @@ def test_darts_over_probe_chains_is_the_exact_mixed_derivative_over_those_chains
     run(lower, upper, steps=1)
 
     merged = {
-        key: torch.cat([b[key] for b in probe]) for key in ("features", "step_mask", "step_labels", "instance")
+        key: torch.cat([b[key] for b in probe])
+        for key in ("features", "step_mask", "step_labels", "instance")
     }
     merged["domain"] = torch.cat([b["domain"] for b in probe])
     expected = analytic_hypergradient(prm, reweighter, merged, meta_batch)

@@ -12,7 +12,7 @@ import torch
 from numerics import assert_close_at_scale
 from PIL import Image
 from safetensors.torch import load_file
-from smoke_runs import config
+from smoke_runs import PER_BATCH, config
 
 from prm.checkpoint import LATEST, latest_checkpoint, load_prm, load_training_state
 from prm.data.dataset import ChainDataset, PRMCollator
@@ -28,6 +28,7 @@ FAMILIES = ["qwen2", "qwen2_vl", "qwen2_5_vl", "internvl", "causal_lm"]
 ENABLED = {"enabled": True, "r": 4, "alpha": 8}
 BILEVEL = [
     "reweight=instance_table",
+    *PER_BATCH,
     "backbone.lora.enabled=true",
     "backbone.lora.r=4",
     "train.steps=4",
@@ -290,6 +291,7 @@ def test_lora_under_zero3_on_two_processes_matches_one_process(cache):
     common = [
         "experiment=smoke",
         "reweight=instance_table",
+        *PER_BATCH,
         "backbone.lora.enabled=true",
         "train.steps=4",
         "train.save_every=4",

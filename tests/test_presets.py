@@ -79,6 +79,8 @@ def test_dreamprm15_table():
     assert cfg.prm.head == "token" and cfg.prm.loss_target == "both"
     assert instantiate(cfg.aggregation).name == "mean"
     assert cfg.reweight.hypergradient.type == "darts" and cfg.reweight.hypergradient.unroll_steps == 1
+    # published: the hypergradient on the lower batch, from the first step (the strategy's defaults differ)
+    assert cfg.reweight.hypergradient.probe_chains == 0 and cfg.reweight.hypergradient.warmup_steps == 0
     upper = upper_optimizer(cfg)
     assert isinstance(upper, torch.optim.SparseAdam) and upper.defaults["lr"] == 5e-3
     optimizer = instantiate(cfg.train.optimizer)([parameter()])
@@ -97,6 +99,7 @@ def test_dreamprm15_net():
     assert cfg.reweight.name == "instance_net"
     module = cfg.reweight.module
     assert (module.hidden_size, module.layers, list(module.features)) == (10, 1, ["probs"])
+    assert cfg.reweight.hypergradient.probe_chains == 0 and cfg.reweight.hypergradient.unroll_steps == 1
     assert isinstance(instantiate(cfg.activation), torch.nn.Sigmoid)
     assert cfg.prm.head == "token" and cfg.prm.loss_target == "both"
     assert instantiate(cfg.aggregation).name == "mean"

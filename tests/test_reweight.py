@@ -201,7 +201,10 @@ def test_weight_report_tables():
 def test_training_set_knows_corrupted_chains_only_when_every_chain_says():
     from types import SimpleNamespace as Chain
 
-    chains = [Chain(id="a", domain="x", meta={"corrupted": True}), Chain(id="b", domain="x", meta={"corrupted": False})]
+    chains = [
+        Chain(id="a", domain="x", meta={"corrupted": True}),
+        Chain(id="b", domain="x", meta={"corrupted": False}),
+    ]
     assert TrainingSet.of(chains, ["x"]).corrupted == [True, False]
     chains.append(Chain(id="c", domain="x", meta={}))
     partial = TrainingSet.of(chains, ["x"])
@@ -241,7 +244,9 @@ def test_small_loss_ramps_then_drops_the_highest_losses_among_labelled_chains():
     assert int(restored.batches) == 3 and restored.dropped.tolist() == [1, 2, 0, 0]
 
 
-@pytest.mark.parametrize("drop_rate, warmup, message", [(1.0, 0, "drop_rate"), (-0.1, 0, "drop_rate"), (0.2, -1, "warmup")])
+@pytest.mark.parametrize(
+    "drop_rate, warmup, message", [(1.0, 0, "drop_rate"), (-0.1, 0, "drop_rate"), (0.2, -1, "warmup")]
+)
 def test_small_loss_refuses_bad_settings(drop_rate, warmup, message):
     from prm.reweight import SmallLoss
 
@@ -263,13 +268,19 @@ def test_step_meta_loss_is_the_prm_step_loss_on_the_known_first_error():
     mask = torch.tensor([[True, True, True], [True, True, False]])
     labels = torch.tensor([meta_step_labels(1, 3), meta_step_labels(-1, 2) + [math.nan]], dtype=torch.float64)
     labels[0, 2] = math.nan  # a step past the chain's known labels does not count
-    out = step_meta_losses(prm, StepScores(logits=logits, mask=mask), {"step_labels": labels, "ids": ["m0", "m1"]})
+    out = step_meta_losses(
+        prm, StepScores(logits=logits, mask=mask), {"step_labels": labels, "ids": ["m0", "m1"]}
+    )
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: BCE(logit, 1) = sp(-x), BCE(logit, 0) = sp(x)
     # float32 result (the meta loss is float32 like every meta loss): a few ulps, 2**-23 each
-    assert out.tolist() == pytest.approx([(sp(-2.0) + sp(-1.0)) / 2, (sp(0.0) + sp(-1.0)) / 2], rel=8 * 2**-23)
+    assert out.tolist() == pytest.approx(
+        [(sp(-2.0) + sp(-1.0)) / 2, (sp(0.0) + sp(-1.0)) / 2], rel=8 * 2**-23
+    )
     unknown = torch.full((2, 3), math.nan, dtype=torch.float64)
     with pytest.raises(ValueError, match="meta chain 'm0' has no first_error"):
-        step_meta_losses(prm, StepScores(logits=logits, mask=mask), {"step_labels": unknown, "ids": ["m0", "m1"]})
+        step_meta_losses(
+            prm, StepScores(logits=logits, mask=mask), {"step_labels": unknown, "ids": ["m0", "m1"]}
+        )
 
 
 def test_probe_sampler_draws_depend_on_seed_and_step_only():
@@ -285,6 +296,8 @@ def test_probe_sampler_draws_depend_on_seed_and_step_only():
     assert sampler.draw(5) == first
     assert ProbeSampler(chains, ["x"], collate, size=4, batch_size=3, seed=7).draw(5) == first
     assert sampler.draw(6) != first
-    assert sorted(sum(ProbeSampler(chains, ["x"], collate, size=99, batch_size=4, seed=0).draw(1), [])) == list(range(10))
+    assert sorted(
+        sum(ProbeSampler(chains, ["x"], collate, size=99, batch_size=4, seed=0).draw(1), [])
+    ) == list(range(10))
     with pytest.raises(ValueError, match="must be >= 1"):
         ProbeSampler(chains, ["x"], collate, size=0, batch_size=3, seed=0)

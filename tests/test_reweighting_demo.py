@@ -19,6 +19,7 @@ spec.loader.exec_module(study)
 def result(accuracy: float, weights: dict | None = None) -> dict:
     return {
         "best_of_n_mean": accuracy,
+        "seconds": 100.0,
         "baselines": {"random": 0.5},
         **({"weights": weights} if weights else {}),
     }
@@ -55,10 +56,10 @@ def test_summary_and_table():
     text = study.table(summary, domains, {"random": 0.5})
     row = next(line for line in text.splitlines() if line.startswith("| domain_table"))
     assert (
-        row == "| domain_table | 67.00 ± 1.00 | 60% | 1.20 ± 0.00 | 0.30 ± 0.00 | 1.50 ± 0.00 | "
-        "0.250 ± 0.000 | 0.900 ± 0.000 | 2 |"
+        row == "| domain_table | 67.00 ± 1.00 | +6.00 | 60% | 1.20 ± 0.00 | 0.30 ± 0.00 | 1.50 ± 0.00 | "
+        "0.250 ± 0.000 | 0.900 ± 0.000 | 100 ± 0 | 2 |"
     )
-    assert "| none | 61.00 ± 1.00 | 0% | - | - | - | - | - | 2 |" in text
+    assert "| none | 61.00 ± 1.00 | +0.00 | 0% | - | - | - | - | - | 100 ± 0 | 2 |" in text
     assert "random 50.00%" in text
 
 

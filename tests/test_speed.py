@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from numerics import assert_close_at_scale
 from safetensors.torch import load_file
+from smoke_runs import PER_BATCH
 
 from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, pack_rows
 from prm.data.records import StepChain
@@ -268,6 +269,7 @@ def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypa
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     overrides = [
         "reweight=instance_table",
+        *PER_BATCH,
         "train.steps=4",
         "train.save_every=2",
         "train.validate_every=2",

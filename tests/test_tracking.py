@@ -69,6 +69,7 @@ def test_two_job_multirun_logs_two_offline_wandb_runs_in_one_group(tmp_path):
             "experiment=smoke",
             "logger=wandb",
             "reweight=instance_table",
+            "reweight.hypergradient.unroll_steps=2",  # upper steps within the 4 (default: every 10)
             "aggregation=mean,min",
             "seed=3",
             f"hydra.sweep.dir={sweep}",
@@ -85,8 +86,8 @@ def test_two_job_multirun_logs_two_offline_wandb_runs_in_one_group(tmp_path):
     runs = [read_run(job) for job in jobs]
     assert runs[0]["group"] == runs[1]["group"] and runs[0]["group"].startswith("sweep-")
     assert {run["name"] for run in runs} == {
-        "experiment=smoke,reweight=instance_table,aggregation=mean",
-        "experiment=smoke,reweight=instance_table,aggregation=min",
+        "experiment=smoke,reweight=instance_table,reweight.hypergradient.unroll_steps=2,aggregation=mean",
+        "experiment=smoke,reweight=instance_table,reweight.hypergradient.unroll_steps=2,aggregation=min",
     }
     expected = {
         "prm/loss",

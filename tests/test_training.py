@@ -292,6 +292,8 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         "train.save_every=2",
         "train.validate_every=2",
         "reweight.hypergradient.unroll_steps=2",
+        "reweight.hypergradient.probe_chains=0",  # the lower batch (probe chains: their own test)
+        "reweight.upper.batch_size=4",
         "reweight.upper.optimizer.lr=0.1",
     ]
     full = cache / "full"

@@ -13,7 +13,8 @@
    ``demo_shift`` and for ``demo``, the earlier regime of noise without a direction) one
    ``reweight=none`` run of N steps that every run continues from;
 2. from that checkpoint (or from scratch), for every seed, the same budget of lower steps with each strategy:
-   ``none`` (plain training continued), ``domain_table``, ``instance_table``, ``instance_net``, and
+   ``none`` (plain training continued), ``small_loss`` (``reweight=small_loss``: small-loss filtering,
+   a baseline without a meta set), ``domain_table``, ``instance_table``, ``instance_net``, and
    ``oracle`` (plain training without the corrupted chains: perfect weights);
 3. every run evaluated by ``evaluate.py`` on the data's best-of-N test set.
 
@@ -22,7 +23,12 @@ mean and spread over seeds of the best-of-N accuracy with the ``mean`` aggregati
 none-to-oracle gap it wins back, the mean weight each training domain ends with, the corrupted/clean
 mean instance weight ratio and the AUROC of the weight as a detector of clean chains; the random,
 majority-vote and pass@N baselines beside them. Jobs run ``--jobs`` at a time with one thread each.
-Finished runs are reused when run again (delete ``<out>`` to start over).
+Finished runs are reused when run again (delete ``<out>`` to start over). ``--tag`` names ablation
+runs (``<strategy><tag>_seed<N>``) so they sit beside the main runs in one ``--out``.
+
+Regimes (``--data``): ``demo_shift_hard`` (bad labels in one domain), ``demo_scatter`` (false
+positives scattered over every domain: only per-chain weights can help), ``demo_scatter_mixed``
+(flipped or shifted labels scattered), ``demo_clean`` (no bad label: the no-regret check).
 
 When a strategy wins nothing back, ``python experiments/meta_loss_signal.py <out>/coldstart`` says
 whether the meta loss points at the bad chains at all (the command is printed with the table).
@@ -77,6 +83,11 @@ KEYS = override_names()
 # does); on demo_shift (arithmetic slips labelled as right) min 0.79, last 0.77, mean 0.69, prod 0.34
 # (prod points at the wrong chains); on demo_shift_hard min 0.80, prod 0.38.
 META_AGGREGATION = {"demo": "prod", "demo_shift": "min", "demo_shift_hard": "min", "demo_scatter": "min"}
+# The meta loss's target (prm.loss_target), by data: on demo_scatter_mixed (flipped or shifted labels
+# over every domain) the step-level meta loss carries the signal (g_i . G AUROC at plain training's
+# end: steps 0.82, prod + 0.80, min + 0.45, mean + 0.18); on demo_scatter (false positives) "+" with
+# min (min + 0.71, last + 0.71, steps 0.67, prod + 0.37).
+META_TARGET = {"demo_scatter_mixed": "steps"}
 # Cold-start lengths the measured tables used (demo's earlier study: 3000; demo_shift: 1500;
 # demo_shift_hard: none, every run from scratch: a cold start on the full mixture has already taken
 # the harm the weights are meant to avoid, and the gap to the oracle closes to 1 point).
@@ -99,7 +110,8 @@ UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 # climbed from ~0.05 back to ~1 in the last 200 steps. A cosine upper schedule keeps it down
 # (0.03-0.07 at the end) at about the same accuracy (measured for the domain table).
 UPPER_EXTRA_BY_DATA = {
-    name: {"domain_table": ["reweight.upper.schedule.name=cosine"]} for name in ("demo_shift_hard", *SCATTERED)
+    name: {"domain_table": ["reweight.upper.schedule.name=cosine"]}
+    for name in ("demo_shift_hard", *SCATTERED)
 }
 
 
@@ -312,6 +324,9 @@ def summarise(results: dict[str, list[dict]], domains: list[str]) -> dict[str, d
     summary = {}
     for strategy, runs in results.items():
         row = {"accuracy": [100 * r["best_of_n_mean"] for r in runs], "seeds": len(runs)}
+        row["seconds"] = [r["seconds"] for r in runs if "seconds" in r]
+        if "none" in mean_of and strategy in mean_of:
+            row["vs_none"] = mean_of[strategy] - mean_of["none"]
         if "none" in mean_of and "oracle" in mean_of and strategy in mean_of:
             row["gap_share"] = gap_share(mean_of[strategy], mean_of["none"], mean_of["oracle"])
         row["domains"] = {
@@ -338,19 +353,22 @@ def domain_cell(row: dict, domain: str) -> str:
 def table(summary: dict[str, dict], domains: list[str], baselines: dict[str, float]) -> str:
     """The study's Markdown table (see the module docstring)."""
     lines = [
-        "| strategy | best-of-N (%) | gap won back | "
+        "| strategy | best-of-N (%) | vs none (points) | gap won back | "
         + " | ".join(f"weight {d} at the end" for d in domains)
-        + " | corrupted/clean weight | AUROC weight vs clean | seeds |",
-        "|---|---:|---:|" + "---:|" * len(domains) + "---:|---:|---:|",
+        + " | corrupted/clean weight | AUROC weight vs clean | run time (s) | seeds |",
+        "|---|---:|---:|---:|" + "---:|" * len(domains) + "---:|---:|---:|---:|",
     ]
     for strategy, row in summary.items():
-        share = row.get("gap_share")
+        share, versus = row.get("gap_share"), row.get("vs_none")
         lines.append(
             f"| {strategy} | {spread(row['accuracy'], 2)} | "
+            + ("-" if versus is None else f"{versus:+.2f}")
+            + " | "
             + ("-" if share is None else f"{100 * share:.0f}%")
             + " | "
             + " | ".join(domain_cell(row, d) for d in domains)
-            + f" | {spread(row['ratio'])} | {spread(row['auroc'])} | {row['seeds']} |"
+            + f" | {spread(row['ratio'])} | {spread(row['auroc'])} | "
+            + f"{spread(row.get('seconds', []), 0)} | {row['seeds']} |"
         )
     lines.append("")
     lines.append(
@@ -393,6 +411,12 @@ def main() -> None:
         default=None,
         help=f"aggregation of the meta loss (default: by data, {META_AGGREGATION}, else min)",
     )
+    parser.add_argument(
+        "--meta-target",
+        default=None,
+        choices=["+", "both", "steps"],
+        help=f"target of the meta loss, prm.loss_target (default: by data, {META_TARGET}, else +)",
+    )
     parser.add_argument("--upper-batch", type=int, default=None, help="meta chains per upper step")
     parser.add_argument(
         "--upper-lr",
@@ -405,7 +429,7 @@ def main() -> None:
     parser.add_argument(
         "--tag",
         default="",
-        help="suffix of the run folders (<strategy><tag>_seed<N>): ablations beside the main runs in one --out",
+        help="suffix of the run folders (<strategy><tag>_seed<N>): ablations beside the main runs",
     )
     args = parser.parse_args()
     upper_lr = {**UPPER_LR, **UPPER_LR_BY_DATA.get(args.data, {})}
@@ -420,6 +444,8 @@ def main() -> None:
         args.steps = STEPS.get(args.data, 400)
     if args.meta_aggregation is None:
         args.meta_aggregation = META_AGGREGATION.get(args.data, "min")
+    if args.meta_target is None:
+        args.meta_target = META_TARGET.get(args.data, "+")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)  # the demo data's cache folder (data.generator.root) is relative, as in train.py runs
@@ -461,6 +487,7 @@ def main() -> None:
             elif strategy not in ("none", *BASELINES):
                 overrides += [
                     f"aggregation={args.meta_aggregation}",
+                    *([f"prm.loss_target={args.meta_target}"] if args.meta_target != "+" else []),
                     *([f"{KEYS['upper_lr']}={upper_lr[strategy]}"] if upper_lr[strategy] is not None else []),
                     *UPPER_EXTRA.get(strategy, []),
                     *UPPER_EXTRA_BY_DATA.get(args.data, {}).get(strategy, []),
@@ -496,7 +523,8 @@ def main() -> None:
     )
     markdown = (
         f"# Reweighting on data={args.data}\n\n{start}, seeds {args.seeds}; mean ± population std "
-        f"over seeds; meta loss aggregation {args.meta_aggregation}, upper lrs {upper_lr}.\n\n"
+        f"over seeds; meta loss aggregation {args.meta_aggregation}, target {args.meta_target}, "
+        f"upper lrs {upper_lr}.\n\n"
         + table(summary, domains, baselines)
         + f"\nWall time: {wall / 60:.1f} min with {args.jobs} jobs.\n"
         + "\nWhy a strategy does (not) win the gap back: does the meta loss point at the bad chains?\n"

@@ -1,4 +1,6 @@
-"""Probe chains: the training chains whose weights one upper step updates (``reweight.hypergradient.probe_chains``).
+"""Probe chains: the training chains whose weights one upper step updates.
+
+``reweight.hypergradient.probe_chains`` sets how many.
 
 Betty's DARTS hypergradient re-runs the lower problem's training step on its *current* batch at
 the PRM's parameters moved by +-eps along the meta gradient G; differentiating that loss with

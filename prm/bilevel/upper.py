@@ -28,7 +28,6 @@ from prm.bilevel.nonfinite import NonFiniteGuard
 from prm.device import autocast, to_device
 from prm.distributed import average
 
-
 GRAD_SCALES = ("none", "rms")
 
 

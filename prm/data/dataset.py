@@ -57,7 +57,6 @@ def flatten_candidates(problems: Sequence[BestOfNProblem]) -> list[LabelledChain
     return chains
 
 
-
 def meta_step_labels(first_error: int, steps: int) -> list[float]:
     """Step labels of a whole-chain-labelled chain whose first wrong step is known: 1 before it, 0 at
     it and after (no continuation of a wrong prefix is right: the convention of Monte Carlo step
@@ -66,6 +65,7 @@ def meta_step_labels(first_error: int, steps: int) -> list[float]:
     if first_error < 0:
         return [1.0] * steps
     return [1.0] * first_error + [0.0] * (steps - first_error)
+
 
 class ChainDataset(Dataset):
     """Chains with stable instance indices (their position) and domain indices (sorted names).

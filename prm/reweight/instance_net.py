@@ -1,13 +1,13 @@
 """DreamPRM-1.5's instance net: a small MLP from what the PRM says about a chain to the chain's weight.
 
 Per labelled step the net reads detached features: the PRM's renormalised probabilities of the two
-label tokens (p(+), p(-): the published input), the step's label and the chain's loss (the
-published net saw neither), and on request (``hidden``) the PRM's last hidden state at the step's
-score position, so the net can learn what a step whose label is wrong looks like and weigh unseen
-chains alike (``prm_hidden_size`` is then the width of those states; train.py passes it). Linear(features, h) + LeakyReLU, ``layers - 1`` more hidden layers,
-Linear(h, 1); the mean over the chain's labelled steps goes through the activation. Everything the
-net reads is detached, so the PRM cannot lower its own loss by lowering its weight.
-"""
+label tokens (p(+), p(-): the published input), the step's label and the chain's loss (the published
+net saw neither), and on request (``hidden``) the PRM's last hidden state at the step's score
+position, so the net can learn what a step whose label is wrong looks like and weigh unseen chains
+alike (``prm_hidden_size`` is then the width of those states; train.py passes it). Linear(features,
+h) + LeakyReLU, ``layers - 1`` more hidden layers, Linear(h, 1); the mean over the chain's labelled
+steps goes through the activation. Everything the net reads is detached, so the PRM cannot lower its
+own loss by lowering its weight."""
 
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 
 The "small-loss trick" of learning with noisy labels (Han et al. 2018, Co-teaching; Jiang et al.
 2018, MentorNet): chains whose labels are wrong are fitted late, so at any time they tend to carry
-the largest losses of their batch. In every training batch the labelled chains beyond the
-``int((1 - rate) * n)`` of lowest loss get weight 0, the others 1 (8 chains at rate 0.2: 2 dropped), where ``rate`` ramps linearly from 0 to
-``drop_rate`` over the first ``warmup_steps`` training batches (Co-teaching's schedule:
-R(T) = 1 - min(T / T_k * tau, tau)). With ``normalize="batch"`` (the default) the kept chains are
-scaled so the batch's mean weight stays 1, i.e. dropping a chain is removing it from the batch.
+the largest losses of their batch. In every training batch the labelled chains beyond the ``int((1 -
+rate) * n)`` of lowest loss get weight 0, the others 1 (8 chains at rate 0.2: 2 dropped), where
+``rate`` ramps linearly from 0 to ``drop_rate`` over the first ``warmup_steps`` training batches
+(Co-teaching's schedule: R(T) = 1 - min(T / T_k * tau, tau)). With ``normalize="batch"`` (the
+default) the kept chains are scaled so the batch's mean weight stays 1, i.e. dropping a chain is
+removing it from the batch.
 
 Not bi-level: there is no meta set and no upper problem; the lower problem calls it directly. Its
 state (batches seen, and per chain how often it was seen and dropped) is saved with the training

@@ -181,7 +181,13 @@ def setup_lower(run: TrainingRun) -> None:
 def attach_probe(run: TrainingRun) -> None:
     """With ``reweight.hypergradient.probe_chains`` > 0, the sampler of probe chains DARTS reads
     (prm/bilevel/probe.py), seeded by the run's seed."""
-    if not learns_weights(run.cfg) or not run.cfg.reweight.hypergradient.get("probe_chains", 0):
+    hyper = run.cfg.reweight.get("hypergradient") or {}
+    if not learns_weights(run.cfg) or not hyper.get("probe_chains", 0):
+        return
+    if hyper.type != "darts":  # neumann / cg / sama differentiate the lower batch twice: no probes
+        log.info(
+            "reweight.hypergradient.probe_chains applies to darts only; %s uses the lower batch", hyper.type
+        )
         return
     data = run.data
     run.lower.probe = ProbeSampler(
