@@ -8,6 +8,13 @@ chain AUROC (mean aggregation) of correct chains against the chains with that ki
 the test set the within-problem pairwise accuracy: over problems with both correct and wrong
 candidates, the share of (correct, wrong) pairs the PRM orders right (ties count one half). Best-of-N
 needs the latter, an AUROC across problems does not show it.
+
+Where the training chains say which labels were corrupted (the demo's ``meta.corrupted``), it also
+prints how well the PRM itself tells them apart: the AUROC of the chain's lowest step score for
+correct chains against corrupted ones (a PRM trained on clean labels scores the hidden error low),
+and its mean score at the first wrong step of corrupted chains and of wrong chains whose labels are
+true (on the generator's whole training set, also for a run trained on a subset such as the
+oracle's). The reweighting study reads it as how clean a reweighted PRM ended.
 """
 
 from __future__ import annotations
@@ -44,6 +51,37 @@ def within_problem_accuracy(problems, chain_scores: list[float]) -> tuple[float,
     return (right / pairs if pairs else float("nan")), pairs
 
 
+def corrupted_detection(prm, data) -> None:
+    """The PRM on its own training chains: correct chains against corrupted ones (see the docstring)."""
+    chains = data.load("train")
+    if not any(chain.meta.get("corrupted") for chain in chains):
+        return
+    scores = score_chains(prm, chains, 32, data.max_length)
+    bad = [i for i, c in enumerate(chains) if c.meta.get("corrupted")]
+    good = [
+        i for i, c in enumerate(chains) if not c.meta.get("corrupted") and c.meta.get("first_error", 0) < 0
+    ]
+    wrong = [
+        i for i, c in enumerate(chains) if not c.meta.get("corrupted") and c.meta.get("first_error", -1) >= 0
+    ]
+    lowest = [float(scores[i].min()) for i in good + bad]
+    detection = auroc(lowest, [1] * len(good) + [0] * len(bad))
+
+    def at_error(indices):
+        values = [
+            float(scores[i][chains[i].meta["first_error"]])
+            for i in indices
+            if chains[i].meta["first_error"] >= 0
+        ]
+        return sum(values) / len(values) if values else float("nan")
+
+    print(
+        f"training chains: AUROC of the lowest step score, {len(good)} correct vs {len(bad)} corrupted: "
+        f"{detection:.3f}; score at the first wrong step: corrupted {at_error(bad):.3f}, "
+        f"true-labelled wrong chains {at_error(wrong):.3f}"
+    )
+
+
 def diagnose(checkpoint: Path) -> None:
     saved = OmegaConf.load(checkpoint / "config.yaml")
     data = instantiate(saved.data)
@@ -70,6 +108,12 @@ def diagnose(checkpoint: Path) -> None:
             f"{kind:<12}{len(indices):>7}{sum(wrong_step) / len(wrong_step):>12.3f}"
             f"{(sum(same_ok) / len(same_ok) if same_ok else float('nan')):>14.3f}{auroc(chain, labels):>8.3f}"
         )
+    full = saved.data.copy()
+    if (
+        full.get("generator") is not None
+    ):  # the generator's whole training set (the oracle's file lacks the bad chains)
+        full.train = None
+    corrupted_detection(prm, instantiate(full))
     test = data.load("test")
     test_scores = score_chains(prm, flatten_candidates(test), 32, data.max_length)
     for name, reduce in (("mean", torch.mean), ("min", torch.min), ("last", lambda s: s[-1])):
