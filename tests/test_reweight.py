@@ -301,3 +301,11 @@ def test_probe_sampler_draws_depend_on_seed_and_step_only():
     ) == list(range(10))
     with pytest.raises(ValueError, match="must be >= 1"):
         ProbeSampler(chains, ["x"], collate, size=0, batch_size=3, seed=0)
+    # two ranks: the same draw, split in two equal disjoint shares
+    shares = [
+        sum(ProbeSampler(chains, ["x"], collate, 5, 8, 7, rank=r, world_size=2).draw(3), []) for r in (0, 1)
+    ]
+    assert len(shares[0]) == len(shares[1]) == 2 and not set(shares[0]) & set(shares[1])
+    assert set(shares[0]) | set(shares[1]) <= set(
+        sum(ProbeSampler(chains, ["x"], collate, 5, 8, 7).draw(3), [])
+    )

@@ -18,7 +18,9 @@ parameters then get g_i . G for N chains per upper step. Only DARTS reads them (
 SAMA need second derivatives on the current batch).
 
 A draw depends only on the seed and the lower step it is made at, so a resumed run draws the same
-chains as an uninterrupted one.
+chains as an uninterrupted one. With several ranks every rank draws the same chains and takes its own
+equal share of them (the upper problem averages the ranks' gradients; under ZeRO-3 every rank then
+runs the same number of forward passes, which it must).
 """
 
 from __future__ import annotations
@@ -34,22 +36,36 @@ class ProbeBatches(list):
 
 
 class ProbeSampler:
-    """Draws ``size`` of ``chains`` at random (``size >= len(chains)``: all of them) and collates them
-    in batches of ``batch_size``. Raises ValueError for ``size < 1`` or ``batch_size < 1``."""
+    """Draws ``size`` of ``chains`` at random (``size >= len(chains)``: all of them) and collates this
+    rank's share (``size // world_size`` of them) in batches of ``batch_size``. Raises ValueError for
+    ``size < 1`` or ``batch_size < 1``."""
 
-    def __init__(self, chains, domains, collator, size: int, batch_size: int, seed: int):
+    def __init__(
+        self,
+        chains,
+        domains,
+        collator,
+        size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if size < 1 or batch_size < 1:
             raise ValueError(f"probe_chains ({size}) and the batch size ({batch_size}) must be >= 1")
         self.dataset = ChainDataset(chains, domains)
         self.collator = collator
         self.size = min(int(size), len(self.dataset))
+        self.share = max(1, self.size // world_size)
+        self.rank = rank if self.size >= world_size else 0
         self.batch_size = int(batch_size)
         self.seed = int(seed)
 
     def indices(self, step: int) -> list[int]:
-        """The chains drawn at lower micro-batch ``step`` (sorted: batches of neighbours in the file)."""
+        """This rank's chains of the draw at lower micro-batch ``step`` (sorted: neighbours in the file)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
-        return sorted(torch.randperm(len(self.dataset), generator=generator)[: self.size].tolist())
+        drawn = torch.randperm(len(self.dataset), generator=generator)[: self.size].tolist()
+        return sorted(drawn[self.rank * self.share : (self.rank + 1) * self.share])
 
     def draw(self, step: int) -> ProbeBatches:
         chosen = self.indices(step)

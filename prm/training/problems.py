@@ -197,6 +197,8 @@ def attach_probe(run: TrainingRun) -> None:
         run.cfg.reweight.hypergradient.probe_chains,
         data.config.eval_batch_size,
         run.cfg.seed + 2,
+        rank=run.world.rank,
+        world_size=run.world.size,
     )
 
 
