@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, flatten_candidates
+from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, flatten_candidates, meta_step_labels
 from prm.data.records import LabelledChain, StepChain
 from prm.data.sources import DataSources
 from prm.data.synthetic import DemoBenchmark
@@ -57,7 +57,11 @@ def test_meta_batches_carry_chain_labels(demo, backbone):
     meta = demo.load("meta")
     batch = PRMCollator(backbone)([ChainDataset(meta)[i] for i in range(4)])
     assert batch["chain_label"].tolist() == [float(chain.label) for chain in meta[:4]]
-    assert torch.isnan(batch["step_labels"]).all()
+    # the demo's meta chains know their first wrong step: 1 before it, 0 from it on (prm.loss_target=steps)
+    for row, chain in enumerate(meta[:4]):
+        expected = meta_step_labels(chain.first_error, len(chain.steps))
+        assert batch["step_labels"][row, : len(expected)].tolist() == expected
+        assert torch.isnan(batch["step_labels"][row, len(expected) :]).all()
 
 
 def test_best_of_n_candidates_flatten_in_order(demo):
@@ -142,7 +146,8 @@ def test_max_length_has_one_default_and_only_demo_sets_its_own():
     assert DataSources().max_length == DataSchema().max_length == DEFAULT_MAX_LENGTH
     own = sorted(p.name for p in (conf / "data").rglob("*.yaml") if "max_length" in OmegaConf.load(p))
     assert own == ["demo.yaml"]  # a deliberate per-dataset value; every other config inherits
-    expected = {"demo": 512, "demo_shift": 512, "demo_shift_hard": 512}
+    expected = {name: 512 for name in ("demo", "demo_shift", "demo_shift_hard", "demo_scatter")}
+    expected.update(demo_scatter_mixed=512, demo_clean=512)
     names = sorted(p.stem for p in (conf / "data").glob("*.yaml"))
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         for name in names:

@@ -380,6 +380,8 @@ def test_probe_chains_and_upper_warmup_train_and_resume_exactly(cache):
         "train.validate_every=2",
         "reweight.hypergradient.probe_chains=16",
         "reweight.hypergradient.warmup_steps=1",
+        "reweight.hypergradient.unroll_steps=1",
+        "reweight.upper.batch_size=4",
         "reweight.upper.optimizer.lr=0.1",
     ]
     full = cache / "full"
