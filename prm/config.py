@@ -90,9 +90,7 @@ class HypergradientSchema:
     iterations: int = 1
     alpha: float = 1.0
     sama_adam_alpha: float = 1.0
-    probe_chains: int = (
-        0  # 0: DARTS on the lower's current batch; N: on N training chains (prm/bilevel/probe.py)
-    )
+    probe_chains: int = 0  # 0: DARTS on the lower batch; N: on N training chains (prm/bilevel/probe.py)
     warmup_steps: int = 0  # lower optimiser steps before the first upper step (weights stay at their start)
 
 

@@ -65,9 +65,6 @@ class Reweighter(nn.Module):
     sparse_rows: bool = False
     #: whether instance weights need a forward pass over the data (a net), not just a read (a table)
     needs_data_pass: bool = False
-    #: whether an upper problem learns the weights (bi-level); baselines (small_loss, oracle) set False
-    #: and the lower problem calls them directly
-    learned: bool = True
 
     def __init__(self, training_set: TrainingSet, normalize: str = "none"):
         super().__init__()
@@ -76,11 +73,12 @@ class Reweighter(nn.Module):
         self.training_set = training_set
         self.normalize = normalize
 
-    def raw_weights(self, batch: dict, scores, losses: torch.Tensor) -> torch.Tensor:
+    def raw_weights(self, batch: dict, scores, losses: torch.Tensor, has_label=None) -> torch.Tensor:
+        """One weight per chain before normalisation; ``has_label`` (bool, per chain) may be None."""
         raise NotImplementedError
 
     def forward(self, batch: dict, scores, losses: torch.Tensor, has_label: torch.Tensor | None = None):
-        weights = self.raw_weights(batch, scores, losses)
+        weights = self.raw_weights(batch, scores, losses, has_label)
         if self.normalize == "batch":
             keep = has_label if has_label is not None else torch.ones_like(weights, dtype=torch.bool)
             mean = (weights * keep).sum() / keep.sum().clamp(min=1)

@@ -38,7 +38,7 @@ class DomainTable(Reweighter):
         positive = F.softplus(self.theta)
         return positive / positive.mean()
 
-    def raw_weights(self, batch, scores, losses):
+    def raw_weights(self, batch, scores, losses, has_label=None):
         return self.weights()[batch["domain"].to(self.theta.device)]
 
     def instance_weights(self) -> torch.Tensor:

@@ -72,7 +72,7 @@ class InstanceNet(Reweighter):
             stacked = torch.cat([stacked, scores.hidden.detach().to(dtype)], dim=-1)
         return stacked, labelled
 
-    def raw_weights(self, batch, scores, losses):
+    def raw_weights(self, batch, scores, losses, has_label=None):
         features, labelled = self.inputs(batch, scores, losses)
         per_step = self.net(features.to(next(self.net.parameters()).dtype)).squeeze(-1)
         mean = (per_step * labelled).sum(-1) / labelled.sum(-1).clamp(min=1)

@@ -55,7 +55,7 @@ class InstanceTable(Reweighter):
         start = inverse(activation, float(initialization))
         self.theta = nn.Parameter(torch.full((len(training_set.ids),), start))
 
-    def raw_weights(self, batch, scores, losses):
+    def raw_weights(self, batch, scores, losses, has_label=None):
         return self.activation(self.theta[batch["instance"].to(self.theta.device)])
 
     def instance_weights(self) -> torch.Tensor:

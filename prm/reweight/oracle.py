@@ -14,8 +14,6 @@ from prm.reweight.base import Reweighter, TrainingSet
 
 
 class Oracle(Reweighter):
-    learned = False
-
     def __init__(self, training_set: TrainingSet, normalize: str = "batch", activation=None):
         super().__init__(training_set, normalize)
         if training_set.corrupted is None:
@@ -26,7 +24,7 @@ class Oracle(Reweighter):
             )
         self.register_buffer("clean", 1.0 - torch.tensor(training_set.corrupted, dtype=torch.float))
 
-    def raw_weights(self, batch, scores, losses):
+    def raw_weights(self, batch, scores, losses, has_label=None):
         return self.clean[batch["instance"].to(self.clean.device)].to(losses.device)
 
     def instance_weights(self) -> torch.Tensor:

@@ -24,8 +24,6 @@ from prm.reweight.base import Reweighter, TrainingSet
 
 
 class SmallLoss(Reweighter):
-    learned = False
-
     def __init__(
         self,
         training_set: TrainingSet,
@@ -67,14 +65,6 @@ class SmallLoss(Reweighter):
         dropped = (weights == 0).to(self.dropped.device)[keep.to(self.dropped.device)].long()
         self.dropped.index_add_(0, instances, dropped)
         self.batches += 1
-        return weights
-
-    def forward(self, batch, scores, losses, has_label=None):
-        weights = self.raw_weights(batch, scores, losses, has_label)
-        if self.normalize == "batch":
-            keep = has_label if has_label is not None else torch.ones_like(weights, dtype=torch.bool)
-            mean = (weights * keep).sum() / keep.sum().clamp(min=1)
-            weights = weights / mean.clamp(min=1e-8)
         return weights
 
     def instance_weights(self) -> torch.Tensor:

@@ -72,10 +72,11 @@ def learns_weights(cfg: DictConfig) -> bool:
 
 def build_reweighter(run: TrainingRun):
     """The ``reweight.module`` of the run over its training set (None for reweight=none)."""
-    if cfg_module(run.cfg) is None:
+    module = cfg_module(run.cfg)
+    if module is None:
         return None
     extra = {}
-    if "hidden" in (cfg_module(run.cfg).get("features") or []):  # an instance net reading hidden states
+    if "hidden" in (module.get("features") or []):  # an instance net reading hidden states
         extra["prm_hidden_size"] = run.prm.hidden_size
     return instantiate(run.cfg.reweight.module)(
         training_set=TrainingSet.of(run.data.train_chains, run.data.domains),
@@ -85,6 +86,7 @@ def build_reweighter(run: TrainingRun):
 
 
 def cfg_module(cfg: DictConfig):
+    """The ``reweight.module`` config node (None for reweight=none)."""
     return None if cfg.reweight.name == "none" else cfg.reweight.get("module")
 
 
@@ -194,7 +196,7 @@ def attach_probe(run: TrainingRun) -> None:
         data.train_chains,
         data.domains,
         run.collator,
-        run.cfg.reweight.hypergradient.probe_chains,
+        hyper.probe_chains,
         data.config.eval_batch_size,
         run.cfg.seed + 2,
         rank=run.world.rank,
