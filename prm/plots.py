@@ -88,6 +88,15 @@ def plot_accuracy_vs_n(curve: dict, out: Path, highlight: str = "mean") -> Path:
             linewidth=2.5 if name == highlight else 1.2,
             label=name + (" (headline)" if name == highlight else ""),
         )
+    if highlight in curve.get("weighted_vote", {}):
+        ax.plot(
+            n,
+            [100 * v for v in curve["weighted_vote"][highlight]],
+            linewidth=2.0,
+            linestyle="-.",
+            color="black",
+            label=f"weighted vote ({highlight})",
+        )
     for name, values in curve["baselines"].items():
         ax.plot(
             n,

@@ -176,6 +176,54 @@ def test_majority_vote_without_any_answer_is_a_tie_of_all():
     assert result.baselines["majority_vote"].ties == 1
 
 
+def test_weighted_vote_sums_scores_per_answer_by_hand():
+    # "7": 0.9 (wrong); "1000" twice in two notations: 0.5 + 0.6 = 1.1 (right): the PRM pick (max
+    # score) takes the wrong 0.9, the weighted vote the right "1000". min/max/last/mean/log_mean of a
+    # one-step chain equal its score, prod too: every probability-valued aggregation agrees here.
+    answers = ["7", "1000", "$1,000$", None]
+    correct = [False, True, True, True]
+    scores = [[[0.9], [0.5], [0.6], [0.99]]]
+    result = best_of_n([problem(correct, answers)], scores)
+    assert result.aggregations["mean"].accuracy == 1.0  # the unanswered 0.99 is picked, right
+    assert set(result.weighted_vote) == set(PROBABILITY_VALUED)
+    for name in PROBABILITY_VALUED:
+        assert result.weighted_vote[name].accuracy == 1.0
+        assert result.weighted_vote[name].ties == 0
+    # Without the second "1000" voter the sums are 0.9 against 0.5: "7" wins, credit 0.
+    lone = best_of_n([problem(correct[:2], answers[:2])], [scores[0][:2]])
+    assert lone.weighted_vote["mean"].accuracy == 0.0
+
+
+def test_weighted_vote_uses_the_aggregate_and_the_tie_rule():
+    # Two-step chains: "3" [0.9, 0.1] (right), "4" [0.5, 0.5] (wrong), "3" [0.2, 0.2] (wrong).
+    # min: 3 -> 0.1 + 0.2 = 0.3, 4 -> 0.5: "4" wins, 0.  max: 3 -> 0.9 + 0.2 = 1.1, 4 -> 0.5: "3"
+    # wins, its voters' share of correct 1/2.  mean: 3 -> 0.5 + 0.2 = 0.7 > 0.5: 1/2.
+    answers = ["3", "4", "3"]
+    correct = [True, False, False]
+    result = best_of_n([problem(correct, answers)], [[[0.9, 0.1], [0.5, 0.5], [0.2, 0.2]]])
+    assert result.weighted_vote["min"].accuracy == 0.0
+    assert result.weighted_vote["max"].accuracy == 0.5
+    assert result.weighted_vote["mean"].accuracy == 0.5
+    # Equal sums tie: "3" 0.25 + 0.25 against "4" 0.5; credit (1/2 + 0) / 2.
+    tied = best_of_n([problem(correct, answers)], [[[0.25], [0.5], [0.25]]])
+    assert tied.weighted_vote["mean"].accuracy == 0.25
+    assert tied.weighted_vote["mean"].ties == 1
+    # Nobody answers: all candidates tie, as in the majority vote.
+    silent = best_of_n([problem([True, False, False, False])], [[[0.9], [0.1], [0.1], [0.1]]])
+    assert silent.weighted_vote["mean"].accuracy == 0.25
+
+
+def test_weighted_vote_is_in_the_table_and_the_curve(tmp_path):
+    answers = ["1", "2", "1"]
+    result = best_of_n([problem([True, False, True], answers)], [[[0.4], [0.7], [0.4]]])
+    curve = accuracy_vs_n([problem([True, False, True], answers)], [[[0.4], [0.7], [0.4]]])
+    assert curve.weighted_vote["mean"] == [1.0, 0.0, 1.0]  # "1" alone, then 0.4 < 0.7, then 0.8 > 0.7
+    assert curve.weighted_vote["mean"][-1] == result.weighted_vote["mean"].accuracy
+    markdown = write_best_of_n(result, tmp_path / "eval", curve)
+    assert "| mean | weighted vote | 100.00 | 0 |" in markdown
+    assert "weighted vote: the same over the answers" in markdown
+
+
 def test_empty_candidate_never_wins():
     # The empty candidate is right, but min/max/last/mean/prod of [0.0] equal EMPTY_SCORE.
     result = best_of_n([problem([True, False])], [[[], [0.0]]])

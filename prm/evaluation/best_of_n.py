@@ -13,6 +13,15 @@ voters that are correct. Answers vote together when :func:`prm.answers.vote_keys
 the same normalised form, or equivalent by :func:`prm.answers.answers_match` (``\\frac{1}{2}``,
 ``50%`` and ``0.5``; ``3, 2`` and ``x=2 or x=3``), so one answer in several notations is one vote.
 
+PRM-weighted majority vote (``weighted_vote``, per probability-valued aggregation): each distinct
+final answer collects the sum of its candidates' aggregate scores, and the answer with the largest
+sum wins (Uesato et al. 2022, "Solving math word problems with process- and outcome-based feedback",
+and Math-Shepherd, Wang et al. 2024, eq. 5). It is defined for aggregations whose value is a
+probability only: a sum of log-probabilities or logits is not a vote weight. Ties between answer sums
+(equal up to ``TIE_RTOL``) follow the majority vote's rule; candidates without an answer do not vote;
+empty candidates vote with their ``EMPTY_SCORE`` (0 for every probability-valued aggregation); when
+nobody states an answer, all candidates tie.
+
 An empty candidate (no scored step) is left out of the selection unless every candidate is empty:
 its aggregate ``EMPTY_SCORE`` is the lowest value, but a real chain can reach it too (min of a chain
 holding a 0). Infinite aggregates (-inf for empty chains under sum_logprob) compare as usual. NaN or
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,7 +51,8 @@ TIE_RULE = (
     "candidates whose aggregates are equal up to a relative 1e-12 tie; a tied problem earns "
     "correct_tied / k (expected accuracy of a uniform pick among the k tied); empty candidates are "
     "never picked unless all are empty; majority vote: same rule over the tied answers, each "
-    "earning its voters' share of correct, candidates without an answer do not vote"
+    "earning its voters' share of correct, candidates without an answer do not vote; weighted vote: "
+    "the same over the answers whose summed aggregate is highest (equal up to a relative 1e-12)"
 )
 BASELINES = ("random", "first", "majority_vote", "pass_at_n")
 
@@ -64,6 +74,7 @@ class BestOfNResult:
     aggregations: dict[str, MethodResult]
     baselines: dict[str, MethodResult]
     best_aggregations: list[str]
+    weighted_vote: dict[str, MethodResult] = field(default_factory=dict)  # probability-valued only
     tie_rule: str = TIE_RULE
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +88,7 @@ class AccuracyCurve:
     n: list[int]
     aggregations: dict[str, list[float]]
     baselines: dict[str, list[float]]
+    weighted_vote: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,10 +192,36 @@ def _majority(answers: list[str | None], correct: torch.Tensor) -> tuple[float, 
     return sum(sum(voters) / len(voters) for voters in winners) / len(winners), len(winners) > 1
 
 
-def _evaluate(scored: list[_Scored], n: int) -> tuple[dict[str, MethodResult], dict[str, MethodResult]]:
-    """Accuracies when each problem offers only its first ``n`` candidates."""
+def _weighted_vote(answers: list[str | None], weights: torch.Tensor, correct: torch.Tensor) -> tuple[float, bool]:
+    """PRM-weighted majority vote: the answer whose candidates' summed ``weights`` is highest wins.
+
+    ``weights`` ``[N]`` are probability-valued aggregates (>= 0). Tied sums (relative ``TIE_RTOL``)
+    share the credit as in :func:`_majority`; returns (expected correctness, whether it tied).
+    """
+    sums: dict[str, float] = {}
+    voters: dict[str, list[float]] = {}
+    for answer, weight, right in zip(answers, weights.tolist(), correct.tolist()):
+        if answer is not None:
+            sums[answer] = sums.get(answer, 0.0) + weight
+            voters.setdefault(answer, []).append(right)
+    if not sums:
+        return correct.mean().item(), len(answers) > 1
+    top = max(sums.values())
+    winners = [key for key, total in sums.items() if math.isclose(total, top, rel_tol=TIE_RTOL, abs_tol=0.0)]
+    credit = sum(sum(voters[key]) / len(voters[key]) for key in winners) / len(winners)
+    return credit, len(winners) > 1
+
+
+def _evaluate(
+    scored: list[_Scored], n: int
+) -> tuple[dict[str, MethodResult], dict[str, MethodResult], dict[str, MethodResult]]:
+    """Accuracies when each problem offers only its first ``n`` candidates:
+    (aggregations, baselines, weighted votes)."""
     credit = {name: 0.0 for name in AGGREGATIONS}
     ties = {name: 0 for name in AGGREGATIONS}
+    weighted = sorted(PROBABILITY_VALUED)
+    vote_credit = {name: 0.0 for name in weighted}
+    weighted_ties = {name: 0 for name in weighted}
     random = first = vote = oracle = 0.0
     vote_ties = 0
     for problem in scored:
@@ -192,6 +230,10 @@ def _evaluate(scored: list[_Scored], n: int) -> tuple[dict[str, MethodResult], d
             value, tied = _pick(problem.values[name][:n], correct, nonempty)
             credit[name] += value
             ties[name] += tied
+        for name in weighted:
+            value, tied = _weighted_vote(problem.answers[:n], problem.values[name][:n], correct)
+            vote_credit[name] += value
+            weighted_ties[name] += tied
         value, tied = _majority(problem.answers[:n], correct)
         vote += value
         vote_ties += tied
@@ -206,23 +248,24 @@ def _evaluate(scored: list[_Scored], n: int) -> tuple[dict[str, MethodResult], d
         "majority_vote": MethodResult(vote / count, vote_ties),
         "pass_at_n": MethodResult(oracle / count),
     }
-    return aggregations, baselines
+    votes = {name: MethodResult(vote_credit[name] / count, weighted_ties[name]) for name in weighted}
+    return aggregations, baselines, votes
 
 
 def best_of_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> BestOfNResult:
-    """Best-of-N accuracy of every aggregation and baseline.
+    """Best-of-N accuracy of every aggregation, every PRM-weighted vote and every baseline.
 
     ``step_scores[p][c]`` holds the step scores in [0, 1] of candidate ``c`` of problem ``p``
     (possibly empty). ``best_aggregations`` lists every aggregation with the highest accuracy.
     """
     scored = _prepare(problems, step_scores)
     max_candidates = max(len(problem.candidates) for problem in problems)
-    aggregations, baselines = _evaluate(scored, max_candidates)
+    aggregations, baselines, votes = _evaluate(scored, max_candidates)
     top = max(result.accuracy for result in aggregations.values())
     best = [
         name for name, result in aggregations.items() if math.isclose(result.accuracy, top, rel_tol=1e-12)
     ]
-    return BestOfNResult(len(problems), max_candidates, aggregations, baselines, best)
+    return BestOfNResult(len(problems), max_candidates, aggregations, baselines, best, votes)
 
 
 def accuracy_vs_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -> AccuracyCurve:
@@ -237,13 +280,16 @@ def accuracy_vs_n(problems: Sequence[BestOfNProblem], step_scores: StepScores) -
         list(range(1, max_candidates + 1)),
         {name: [] for name in AGGREGATIONS},
         {name: [] for name in BASELINES},
+        {name: [] for name in sorted(PROBABILITY_VALUED)},
     )
     for n in curve.n:
-        aggregations, baselines = _evaluate(scored, n)
+        aggregations, baselines, votes = _evaluate(scored, n)
         for name, result in aggregations.items():
             curve.aggregations[name].append(result.accuracy)
         for name, result in baselines.items():
             curve.baselines[name].append(result.accuracy)
+        for name, result in votes.items():
+            curve.weighted_vote[name].append(result.accuracy)
     return curve
 
 

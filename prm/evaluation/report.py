@@ -43,7 +43,8 @@ def _row(name: str, kind: str, result: MethodResult, best: bool) -> str:
 
 
 def best_of_n_markdown(result: BestOfNResult) -> str:
-    """One row per aggregation and baseline: accuracy (%) and the number of problems with a tie."""
+    """One row per aggregation (the PRM's pick), per PRM-weighted vote (probability-valued
+    aggregations) and per baseline: accuracy (%) and the number of problems with a tie."""
     lines = [
         f"Best-of-N on {result.problems} problems (up to {result.max_candidates} candidates each).",
         "",
@@ -54,6 +55,7 @@ def best_of_n_markdown(result: BestOfNResult) -> str:
         _row(name, "aggregation", method, name in result.best_aggregations)
         for name, method in result.aggregations.items()
     ]
+    lines += [_row(name, "weighted vote", method, False) for name, method in result.weighted_vote.items()]
     lines += [_row(name, "baseline", method, False) for name, method in result.baselines.items()]
     lines += ["", f"Tie rule: {result.tie_rule}."]
     return "\n".join(lines) + "\n"

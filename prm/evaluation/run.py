@@ -283,10 +283,15 @@ def evaluate_best_of_n(cfg, records, score, name, out_dir: Path, tracker: Tracke
     curve = accuracy_vs_n(records, grouped)
     table = write_best_of_n(result, out_dir, curve)
     rows = [[name, "aggregation", r.accuracy, r.ties] for name, r in result.aggregations.items()]
+    rows += [[name, "weighted vote", r.accuracy, r.ties] for name, r in result.weighted_vote.items()]
     rows += [[name, "baseline", r.accuracy, r.ties] for name, r in result.baselines.items()]
     tracker.log_table("best_of_n/accuracy", ["method", "kind", "accuracy", "ties"], rows)
     curve_dict = curve.to_dict()
-    methods = {**curve_dict["aggregations"], **curve_dict["baselines"]}
+    methods = {
+        **curve_dict["aggregations"],
+        **{f"weighted_vote/{name}": values for name, values in curve_dict["weighted_vote"].items()},
+        **curve_dict["baselines"],
+    }
     tracker.log_table(
         "best_of_n/accuracy_vs_n",
         ["n", *methods],
