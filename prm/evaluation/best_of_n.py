@@ -192,7 +192,9 @@ def _majority(answers: list[str | None], correct: torch.Tensor) -> tuple[float, 
     return sum(sum(voters) / len(voters) for voters in winners) / len(winners), len(winners) > 1
 
 
-def _weighted_vote(answers: list[str | None], weights: torch.Tensor, correct: torch.Tensor) -> tuple[float, bool]:
+def _weighted_vote(
+    answers: list[str | None], weights: torch.Tensor, correct: torch.Tensor
+) -> tuple[float, bool]:
     """PRM-weighted majority vote: the answer whose candidates' summed ``weights`` is highest wins.
 
     ``weights`` ``[N]`` are probability-valued aggregates (>= 0). Tied sums (relative ``TIE_RTOL``)
