@@ -478,3 +478,37 @@ def test_kill_9_loop_ends_equal_to_an_uninterrupted_run(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["kills"] == 3 and summary["equal_weights"] and summary["repeated_rows"] == 0
     assert summary["stale_folders"] == [] and summary["metrics_equal"]
+
+
+def test_a_training_run_protects_the_checkpoint_it_resumed_from_and_keeps_its_hash_record(
+    tmp_path, monkeypatch
+):
+    from prm.training import state as training
+
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    root = tmp_path / "checkpoints"
+    verified: VerifiedFolders = {}
+    resumed = training.resume_checkpoint(SimpleNamespace(resume=True), tmp_path, verified)
+    assert resumed == root / "step-0000003" and list(verified) == [resumed.resolve()]
+    monkeypatch.setattr(training, "training_state", lambda run: {"n": 4})
+    run = SimpleNamespace(
+        prm=fake_prm(4),
+        reweighter=None,
+        run_dir=tmp_path,
+        config_yaml="a: 1\n",
+        resume_history=[],
+        cfg=SimpleNamespace(train=SimpleNamespace(keep_last_n_checkpoints=1)),
+        world=SimpleNamespace(is_main=True),
+        lower=None,
+        checkpoint=resumed,
+        verified=verified,
+    )
+    run.prm.parameters = lambda: iter(())
+    for step in (4, 5):
+        training.save(run, step)
+    assert names(tmp_path) == [LATEST, "step-0000003", "step-0000005"]  # 3: resumed from, kept
+    assert set(verified) == {root.resolve() / f"step-000000{n}" for n in (1, 2, 3, 4)}
+    run.checkpoint = None  # a fresh run protects nothing
+    training.save(run, 6)
+    assert names(tmp_path) == [LATEST, "step-0000006"]
