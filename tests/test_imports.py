@@ -174,3 +174,14 @@ def test_the_prm_is_built_in_one_place():
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ProcessRewardModel":
                 builders.add(path.relative_to(ROOT).as_posix())
     assert builders == {"prm/model/build.py"}
+
+
+def test_the_lora_command_line_module_leaves_the_adapter_functions_alone():
+    # prm.model.lora.merging builds whole PRMs (it imports prm.model.build): nothing in the adapters'
+    # own module imports it, and importing it does not shadow lora.merge (the function).
+    import prm.model.lora as lora
+    import prm.model.lora.merging as merging
+
+    assert callable(lora.merge) and lora.merge.__module__ == "prm.model.lora"
+    assert merging.main.__module__ == "prm.model.lora.merging"
+    assert "prm.model.lora.merging" not in import_graph()["prm.model.lora"]

@@ -22,7 +22,7 @@ from prm.evaluation.scoring import score_chains
 from prm.model import lora
 from prm.model.backbones import build_backbone
 from prm.model.build import load_prm
-from prm.model.lora import merge as merging
+from prm.model.lora import merging
 from prm.model.prm import ProcessRewardModel
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ sizes, seed, step marker, dtype: what it was built from, whatever the loading ru
 ``build_backbone(path=<such a checkpoint>)`` rebuilds the base and loads the adapter: trainable with
 ``lora.enabled=true``, merged into the weights otherwise.
 
-``python -m prm.model.lora merge <checkpoint> <out>`` (:mod:`prm.model.lora.merge`) writes a merged
+``python -m prm.model.lora merge <checkpoint> <out>`` (:mod:`prm.model.lora.merging`) writes a merged
 ``save_pretrained`` model (plus the value head and a config.yaml without adapters), loadable by
 ``backbone.path=<out>`` and by ``evaluate.py checkpoint=<out>``.
 
@@ -62,7 +62,6 @@ __all__ = [
     "is_adapter_checkpoint",
     "load_lora",
     "merge",
-    "merge_checkpoint",
     "trainable_parameters",
 ]
 

@@ -1,7 +1,7 @@
-"""``python -m prm.model.lora merge <checkpoint or run> <out>``: see :mod:`prm.model.lora.merge`."""
+"""``python -m prm.model.lora merge <checkpoint or run> <out>``: see :mod:`prm.model.lora.merging`."""
 
 import sys
 
-from prm.model.lora.merge import main
+from prm.model.lora.merging import main
 
 sys.exit(main())
