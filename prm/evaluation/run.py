@@ -362,7 +362,8 @@ def compare_sweep(
 ) -> dict:
     """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot.
     Each job is evaluated on its own checkpoint's data config unless ``overrides`` (evaluate.py's, see
-    :func:`command_line_overrides`) choose ``data=`` (:func:`data_config`)."""
+    :func:`command_line_overrides`) choose ``data=`` (:func:`data_config`). ``verified``: the caller's
+    record of checkpoint folders already hashed."""
     results = {}  # each job's test set is checked with its own backbone's chain format
     for job in jobs:
         job_overrides = [

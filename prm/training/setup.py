@@ -71,7 +71,7 @@ def setup_model(run: TrainingRun) -> None:
     from the backbone config (a random tiny model or a pretrained one)."""
     cfg = run.cfg
     start_from = run.checkpoint or (
-        resolve_checkpoint(cfg.backbone.path) if cfg.backbone.get("path") else None
+        resolve_checkpoint(cfg.backbone.path, run.verified) if cfg.backbone.get("path") else None
     )
     run.prm = build_prm(
         cfg.backbone,
