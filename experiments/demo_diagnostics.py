@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra.utils import instantiate  # noqa: E402
 
-from prm.checkpoint import load_prm, resolve_checkpoint  # noqa: E402
+from prm.checkpoint import resolve_checkpoint  # noqa: E402
 from prm.data.dataset import flatten_candidates  # noqa: E402
 from prm.evaluation.best_of_n import auroc  # noqa: E402
 from prm.evaluation.scoring import score_chains  # noqa: E402
+from prm.model.build import load_prm  # noqa: E402
 
 
 def within_problem_accuracy(problems, chain_scores: list[float]) -> tuple[float, int]:

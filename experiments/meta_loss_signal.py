@@ -36,9 +36,10 @@ from hydra.utils import instantiate  # noqa: E402
 
 from prm.aggregation import PROBABILITY_VALUED, Aggregation  # noqa: E402
 from prm.bilevel.meta_loss import TARGETS, meta_losses, step_meta_losses  # noqa: E402
-from prm.checkpoint import load_prm, resolve_checkpoint  # noqa: E402
+from prm.checkpoint import resolve_checkpoint  # noqa: E402
 from prm.data.dataset import ChainDataset, PRMCollator  # noqa: E402
 from prm.evaluation.best_of_n import auroc  # noqa: E402
+from prm.model.build import load_prm  # noqa: E402
 
 STEP_LEVEL = "step labels (reference)"
 

@@ -16,15 +16,18 @@ import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
-from prm import checkpoint as ckpt
 from prm.checkpoint import (
     LATEST,
+    VerifiedFolders,
     clean_stale,
+    codec,
     decode_state,
     encode_state,
     find_resume_checkpoint,
     latest_checkpoint,
     load_training_state,
+    manifest,
+    prune,
     resolve_checkpoint,
     save_checkpoint,
     set_rng_state,
@@ -56,8 +59,17 @@ def fake_prm(value: float = 1.0):
     )
 
 
-def save(run, step, keep_last=0, state=None):
-    return save_checkpoint(run, step, fake_prm(step), state or {"n": step}, "a: 1\n", keep_last=keep_last)
+def save(run, step, keep_last=0, state=None, protected=(), verified=None):
+    return save_checkpoint(
+        run,
+        step,
+        fake_prm(step),
+        state or {"n": step},
+        "a: 1\n",
+        keep_last=keep_last,
+        protected=protected,
+        verified=verified,
+    )
 
 
 def names(run):
@@ -157,7 +169,7 @@ def test_rng_states_and_odd_values_round_trip():
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     random.gauss(0, 1), np.random.standard_normal()  # cached gaussians are part of the state
     state = {
-        "rng": ckpt.rng_state(),
+        "rng": codec.rng_state(),
         1: {(2, "a"): [1.5, float("inf"), float("nan"), None, True, "x"]},
         "empty": torch.zeros(0, 2),
         "shared": [torch.arange(3)] * 2,
@@ -267,15 +279,18 @@ def test_resume_picks_the_newest_checkpoint_that_verifies_whatever_latest_says(t
 def test_verification_hashes_again_only_after_a_file_changed(tmp_path, monkeypatch):
     folder = save(tmp_path, 1)
     calls = []
-    real = ckpt._sha256
-    monkeypatch.setattr(ckpt, "_sha256", lambda path: calls.append(path.name) or real(path))
-    ckpt._verified.clear()
-    assert verify_checkpoint(folder) is None and len(calls) == 6
-    assert verify_checkpoint(folder) is None and len(calls) == 6  # nothing changed: not read again
+    real = manifest._sha256
+    monkeypatch.setattr(manifest, "_sha256", lambda path: calls.append(path.name) or real(path))
+    verified: VerifiedFolders = {}
+    assert verify_checkpoint(folder, verified) is None and len(calls) == 6
+    assert verify_checkpoint(folder, verified) is None and len(calls) == 6  # nothing changed: not read again
+    assert list(verified) == [folder.resolve()]
+    assert verify_checkpoint(folder) is None and len(calls) == 12  # no record given: nothing remembered
+    assert verify_checkpoint(folder) is None and len(calls) == 18
     data = bytearray((folder / "config.yaml").read_bytes())
     data[0] ^= 1
     (folder / "config.yaml").write_bytes(bytes(data))
-    assert "config.yaml: sha256 differs" in verify_checkpoint(folder)
+    assert "config.yaml: sha256 differs" in verify_checkpoint(folder, verified)
 
 
 def test_resolve_checkpoint_verifies(tmp_path):
@@ -325,11 +340,47 @@ def test_pruning_counts_only_valid_checkpoints_and_keeps_the_resumed_one(tmp_pat
     # A damaged checkpoint newer than the one written stays (the run will overwrite it) but does not count.
     (root / "step-0000005" / "model.safetensors").write_bytes(b"")
     assert find_resume_checkpoint(tmp_path) == root / "step-0000003"
-    load_training_state(root / "step-0000003")  # this process resumes from step 3
-    save(tmp_path, 4, keep_last=1)
+    resumed = [root / "step-0000003"]  # the run resumes from step 3: it protects that checkpoint
+    save(tmp_path, 4, keep_last=1, protected=resumed)
     assert names(tmp_path) == [LATEST, "step-0000003", "step-0000004", "step-0000005"]
-    save(tmp_path, 5, keep_last=1)
+    save(tmp_path, 5, keep_last=1, protected=resumed)
     assert names(tmp_path) == [LATEST, "step-0000003", "step-0000005"]  # 3: resumed from, kept
+
+
+def test_pruning_does_not_depend_on_a_training_state_read_before(tmp_path):
+    # Reading a checkpoint's training state (once a module-level record that pruning consulted) leaves
+    # pruning unchanged: only what the caller passes as ``protected`` is kept beyond keep_last.
+    for step in (1, 2, 3):
+        save(tmp_path, step, keep_last=0)
+    root = tmp_path / "checkpoints"
+    assert load_training_state(root / "step-0000001")["n"] == 1
+    assert load_training_state(root / "step-0000002")["n"] == 2
+    assert prune(root, 1, root / "step-0000003") == [root / "step-0000002", root / "step-0000001"]
+    assert names(tmp_path) == [LATEST, "step-0000003"]
+    # The same folders with the first one protected, given as an unresolved path: it stays.
+    for step in (1, 2):
+        save(tmp_path, step, keep_last=0)
+    save(tmp_path, 4, keep_last=0)
+    protected = [tmp_path / "checkpoints" / ".." / "checkpoints" / "step-0000001"]
+    assert prune(root, 1, root / "step-0000004", protected) == [
+        root / "step-0000003",
+        root / "step-0000002",
+    ]
+    assert names(tmp_path) == [LATEST, "step-0000001", "step-0000004"]
+
+
+def test_pruning_hashes_a_kept_checkpoint_once_with_the_callers_record(tmp_path, monkeypatch):
+    calls = []
+    real = manifest._sha256
+    monkeypatch.setattr(manifest, "_sha256", lambda path: calls.append(path.parent.name) or real(path))
+    verified: VerifiedFolders = {}
+    save(tmp_path, 1, keep_last=5, verified=verified)
+    save(tmp_path, 2, keep_last=5, verified=verified)  # prune reads step 1: its 6 files
+    assert (calls.count("step-0000001"), calls.count("step-0000002")) == (6, 0)
+    save(tmp_path, 3, keep_last=5, verified=verified)  # step 2 read; step 1 recorded, not read again
+    assert (calls.count("step-0000001"), calls.count("step-0000002")) == (6, 6)
+    save(tmp_path, 4, keep_last=5)  # no record: every kept checkpoint is read again
+    assert [calls.count(f"step-000000{n}") for n in (1, 2, 3)] == [12, 12, 6]
 
 
 # -------------------------------------------------------------------------------- metrics
@@ -427,3 +478,37 @@ def test_kill_9_loop_ends_equal_to_an_uninterrupted_run(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["kills"] == 3 and summary["equal_weights"] and summary["repeated_rows"] == 0
     assert summary["stale_folders"] == [] and summary["metrics_equal"]
+
+
+def test_a_training_run_protects_the_checkpoint_it_resumed_from_and_keeps_its_hash_record(
+    tmp_path, monkeypatch
+):
+    from prm.training import state as training
+
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    root = tmp_path / "checkpoints"
+    verified: VerifiedFolders = {}
+    resumed = training.resume_checkpoint(SimpleNamespace(resume=True), tmp_path, verified)
+    assert resumed == root / "step-0000003" and list(verified) == [resumed.resolve()]
+    monkeypatch.setattr(training, "training_state", lambda run: {"n": 4})
+    run = SimpleNamespace(
+        prm=fake_prm(4),
+        reweighter=None,
+        run_dir=tmp_path,
+        config_yaml="a: 1\n",
+        resume_history=[],
+        cfg=SimpleNamespace(train=SimpleNamespace(keep_last_n_checkpoints=1)),
+        world=SimpleNamespace(is_main=True),
+        lower=None,
+        checkpoint=resumed,
+        verified=verified,
+    )
+    run.prm.parameters = lambda: iter(())
+    for step in (4, 5):
+        training.save(run, step)
+    assert names(tmp_path) == [LATEST, "step-0000003", "step-0000005"]  # 3: resumed from, kept
+    assert set(verified) == {root.resolve() / f"step-000000{n}" for n in (1, 2, 3, 4)}
+    run.checkpoint = None  # a fresh run protects nothing
+    training.save(run, 6)
+    assert names(tmp_path) == [LATEST, "step-0000006"]

@@ -14,13 +14,15 @@ from PIL import Image
 from safetensors.torch import load_file
 from smoke_runs import PER_BATCH, config
 
-from prm.checkpoint import LATEST, latest_checkpoint, load_prm, load_training_state
+from prm.checkpoint import LATEST, latest_checkpoint, load_training_state
 from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.records import StepChain
 from prm.distributed import free_port
 from prm.evaluation.scoring import score_chains
 from prm.model import lora
 from prm.model.backbones import build_backbone
+from prm.model.build import load_prm
+from prm.model.lora import merging
 from prm.model.prm import ProcessRewardModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,7 +264,7 @@ def test_bilevel_lora_run_trains_resumes_exactly_and_merges(cache):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     merged_dir = cache / "merged"
-    assert lora.main(["merge", str(full), str(merged_dir)]) == 0
+    assert merging.main(["merge", str(full), str(merged_dir)]) == 0
     assert (merged_dir / "model.safetensors").is_file() and not (merged_dir / lora.ADAPTER_CONFIG).exists()
     merged = load_prm(merged_dir)
     assert merged.backbone.peft_model is None
@@ -273,9 +275,9 @@ def test_bilevel_lora_run_trains_resumes_exactly_and_merges(cache):
     assert len(with_adapter) == len(meta) == 16
     assert_close_at_scale(torch.cat(without), torch.cat(with_adapter))
     with pytest.raises(FileExistsError):
-        lora.merge_checkpoint(full, merged_dir)
+        merging.merge_checkpoint(full, merged_dir)
     with pytest.raises(ValueError, match="not a LoRA checkpoint"):
-        lora.merge_checkpoint(merged_dir, cache / "again")
+        merging.merge_checkpoint(merged_dir, cache / "again")
 
 
 def _meta_chains(cache):

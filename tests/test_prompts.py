@@ -236,8 +236,9 @@ def test_chain_without_steps_scores_nothing():
 
 
 def test_train_in_conversation_layout_and_evaluate_the_checkpoint(tmp_path, monkeypatch):
-    from prm.checkpoint import latest_checkpoint, load_prm
+    from prm.checkpoint import latest_checkpoint
     from prm.evaluation.run import evaluate
+    from prm.model.build import load_prm
     from prm.training import train
 
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))

@@ -92,7 +92,7 @@ def test_checkpoint_is_a_loadable_backbone_path(cache, monkeypatch):
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
-    from prm import checkpoint as ckpt
+    from prm.checkpoint import store as ckpt
     from prm.training import train
 
     run = cache / "run"
@@ -120,7 +120,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
 
 
 def _prm_from(checkpoint):
-    from prm.checkpoint import load_prm
+    from prm.model.build import load_prm
 
     return load_prm(checkpoint)
 

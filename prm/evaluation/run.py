@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from prm import plots
-from prm.checkpoint import find_resume_checkpoint, load_prm, resolve_checkpoint
+from prm.checkpoint import VerifiedFolders, find_resume_checkpoint, resolve_checkpoint
 from prm.config import ConfigError, DataSchema, validate_evaluate_config
 from prm.data.dataset import flatten_candidates
 from prm.data.records import BestOfNProblem, LabelledChain
@@ -45,6 +45,7 @@ from prm.evaluation.best_of_n import accuracy_vs_n, best_of_n
 from prm.evaluation.processbench import choose_threshold, processbench
 from prm.evaluation.report import write_best_of_n, write_processbench
 from prm.evaluation.scoring import score_chains
+from prm.model.build import build_prm, load_prm
 from prm.model.prm import ProcessRewardModel
 from prm.preflight import preflight
 from prm.tracking import Tracker
@@ -181,13 +182,17 @@ def load_threshold_split(cfg: DictConfig, data, backbone) -> tuple[list | None, 
     return records["test"], report.as_dict()
 
 
-def load_model(cfg: DictConfig, checkpoint: Path | None, device) -> ProcessRewardModel:
+def load_model(
+    cfg: DictConfig, checkpoint: Path | None, device, verified: VerifiedFolders | None = None
+) -> ProcessRewardModel:
     """The PRM of ``checkpoint`` (its config.yaml), or with ``checkpoint=None`` the model that
     ``cfg.backbone`` loads from ``backbone.path`` in the ``cfg.prompt`` format (default: marker) with
-    the token head, i.e. P(+) renormalised over ``backbone.label_words``."""
+    the token head, i.e. P(+) renormalised over ``backbone.label_words``. ``verified``: the caller's
+    record of checkpoint folders already hashed (:func:`prm.checkpoint.verify_checkpoint`)."""
     if checkpoint is not None:
-        return load_prm(checkpoint, device)
-    backbone = instantiate(cfg.backbone, prompt=cfg.get("prompt"))
+        return load_prm(checkpoint, device, verified)
+    prm = build_prm(cfg.backbone, head="token", prompt=cfg.get("prompt"))
+    backbone = prm.backbone
     log.info(
         "%s: %s backbone (%s), prompt=%s, label words %s",
         cfg.backbone.path,
@@ -196,7 +201,7 @@ def load_model(cfg: DictConfig, checkpoint: Path | None, device) -> ProcessRewar
         backbone.prompt.name,
         list(backbone.label_words),
     )
-    return ProcessRewardModel(backbone, head="token").to(device)
+    return prm.to(device)
 
 
 def evaluate_checkpoint(
@@ -206,18 +211,20 @@ def evaluate_checkpoint(
     tracker: Tracker,
     test=None,
     data_source: str | None = None,
+    verified: VerifiedFolders | None = None,
 ) -> dict:
     """Score the test split of ``cfg.data`` with one checkpoint (None: the model at ``backbone.path``,
     see :func:`load_model`); write results, plots, report.md and ``data.yaml`` (the data config used,
     headed by ``data_source``, the reason :func:`data_config` gives) into ``out_dir``; returns the result
     summary, whose ``preflight`` (also written to ``preflight.json``) holds ``data``: the name, test
     file, ``max_length`` and source of the data config the records were read and checked with.
-    ``test``: (data, records, report) from :func:`load_test`, read here when not given.
+    ``test``: (data, records, report) from :func:`load_test`, read here when not given. ``verified``:
+    the caller's record of checkpoint folders already hashed.
     Raises UserError when the test records fit neither mode or fail the preflight checks."""
     device = pick_device(cfg.device)
     data_source = data_source or f"data={cfg.data.name}: as composed"
     log.info("%s", data_source)
-    prm = load_model(cfg, checkpoint, device)
+    prm = load_model(cfg, checkpoint, device, verified)
     source = (
         checkpoint if checkpoint is not None else f"{cfg.backbone.path} (prompt={prm.backbone.prompt.name})"
     )
@@ -338,13 +345,14 @@ def evaluate_processbench(
     return table, summary
 
 
-def sweep_jobs(path: Path) -> list[Path]:
-    """The job directories of a Hydra multirun directory (those with a checkpoint), else []."""
+def sweep_jobs(path: Path, verified: VerifiedFolders | None = None) -> list[Path]:
+    """The job directories of a Hydra multirun directory (those with a checkpoint), else [].
+    ``verified``: the caller's record of checkpoint folders already hashed."""
     if not (path / "multirun.yaml").exists():
         return []
     jobs = [job for job in path.iterdir() if (job / ".hydra" / "overrides.yaml").exists()]
     return sorted(
-        (job for job in jobs if find_resume_checkpoint(job) is not None),
+        (job for job in jobs if find_resume_checkpoint(job, verified) is not None),
         key=lambda job: int(job.name) if job.name.isdigit() else job.name,
     )
 
@@ -355,18 +363,22 @@ def compare_sweep(
     out_dir: Path,
     tracker: Tracker,
     overrides: Sequence[Override] = (),
+    verified: VerifiedFolders | None = None,
 ) -> dict:
     """Evaluate every job of a sweep, then one comparison table (job overrides as rows) and plot.
     Each job is evaluated on its own checkpoint's data config unless ``overrides`` (evaluate.py's, see
-    :func:`command_line_overrides`) choose ``data=`` (:func:`data_config`)."""
+    :func:`command_line_overrides`) choose ``data=`` (:func:`data_config`). ``verified``: the caller's
+    record of checkpoint folders already hashed."""
     results = {}  # each job's test set is checked with its own backbone's chain format
     for job in jobs:
         job_overrides = [
             o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
         ]
-        checkpoint = resolve_checkpoint(job)
+        checkpoint = resolve_checkpoint(job, verified)
         job_cfg, source = data_config(cfg, checkpoint, overrides)
-        summary = evaluate_checkpoint(job_cfg, checkpoint, out_dir / job.name, tracker, data_source=source)
+        summary = evaluate_checkpoint(
+            job_cfg, checkpoint, out_dir / job.name, tracker, data_source=source, verified=verified
+        )
         results[job.name] = {"overrides": " ".join(job_overrides) or "(defaults)", **summary}
     tests = sorted({str(r["preflight"]["data"]["test"]) for r in results.values()})
     if len(tests) > 1:
@@ -440,8 +452,9 @@ def evaluate(
         out_dir = Path(HydraConfig.get().runtime.output_dir)
     else:
         out_dir = Path("outputs/eval") if any_model else target / "eval"
-    jobs = [] if any_model else sweep_jobs(target)
-    checkpoint = None if any_model or jobs else resolve_checkpoint(target)
+    verified: VerifiedFolders = {}  # checkpoints hashed by this evaluation: each is read once
+    jobs = [] if any_model else sweep_jobs(target, verified)
+    checkpoint = None if any_model or jobs else resolve_checkpoint(target, verified)
     job_cfg, source = data_config(cfg, checkpoint, given) if not jobs else (cfg, None)
     tracker = instantiate(cfg.logger)
     tracker.start(
@@ -453,7 +466,9 @@ def evaluate(
     try:
         if jobs:
             log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))
-            return compare_sweep(cfg, jobs, out_dir, tracker, given)
-        return evaluate_checkpoint(job_cfg, checkpoint, out_dir, tracker, data_source=source)
+            return compare_sweep(cfg, jobs, out_dir, tracker, given, verified)
+        return evaluate_checkpoint(
+            job_cfg, checkpoint, out_dir, tracker, data_source=source, verified=verified
+        )
     finally:
         tracker.finish()

@@ -41,13 +41,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     validate_train_config(cfg)  # before any data or model loads: ConfigError names the key
     seed_everything(cfg.seed)
     run_dir = run_directory(run_dir)
-    checkpoint = resume_checkpoint(cfg, run_dir)
+    verified: dict = {}  # checkpoint folders this run has hashed (resume, then pruning at each save)
+    checkpoint = resume_checkpoint(cfg, run_dir, verified)
     resumed = check_resume_config(cfg, checkpoint)  # ConfigError for another run's config, nothing touched
     device, world = setup_device(cfg)
     hypergradient.register()
     tracker = setup_tracker(cfg, run_dir, world, checkpoint)
     try:  # the JSONL file and the wandb run are closed even when training fails
-        run = TrainingRun(cfg, run_dir, device, world, tracker, checkpoint, resumed=resumed)
+        run = TrainingRun(
+            cfg, run_dir, device, world, tracker, checkpoint, resumed=resumed, verified=verified
+        )
         setup_model(run)
         setup_data(run)
         load_state(run)

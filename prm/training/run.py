@@ -29,7 +29,9 @@ class TrainingRun:
     ``state``: the resumed training state (None for a fresh run); ``resumed``: what this resume
     changed against the checkpoint's config (:func:`prm.training.state.check_resume_config`; None
     for a fresh run); ``resume_history``: every resume of the run so far, this one last (saved with
-    each checkpoint)."""
+    each checkpoint); ``verified``: the checkpoint folders this run has hashed and found complete
+    (:func:`prm.checkpoint.verify_checkpoint`: pruning at each save reads a kept checkpoint again only
+    after a file of it changed)."""
 
     cfg: DictConfig
     run_dir: Path
@@ -50,6 +52,7 @@ class TrainingRun:
     config_yaml: str = ""
     resumed: dict | None = None
     resume_history: list = field(default_factory=list)
+    verified: dict = field(default_factory=dict)
 
     @property
     def start_step(self) -> int:

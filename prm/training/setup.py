@@ -11,13 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from prm.checkpoint import checkpoint_step, load_head, resolve_checkpoint
+from prm.checkpoint import checkpoint_step, resolve_checkpoint
 from prm.config import ConfigError
 from prm.data.dataset import PRMCollator
 from prm.device import pick_device
 from prm.distributed import World, setup
+from prm.model.build import build_prm
 from prm.model.compilation import compile_blocks
-from prm.model.prm import ProcessRewardModel
 from prm.preflight import preflight
 from prm.tracking import Tracker, job_identity
 from prm.training.run import TrainingData, TrainingRun
@@ -71,16 +71,16 @@ def setup_model(run: TrainingRun) -> None:
     from the backbone config (a random tiny model or a pretrained one)."""
     cfg = run.cfg
     start_from = run.checkpoint or (
-        resolve_checkpoint(cfg.backbone.path) if cfg.backbone.get("path") else None
+        resolve_checkpoint(cfg.backbone.path, run.verified) if cfg.backbone.get("path") else None
     )
-    run.backbone = instantiate(
+    run.prm = build_prm(
         cfg.backbone,
+        head=cfg.prm.head,
+        last_layer=cfg.prm.last_layer,
         prompt=cfg.get("prompt"),
-        **({"path": str(start_from)} if start_from is not None else {}),
+        weights=start_from,
     )
-    run.prm = ProcessRewardModel(run.backbone, head=cfg.prm.head, last_layer=cfg.prm.last_layer)
-    if start_from:
-        run.prm.load_head_state_dict(load_head(start_from))
+    run.backbone = run.prm.backbone
     if cfg.train.get("compile"):
         compile_blocks(run.prm)  # in place, layer by layer: parameter names are unchanged
     run.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)

@@ -32,6 +32,7 @@ from prm.bilevel.deepspeed_lower import DeepSpeedLower
 from prm.bilevel.nonfinite import NonFiniteError, all_finite
 from prm.checkpoint import (
     CheckpointError,
+    VerifiedFolders,
     checkpoint_folders,
     checkpoint_step,
     find_resume_checkpoint,
@@ -333,9 +334,10 @@ def continue_schedule(scheduler) -> None:
 # ------------------------------------------------------------------------ checkpoint, resume
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+def resume_checkpoint(cfg: DictConfig, run_dir: Path, verified: VerifiedFolders | None = None) -> Path | None:
     """``resume=true``: this run directory's newest checkpoint that verifies (None, with a warning, when
     it has none yet); ``resume=<dir>``: that run's or checkpoint folder's; ``resume=false``: None.
+    ``verified``: the run's record of checkpoint folders already hashed (:attr:`TrainingRun.verified`).
 
     Raises:
         CheckpointError: ``resume=false`` in a run directory that already holds checkpoints (a new
@@ -352,7 +354,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
             )
         return None
     if cfg.resume is True:
-        found = find_resume_checkpoint(run_dir)
+        found = find_resume_checkpoint(run_dir, verified)
         if found is None and existing:
             raise CheckpointError(
                 f"resume=true: none of the {len(existing)} checkpoint(s) in {run_dir / 'checkpoints'} "
@@ -362,7 +364,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
         if found is None:
             log.warning("resume=true but %s has no checkpoint yet: starting from scratch", run_dir)
         return found
-    return resolve_checkpoint(cfg.resume)
+    return resolve_checkpoint(cfg.resume, verified)
 
 
 def load_state(run: TrainingRun) -> None:
@@ -425,8 +427,9 @@ def training_state(run: TrainingRun) -> dict:
 
 
 def save(run: TrainingRun, step: int) -> Path:
-    """Checkpoint ``step`` (optimiser steps) of the run. Raises NonFiniteError, writing nothing, when a
-    parameter of the PRM or the reweighter is not finite."""
+    """Checkpoint ``step`` (optimiser steps) of the run; pruning never removes the checkpoint the run
+    resumed from. Raises NonFiniteError, writing nothing, when a parameter of the PRM or the reweighter
+    is not finite."""
     modules = [run.prm] + ([run.reweighter] if run.reweighter is not None else [])
     if not all(all_finite(p.detach() for p in module.parameters()) for module in modules):
         raise NonFiniteError(f"step {step}: the model holds non-finite parameters; not saving a checkpoint")
@@ -442,6 +445,8 @@ def save(run: TrainingRun, step: int) -> Path:
         keep_last=run.cfg.train.keep_last_n_checkpoints,
         extra_files=extra,
         is_main=run.world.is_main,
+        protected=[run.checkpoint] if run.checkpoint is not None else [],  # never pruned
+        verified=run.verified,
         **deepspeed_saving(run.lower),
     )
     if run.world.is_main:

@@ -27,9 +27,9 @@ sizes, seed, step marker, dtype: what it was built from, whatever the loading ru
 ``build_backbone(path=<such a checkpoint>)`` rebuilds the base and loads the adapter: trainable with
 ``lora.enabled=true``, merged into the weights otherwise.
 
-``python -m prm.model.lora merge <checkpoint> <out>`` writes a merged ``save_pretrained`` model (plus
-the value head and a config.yaml without adapters), loadable by ``backbone.path=<out>`` and by
-``evaluate.py checkpoint=<out>``.
+``python -m prm.model.lora merge <checkpoint> <out>`` (:mod:`prm.model.lora.merging`) writes a merged
+``save_pretrained`` model (plus the value head and a config.yaml without adapters), loadable by
+``backbone.path=<out>`` and by ``evaluate.py checkpoint=<out>``.
 
 ``backbone.gradient_checkpointing=true`` recomputes each decoder (and vision) layer's activations in
 the backward pass instead of storing them (transformers' ``activation_checkpointing_enable`` with the
@@ -38,11 +38,8 @@ non-reentrant ``torch.utils.checkpoint``); losses and gradients are unchanged.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import shutil
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -65,7 +62,6 @@ __all__ = [
     "is_adapter_checkpoint",
     "load_lora",
     "merge",
-    "merge_checkpoint",
     "trainable_parameters",
 ]
 
@@ -227,52 +223,3 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     """The parameters of ``module`` that require gradients (all of them without adapters)."""
     return [p for p in module.parameters() if p.requires_grad]
-
-
-def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the adapter checkpoint ``checkpoint`` (a checkpoint folder or a run directory) merged
-    into one ``save_pretrained`` model in ``out``: the merged weights, tokenizer / processor, the value
-    head (``head.safetensors``, if any) and ``config.yaml`` with ``backbone.lora.enabled=false``. The
-    result loads with ``backbone.path=<out>`` and ``evaluate.py checkpoint=<out>``.
-    Raises FileNotFoundError (no checkpoint), ValueError (not an adapter checkpoint), FileExistsError
-    (``out`` exists and is not empty)."""
-    from omegaconf import OmegaConf
-
-    from prm.checkpoint import HEAD_FILE, load_prm, resolve_checkpoint
-
-    source = resolve_checkpoint(checkpoint)
-    if not is_adapter_checkpoint(source):
-        raise ValueError(f"{source}: no {ADAPTER_CONFIG}, not a LoRA checkpoint (nothing to merge)")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty")
-    prm = load_prm(source)
-    backbone = prm.backbone
-    backbone.model = prm.model = merge(backbone.peft_model)
-    backbone.peft_model = None
-    out.mkdir(parents=True, exist_ok=True)
-    backbone.save_pretrained(out)
-    if (source / HEAD_FILE).is_file():
-        shutil.copy2(source / HEAD_FILE, out / HEAD_FILE)
-    saved = OmegaConf.load(source / "config.yaml")
-    OmegaConf.update(saved, "backbone.lora.enabled", False, force_add=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(saved), encoding="utf-8")
-    log.info("merged %s into %s", source, out)
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prm.model.lora", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    merging = commands.add_parser("merge", help="write a LoRA checkpoint as one merged save_pretrained model")
-    merging.add_argument("checkpoint", help="a LoRA checkpoint folder or its run directory")
-    merging.add_argument("out", help="output folder (must not exist or be empty)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = merge_checkpoint(args.checkpoint, args.out)
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
