@@ -42,3 +42,42 @@ def test_prm_model_does_not_import_prm_data():
 def test_prm_answers_imports_no_other_prm_module():
     # `import prm` registers the config schemas (prm.config, prm.errors); nothing else comes along.
     assert imported_after("import prm.answers") == {"prm", "prm.answers", "prm.config", "prm.errors"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every module of ``prm/`` -> the ``prm`` modules it imports (lazy and type-checking imports too)."""
+    files = {}
+    for path in (ROOT / "prm").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {name: {m for m in imports_of(path) if m in files and m != name} for name, path in files.items()}
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The modules of each import circle (strongly connected component of two or more), sorted."""
+    reach = {}
+    for start in graph:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        reach[start] = seen
+    circles = {tuple(sorted({m for m in reach[a] if a in reach[m]} | {a})) for a in graph if a in reach[a]}
+    return sorted(list(c) for c in circles)
+
+
+def test_import_circles_are_found():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circle_in_prm():
+    # TODO(issue 24, item 5): the circle through prm.checkpoint (backbones -> lora -> checkpoint ->
+    # model.prm -> backbones) is removed by the checkpoint split; drop this filter with it.
+    circles = import_circles(import_graph())
+    assert [c for c in circles if "prm.checkpoint" not in c] == []
+    # the family modules and the prompt formats sit in none, that one included
+    family = {"prm.model.families", "prm.model.positions", "prm.model.prefix_cache", "prm.model.prompts"}
+    assert [c for c in circles if family & set(c)] == []
