@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,6 +299,9 @@ def test_family_specs_are_consistent():
         assert spec.multimodal == (spec.processor_class is not None) == (spec.image_placeholder is not None)
         assert spec.rope in ("default", "mrope")
     assert [n for n in family_names() if get_family(n).rope == "mrope"] == ["qwen2_vl", "qwen2_5_vl"]
+    # the README's recipe: every family with a tiny model has its conf/backbone/tiny_<name>.yaml
+    conf = Path(__file__).resolve().parents[1] / "conf" / "backbone"
+    assert [n for n in TINY_FAMILIES if not (conf / f"tiny_{n}.yaml").is_file()] == []
     with pytest.raises(ValueError, match="needs a processor_class"):
         FamilySpec(name="x", model_class=AutoModelForCausalLM, multimodal=True)
     with pytest.raises(ValueError, match="reads the family from backbone.path"):
