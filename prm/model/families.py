@@ -38,6 +38,7 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
+    Qwen3Config,
 )
 
 from prm.model.processors import (
@@ -225,6 +226,12 @@ def _qwen2_config(size: TinySize, tokenizer) -> PretrainedConfig:
     return Qwen2Config(**_text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False))
 
 
+def _qwen3_config(size: TinySize, tokenizer) -> PretrainedConfig:
+    # Qwen3 sets head_dim itself (128 by default) rather than hidden_size / heads
+    config = _text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False)
+    return Qwen3Config(**config, head_dim=size.hidden_size // size.num_heads)
+
+
 def _llama_config(size: TinySize, tokenizer) -> PretrainedConfig:
     # The tiny stand-in of the causal_lm family: transformers' Llama architecture.
     return LlamaConfig(**_text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False))
@@ -384,6 +391,15 @@ register_family(
         decoder=DecoderLayout("language_model", llama_like=("llama", "mistral", "qwen2", "qwen3")),
         tiny_config=_internvl_config,
         tiny_processor=_internvl_processor,
+    )
+)
+register_family(
+    FamilySpec(
+        name="qwen3",
+        model_class=AutoModelForCausalLM,
+        model_types=("qwen3",),
+        decoder=DecoderLayout(llama_like=("qwen3",)),
+        tiny_config=_qwen3_config,
     )
 )
 register_family(
