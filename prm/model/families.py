@@ -71,9 +71,9 @@ class TinySize:
 class DecoderLayout:
     """Where a family's decoder stack sits in its base model, and which decoders have the Llama layer.
 
-    - ``stack``: the attribute of the base model (``model.model``) that holds the decoder's
-      ``layers`` and final ``norm``: ``""`` when the base model is the decoder itself (text models),
-      ``"language_model"`` for the multimodal base models of transformers.
+    - ``stack``: the attribute path (dotted) of the base model (``model.model``) to the module that
+      holds the decoder's ``layers`` and final ``norm``: ``""`` when the base model is the decoder
+      itself (text models), ``"language_model"`` for the multimodal base models of transformers.
     - ``llama_like``: the ``model_type`` values of that decoder's config whose layers are the
       Llama pre-norm layer (``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``,
       rotary positions ``x cos + rotate_half(x) sin``), which :mod:`prm.model.last_layer` can run at
