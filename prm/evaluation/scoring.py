@@ -209,7 +209,7 @@ def score_chains_shared(
     was_training = prm.training
     prm.eval()
     try:
-        result = _score(
+        result = _score_shared(
             prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing
         )
     finally:
@@ -232,7 +232,9 @@ def score_chains_shared(
     return result
 
 
-def _score(prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing):
+def _score_shared(
+    prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing
+):
     backbone = prm.backbone
 
     groups: dict[tuple, list[int]] = {}
