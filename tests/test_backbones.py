@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,8 @@ from prm.model.tokenizer import (
 )
 
 PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
-TINY_FAMILIES = [name for name in family_names() if get_family(name).has_tiny]
+TINY_FAMILIES = family_names(tiny=True)
+MULTIMODAL_TINY_FAMILIES = family_names(tiny=True, multimodal=True)
 STEPS = ["The top left tile is red.", "So 1 tile is red.", "Final answer: 1"]
 
 
@@ -62,13 +64,7 @@ def _inputs(backbone, num_images=1):
 
 def _old_chatml_text(family, question, steps, step_marker, num_images):
     """The hand-built string every chain was formatted with before chat templates (the reference)."""
-    placeholder = {
-        "qwen2": "",
-        "causal_lm": "",
-        "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-        "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-        "internvl": "<IMG_CONTEXT>\n",
-    }[family]
+    placeholder = get_family(family).image_placeholder or ""
     body = "".join(f"{step.strip()}{step_marker}\n" for step in steps)
     return (
         f"<|im_start|>user\n{placeholder * num_images}{question.strip()}<|im_end|>\n"
@@ -303,13 +299,16 @@ def test_family_specs_are_consistent():
         assert spec.multimodal == (spec.processor_class is not None) == (spec.image_placeholder is not None)
         assert spec.rope in ("default", "mrope")
     assert [n for n in family_names() if get_family(n).rope == "mrope"] == ["qwen2_vl", "qwen2_5_vl"]
+    # the README's recipe: every family with a tiny model has its conf/backbone/tiny_<name>.yaml
+    conf = Path(__file__).resolve().parents[1] / "conf" / "backbone"
+    assert [n for n in TINY_FAMILIES if not (conf / f"tiny_{n}.yaml").is_file()] == []
     with pytest.raises(ValueError, match="needs a processor_class"):
         FamilySpec(name="x", model_class=AutoModelForCausalLM, multimodal=True)
     with pytest.raises(ValueError, match="reads the family from backbone.path"):
         build_backbone("auto")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", MULTIMODAL_TINY_FAMILIES)
 def test_auto_classes_reload_a_saved_tiny_model(family, tmp_path):
     backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family))
     backbone.save_pretrained(tmp_path)
@@ -368,7 +367,7 @@ def _write_real_layout(backbone, directory):
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", MULTIMODAL_TINY_FAMILIES)
 def test_loads_real_checkpoint_layout_without_torchvision(family, tmp_path):
     backbone = build_backbone(family, processor_kwargs=PROCESSOR_KWARGS.get(family))
     backbone.model.eval()

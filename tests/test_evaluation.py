@@ -553,10 +553,9 @@ def test_packing_with_prefix_sharing_packs_the_lone_chains_and_keeps_the_scores(
     """Scores in float64: both paths compute the same sums in another order (~1e-16 apart); the
     float32 cast of the returned probabilities (in [0, 1]) then differs by at most one float32 ulp
     below 1, 2**-24."""
-    import prm.evaluation.prefix_sharing as prefix_sharing
+    import prm.evaluation.scoring as scoring
     from prm.data.dataset import flatten_candidates
     from prm.data.records import LabelledChain
-    from prm.evaluation.scoring import score_chains
     from prm.model.backbones import build_backbone
     from prm.model.prm import ProcessRewardModel
 
@@ -590,15 +589,15 @@ def test_packing_with_prefix_sharing_packs_the_lone_chains_and_keeps_the_scores(
     ]
     chains = [*flatten_candidates(problems), *lone]
     fallback_packing = []
-    unshared = prefix_sharing.score_chains
+    unshared = scoring.score_whole_chains
 
     def spy(*args, **kwargs):
         fallback_packing.append(kwargs.get("packing"))
         return unshared(*args, **kwargs)
 
-    monkeypatch.setattr(prefix_sharing, "score_chains", spy)
-    with caplog.at_level(logging.INFO, logger="prm.evaluation.prefix_sharing"):
-        combined = score_chains(prm, chains, batch_size=4, prefix_sharing=True, packing=True)
+    monkeypatch.setattr(scoring, "score_whole_chains", spy)
+    with caplog.at_level(logging.INFO, logger="prm.evaluation.scoring"):
+        combined = scoring.score_chains(prm, chains, batch_size=4, prefix_sharing=True, packing=True)
     plain = unshared(prm, chains, batch_size=4)
     assert fallback_packing == [True]  # the 3 lone chains were scored whole, packed
     assert (

@@ -132,7 +132,6 @@ def test_import_circles_are_found_inside_functions_and_through_relative_imports(
     assert import_circles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
 
 
-@pytest.mark.xfail(strict=False, reason="the other circles of issue 24 are fixed on other branches")
 def test_no_import_circle_in_prm():
     assert import_circles(import_graph()) == []
 

@@ -23,6 +23,7 @@ from prm.data.dataset import ChainDataset, PRMCollator
 from prm.data.records import StepChain
 from prm.model import last_layer
 from prm.model.backbones import build_backbone
+from prm.model.families import family_names
 from prm.model.prm import ProcessRewardModel
 
 SIZES = dict(
@@ -168,25 +169,16 @@ CHAINS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "family, packing, options",
-    [
-        ("qwen2", False, {}),
-        ("qwen2", True, {}),
-        ("causal_lm", False, {}),
-        ("causal_lm", True, {}),
-        ("causal_lm", False, {"gradient_checkpointing": True}),
-        ("causal_lm", True, {"lora": {"enabled": True, "r": 4}}),
-        ("causal_lm", False, {"prompt": "conversation"}),
-        ("qwen2_vl", False, {}),
-        ("qwen2_vl", True, {}),
-        ("qwen2_5_vl", False, {}),
-        ("qwen2_5_vl", True, {}),
-        ("internvl", False, {"processor_kwargs": {"crop_to_patches": False}}),
-        ("internvl", True, {"processor_kwargs": {"crop_to_patches": False}}),
-        ("qwen2_vl", False, {"prompt": "conversation"}),
-    ],
-)
+# every family with a tiny model (from the registry), padded and packed; then the other paths once
+FAMILY_CASES = [(family, packing, {}) for family in family_names(tiny=True) for packing in (False, True)] + [
+    ("causal_lm", False, {"gradient_checkpointing": True}),
+    ("causal_lm", True, {"lora": {"enabled": True, "r": 4}}),
+    ("causal_lm", False, {"prompt": "conversation"}),
+    ("qwen2_vl", False, {"prompt": "conversation"}),
+]
+
+
+@pytest.mark.parametrize("family, packing, options", FAMILY_CASES)
 @pytest.mark.numerics
 def test_prm_scores_and_gradients_do_not_depend_on_the_last_layer_mode(family, packing, options, images):
     backbone = build_backbone(family, dtype="float64", **options)

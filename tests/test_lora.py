@@ -22,11 +22,12 @@ from prm.evaluation.scoring import score_chains
 from prm.model import lora
 from prm.model.backbones import build_backbone
 from prm.model.build import load_prm
+from prm.model.families import family_names
 from prm.model.lora import merging
 from prm.model.prm import ProcessRewardModel
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ["qwen2", "qwen2_vl", "qwen2_5_vl", "internvl", "causal_lm"]
+FAMILIES = family_names(tiny=True)  # every family with a tiny model, from the registry
 ENABLED = {"enabled": True, "r": 4, "alpha": 8}
 BILEVEL = [
     "reweight=instance_table",

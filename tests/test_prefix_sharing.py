@@ -15,15 +15,17 @@ from numerics import assert_close_at_scale
 from omegaconf import OmegaConf
 from PIL import Image
 
-import prm.evaluation.prefix_sharing as prefix_sharing
+import prm.evaluation.scoring as scoring
 from prm.data.dataset import flatten_candidates
 from prm.data.records import BestOfNProblem, Candidate, LabelledChain
-from prm.evaluation.prefix_sharing import SharingReport, score_chains_shared
-from prm.evaluation.scoring import score_chains
+from prm.evaluation.scoring import SharingReport, score_chains, score_chains_shared
+from prm.model import prefix_cache
 from prm.model.backbones import build_backbone
+from prm.model.families import family_names
 from prm.model.prm import ProcessRewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_FAMILIES = family_names(tiny=True)  # every family with a tiny model, from the registry
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def assert_same_scores(actual: list[torch.Tensor], expected: list[torch.Tensor])
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("head", ["token", "value"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen2_vl", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_shared_scores_equal_unshared(chains, family, head):
     prm = sharpened_prm(family, head)
     unshared = score_chains(prm, chains, batch_size=5)
@@ -104,7 +106,7 @@ def test_shared_scores_equal_unshared(chains, family, head):
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("family", ["qwen2", "causal_lm", "qwen2_vl", "internvl"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, family):
     """The prefix pass computes only the last layer's keys and values, the continuation pass the last
     layer at the step markers only (over the cached prefix), with the scores of the full last layer."""
@@ -130,20 +132,21 @@ def test_cached_continuations_run_the_last_layer_at_the_markers_only(chains, fam
     assert sum(shape[0] for shape in continuation) == scored + 1
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", family_names(tiny=True, rope="mrope"))
 def test_mrope_positions_matter(chains, family, monkeypatch):
     """Negative control: continuing at position P (ignoring the image's rope delta) changes scores."""
     prm = sharpened_prm(family, "token")
     unshared = score_chains(prm, chains, batch_size=5)
-    encode = prefix_sharing._encode_prefixes
+    encode = prefix_cache.encode_prefixes
 
-    def plain_positions(prm, collator, pending, device):
-        encode(prm, collator, pending, device)
-        for problem in pending:
-            assert problem.start < problem.length  # image tokens advance M-RoPE positions by less
-            problem.start = problem.length
+    def plain_positions(*args, **kwargs):
+        prefixes = encode(*args, **kwargs)
+        for prefix in prefixes:
+            assert prefix.start < prefix.length  # image tokens advance M-RoPE positions by less
+            prefix.start = prefix.length
+        return prefixes
 
-    monkeypatch.setattr(prefix_sharing, "_encode_prefixes", plain_positions)
+    monkeypatch.setattr(scoring, "encode_prefixes", plain_positions)
     assert max_difference(unshared, score_chains_shared(prm, chains, batch_size=3)) > 1e-2
 
 
@@ -151,16 +154,15 @@ def test_cached_prefix_matters(chains, monkeypatch):
     """Negative control: every problem continuing from the first problem's prefix changes scores."""
     prm = sharpened_prm("internvl", "token")
     unshared = score_chains(prm, chains, batch_size=5)
-    encode, first = prefix_sharing._encode_prefixes, []
+    encode, first = prefix_cache.encode_prefixes, []
 
-    def same_prefix(prm, collator, pending, device):
-        encode(prm, collator, pending, device)
+    def same_prefix(*args, **kwargs):
+        prefixes = encode(*args, **kwargs)
         if not first:
-            first.append((pending[0].cache, pending[0].length, pending[0].start))
-        for problem in pending:
-            problem.cache, problem.length, problem.start = first[0]
+            first.append(prefixes[0])
+        return [first[0]] * len(prefixes)
 
-    monkeypatch.setattr(prefix_sharing, "_encode_prefixes", same_prefix)
+    monkeypatch.setattr(scoring, "encode_prefixes", same_prefix)
     assert max_difference(unshared, score_chains_shared(prm, chains, batch_size=3)) > 1e-2
 
 
@@ -211,14 +213,14 @@ def test_evaluation_shares_prefixes_by_default():
 @pytest.mark.numerics
 def test_header_mismatch_falls_back(chains, monkeypatch):
     """A candidate whose tokens do not start with the problem's header is scored whole."""
-    item = prefix_sharing._item
+    item = scoring._item
 
     def changed_header(chain, images, steps=True):
         if not steps:
             chain = LabelledChain(id=chain.id, question=chain.question + " Changed.", steps=[], label=0)
         return item(chain, images, steps)
 
-    monkeypatch.setattr(prefix_sharing, "_item", changed_header)
+    monkeypatch.setattr(scoring, "_item", changed_header)
     prm = sharpened_prm("qwen2", "token")
     report = SharingReport()
     shared = score_chains_shared(prm, chains, batch_size=4, report=report)

@@ -490,8 +490,7 @@ def test_cli_evaluates_a_model_by_path(tmp_path):
 def test_prefix_sharing_in_the_conversation_layout(family, first_step, tmp_path):
     from prm.data.dataset import flatten_candidates
     from prm.data.records import BestOfNProblem, Candidate
-    from prm.evaluation.prefix_sharing import SharingReport, score_chains_shared
-    from prm.evaluation.scoring import score_chains
+    from prm.evaluation.scoring import SharingReport, score_chains, score_chains_shared
 
     prompt = ConversationPrompt(system=SYSTEM, first_step=first_step)
     backbone = build_backbone(

@@ -9,7 +9,7 @@ tokens are 28 x 28 pixel patches after merging), writes ``--problems`` random im
 ``--n`` candidates per problem (3 to 6 steps of one arithmetic sentence each, so candidates differ
 in length). Every repeat scores all candidates once per candidate (the unshared path,
 :func:`prm.evaluation.scoring.score_chains`) and once with each problem's prefix shared
-(:func:`prm.evaluation.prefix_sharing.score_chains_shared`), alternately, and prints candidates/s
+(:func:`prm.evaluation.scoring.score_chains_shared`), alternately, and prints candidates/s
 of each (median over repeats, after a warm-up), their ratio, and the largest difference between the
 two paths' step probabilities. The prefix (user turn with the image + question, assistant header)
 and continuation lengths are printed too: the possible gain is about
@@ -35,8 +35,7 @@ from prm.data.dataset import PRMCollator, flatten_candidates  # noqa: E402
 from prm.data.readers import read_records  # noqa: E402
 from prm.data.records import BestOfNProblem  # noqa: E402
 from prm.data.synthetic import build_demo  # noqa: E402
-from prm.evaluation.prefix_sharing import SharingReport, score_chains_shared  # noqa: E402
-from prm.evaluation.scoring import score_chains  # noqa: E402
+from prm.evaluation.scoring import SharingReport, score_chains, score_chains_shared  # noqa: E402
 from prm.model.backbones import build_backbone  # noqa: E402
 from prm.model.prm import ProcessRewardModel  # noqa: E402
 

@@ -724,9 +724,9 @@ def best_of_n(args) -> None:
     script (N=8, tiny Qwen2-VL, 448 px images: 256 image tokens each), when prefix sharing exists."""
     script = Path(__file__).with_name("best_of_n_speed.py")
     try:
-        import prm.evaluation.prefix_sharing  # noqa: F401
+        from prm.evaluation.scoring import score_chains_shared  # noqa: F401
     except ImportError:
-        print("\nbest-of-N: prefix sharing (prm.evaluation.prefix_sharing) is not in this tree; skipped")
+        print("\nbest-of-N: prefix sharing (scoring.score_chains_shared) is not in this tree; skipped")
         return
     command = [sys.executable, str(script), "--n", "8", "--image-side", "448", "--repeats", "3"]
     command += ["--threads", str(args.threads)]

@@ -10,11 +10,11 @@ chain's tokens and marker positions do not depend on what else is in the batch.
 
 With ``packing=True`` the padded batch is then packed (:func:`pack_inputs`): the chains' real tokens
 are laid end to end in rows as long as the batch's longest chain, each chain's positions restart at
-0 (3-D M-RoPE positions for Qwen2-VL / Qwen2.5-VL, computed per chain by the model's own
-``get_rope_index``), and no attention mask is passed, so transformers builds a block-diagonal causal
-mask from the position resets (its packed-sequence support, which works with the CPU ``sdpa`` and
-``eager`` attention): a chain attends only to its own tokens, and its scores equal the padded batch's
-up to float noise.
+0 (3-D M-RoPE positions for the ``mrope`` families, Qwen2-VL / Qwen2.5-VL, computed per chain by
+:func:`prm.model.positions.position_ids`), and no attention mask is passed, so transformers builds
+a block-diagonal causal mask from the position resets (its packed-sequence support, which works with
+the CPU ``sdpa`` and ``eager`` attention): a chain attends only to its own tokens, and its scores
+equal the padded batch's up to float noise.
 :func:`chain_lengths` gives the token lengths that :class:`prm.data.sampling.LengthGroupedSampler`
 groups by.
 """
@@ -32,6 +32,8 @@ from torch.utils.data import Dataset
 from prm.data.images import load_image
 from prm.data.records import BestOfNProblem, LabelledChain, StepChain
 from prm.model.backbones import Backbone
+from prm.model.families import FamilySpec
+from prm.model.positions import position_ids
 
 Chain = StepChain | LabelledChain
 
@@ -137,7 +139,7 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def pack_inputs(
-    inputs: dict[str, torch.Tensor], model, pad_token_id: int = 0
+    inputs: dict[str, torch.Tensor], spec: FamilySpec, model, pad_token_id: int = 0
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Pack padded model inputs into as few rows as the chains fit, each as long as the longest chain.
 
@@ -151,10 +153,9 @@ def pack_inputs(
         inputs: processor / tokenizer output with ``input_ids`` and ``attention_mask`` ``[batch, length]``
             (padded on either side), plus pixel inputs that are passed through unchanged (they are already
             concatenated over the batch's images in chain order).
-        model: the backbone's ``PreTrainedModel``; when its base model has ``get_rope_index``
-            (Qwen2-VL, Qwen2.5-VL: M-RoPE) and the inputs carry images, that function gives the M-RoPE
-            positions of each chain as in the padded batch; without images all three M-RoPE rows are
-            the text positions.
+        spec: the backbone's family: an ``mrope`` family (Qwen2-VL, Qwen2.5-VL) gets each chain's
+            M-RoPE positions as in the padded batch (:func:`prm.model.positions.position_ids`).
+        model: the backbone's ``PreTrainedModel`` (its base model computes M-RoPE positions).
         pad_token_id: the token id written into a row's unused tail.
 
     Returns:
@@ -187,21 +188,15 @@ def pack_inputs(
             flat = torch.full((len(rows) * capacity,), fill, dtype=inputs[key].dtype)
             flat[destination] = inputs[key][mask]
             packed[key] = flat.view(len(rows), capacity)
-    base = getattr(model, "model", model)
-    if hasattr(base, "get_rope_index") and "image_grid_thw" not in inputs:
-        # M-RoPE without images: temporal, height and width positions all equal the text positions.
-        # The 4-row layout is what tells the model the rows are packed (2-D positions would be taken
-        # as M-RoPE positions with no sequence boundaries: every chain would see its row's earlier ones).
-        packed["position_ids"] = positions.unsqueeze(0).expand(4, -1, -1).clone()
-    elif hasattr(base, "get_rope_index"):
-        extra = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
-        rope, _ = base.get_rope_index(
-            inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            **{key: inputs[key] for key in extra if key in inputs},
-        )
-        flat = torch.zeros(3, len(rows) * capacity, dtype=torch.long)
-        flat[:, destination] = rope[:, mask].long()
+    if spec.rope == "mrope":
+        # The 4-row layout (text positions, then temporal/height/width) is what tells the model the
+        # rows are packed: 3-D positions alone would be read as M-RoPE positions with no sequence
+        # boundaries (every chain would see its row's earlier ones). Without images the three M-RoPE
+        # rows equal the text positions; the tail of every row continues them, a sequence of its own.
+        padded = position_ids(spec, model, inputs)
+        padded = padded if padded.dim() == 3 else padded.unsqueeze(0).expand(3, -1, -1)
+        flat = positions.view(1, -1).repeat(3, 1)
+        flat[:, destination] = padded[:, mask]
         packed["position_ids"] = torch.cat([positions.unsqueeze(0), flat.view(3, len(rows), capacity)], 0)
     else:
         packed["position_ids"] = positions
@@ -279,7 +274,9 @@ class PRMCollator:
         num_tokens = int(inputs["attention_mask"].sum())
         if self.packing:
             pad = backbone.tokenizer.pad_token_id
-            inputs, packed_index = pack_inputs(inputs, backbone.model, pad if pad is not None else 0)
+            inputs, packed_index = pack_inputs(
+                inputs, backbone.spec, backbone.model, pad if pad is not None else 0
+            )
             marker_positions = torch.where(step_mask, packed_index.gather(1, marker_positions), 0)
         batch = {
             "inputs": inputs,

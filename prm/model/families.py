@@ -2,12 +2,15 @@
 
 A family says which transformers Auto class loads the model, which ``config.json`` model types it
 accepts, whether it reads images (and through which processor class and image placeholder), the
-named special tokens of its tokenizer, the kind of rotary position embedding of its text model, and
-how to build a tiny random model of it offline. :mod:`prm.model.backbones`,
+named special tokens of its tokenizer, the kind of rotary position embedding of its text model
+(:func:`prm.model.positions.position_ids` reads it), where its decoder stack sits and whether its
+layers are the Llama layer (:mod:`prm.model.last_layer` and :mod:`prm.model.prefix_cache` read it),
+and how to build a tiny random model of it offline. :mod:`prm.model.backbones`,
 :mod:`prm.model.tokenizer`, :mod:`prm.model.chat` and :mod:`prm.model.processors` all look their
-per-family facts up here.
+per-family facts up here; the tests take their family lists from :func:`family_names`.
 
-Adding a family = one :func:`register_family` call (a spec) and one ``conf/backbone/<name>.yaml``.
+Adding a family = one :func:`register_family` call (a spec) and one ``conf/backbone/<name>.yaml``
+(plus a processor class in :mod:`prm.model.processors` for a multimodal family that needs one).
 
 ``causal_lm`` is the family of any local transformers causal language model (Llama, Qwen2/2.5/3,
 Mistral, SmolLM, ...): ``AutoModelForCausalLM`` picks the architecture from the checkpoint's
@@ -35,6 +38,7 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
+    Qwen3Config,
 )
 
 from prm.model.processors import (
@@ -64,6 +68,23 @@ class TinySize:
 
 
 @dataclass(frozen=True)
+class DecoderLayout:
+    """Where a family's decoder stack sits in its base model, and which decoders have the Llama layer.
+
+    - ``stack``: the attribute path (dotted) of the base model (``model.model``) to the module that
+      holds the decoder's ``layers`` and final ``norm``: ``""`` when the base model is the decoder
+      itself (text models), ``"language_model"`` for the multimodal base models of transformers.
+    - ``llama_like``: the ``model_type`` values of that decoder's config whose layers are the
+      Llama pre-norm layer (``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``,
+      rotary positions ``x cos + rotate_half(x) sin``), which :mod:`prm.model.last_layer` can run at
+      the score positions only; empty: the family always runs its full last layer.
+    """
+
+    stack: str = ""
+    llama_like: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """Everything the suite knows about one backbone family.
 
@@ -75,7 +96,10 @@ class FamilySpec:
     - ``image_placeholder``: the text the chat template writes for one image (the processor expands
       it into the image's tokens); None for text-only families.
     - ``processor_class``: the (video-free) processor of a multimodal family; None for text-only.
-    - ``rope``: ``default`` (1-D positions) or ``mrope`` (Qwen-VL's 3-D time/height/width positions).
+    - ``rope``: ``default`` (1-D positions) or ``mrope`` (Qwen-VL's 3-D time/height/width positions,
+      from the base model's ``get_rope_index``); :func:`prm.model.positions.position_ids` keys on it.
+    - ``decoder``: the :class:`DecoderLayout` of its base model (default: the base model is the
+      decoder and its last layer always runs whole).
     - ``tiny_config``: ``(TinySize, tokenizer) -> PretrainedConfig`` of a random tiny model, or None.
     - ``tiny_processor``: ``(TinySize, tokenizer, min_pixels, max_pixels, chat_template) -> processor``.
     """
@@ -88,6 +112,7 @@ class FamilySpec:
     image_placeholder: str | None = None
     processor_class: type | None = None
     rope: str = "default"
+    decoder: DecoderLayout = field(default_factory=DecoderLayout)
     tiny_config: Callable[[TinySize, Any], PretrainedConfig] | None = None
     tiny_processor: Callable[..., Any] | None = None
 
@@ -119,9 +144,18 @@ def register_family(spec: FamilySpec, exist_ok: bool = False) -> FamilySpec:
     return spec
 
 
-def family_names() -> tuple[str, ...]:
-    """Registered family names, in registration order."""
-    return tuple(_REGISTRY)
+def family_names(
+    *, tiny: bool | None = None, multimodal: bool | None = None, rope: str | None = None
+) -> tuple[str, ...]:
+    """Registered family names, in registration order; each filter that is not None keeps only the
+    families with a tiny builder (``tiny``), that read images (``multimodal``) or of that ``rope``."""
+    return tuple(
+        name
+        for name, spec in _REGISTRY.items()
+        if (tiny is None or spec.has_tiny == tiny)
+        and (multimodal is None or spec.multimodal == multimodal)
+        and (rope is None or spec.rope == rope)
+    )
 
 
 def get_family(name: str) -> FamilySpec:
@@ -148,6 +182,17 @@ def family_for_config(config: PretrainedConfig, source: str = "config") -> Famil
 
 def is_causal_lm_config(config: PretrainedConfig) -> bool:
     return type(config) in AutoModelForCausalLM._model_mapping
+
+
+def family_of_model(model) -> FamilySpec | None:
+    """The family of a model or base model (from its ``config``): None when no family takes it."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, PretrainedConfig):
+        return None
+    try:
+        return family_for_config(config)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,6 +224,12 @@ def _text_config(size: TinySize, vocab_size: int, eos_token_id: int, mrope: bool
 
 def _qwen2_config(size: TinySize, tokenizer) -> PretrainedConfig:
     return Qwen2Config(**_text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False))
+
+
+def _qwen3_config(size: TinySize, tokenizer) -> PretrainedConfig:
+    # Qwen3 sets head_dim itself (128 by default) rather than hidden_size / heads
+    config = _text_config(size, len(tokenizer), tokenizer.eos_token_id, mrope=False)
+    return Qwen3Config(**config, head_dim=size.hidden_size // size.num_heads)
 
 
 def _llama_config(size: TinySize, tokenizer) -> PretrainedConfig:
@@ -288,6 +339,7 @@ register_family(
         name="qwen2",
         model_class=AutoModelForCausalLM,
         model_types=("qwen2",),
+        decoder=DecoderLayout(llama_like=("qwen2",)),
         tiny_config=_qwen2_config,
     )
 )
@@ -301,6 +353,7 @@ register_family(
         image_placeholder=_QWEN_IMAGE,
         processor_class=Qwen2VLImageOnlyProcessor,
         rope="mrope",
+        decoder=DecoderLayout("language_model", llama_like=("qwen2_vl_text",)),
         tiny_config=_qwen2_vl_config,
         tiny_processor=_qwen_vl_processor(Qwen2VLImageOnlyProcessor),
     )
@@ -315,6 +368,7 @@ register_family(
         image_placeholder=_QWEN_IMAGE,
         processor_class=Qwen2_5_VLImageOnlyProcessor,
         rope="mrope",
+        decoder=DecoderLayout("language_model", llama_like=("qwen2_5_vl_text",)),
         tiny_config=_qwen2_5_vl_config,
         tiny_processor=_qwen_vl_processor(Qwen2_5_VLImageOnlyProcessor),
     )
@@ -333,8 +387,26 @@ register_family(
         },
         image_placeholder="<IMG_CONTEXT>\n",
         processor_class=InternVLImageOnlyProcessor,
+        # InternVL-hf checkpoints: Qwen2/2.5 (InternVL2.5/3), Qwen3 (InternVL3.5) or Llama text models
+        decoder=DecoderLayout("language_model", llama_like=("llama", "mistral", "qwen2", "qwen3")),
         tiny_config=_internvl_config,
         tiny_processor=_internvl_processor,
     )
 )
-register_family(FamilySpec(name="causal_lm", model_class=AutoModelForCausalLM, tiny_config=_llama_config))
+register_family(
+    FamilySpec(
+        name="qwen3",
+        model_class=AutoModelForCausalLM,
+        model_types=("qwen3",),
+        decoder=DecoderLayout(llama_like=("qwen3",)),
+        tiny_config=_qwen3_config,
+    )
+)
+register_family(
+    FamilySpec(
+        name="causal_lm",
+        model_class=AutoModelForCausalLM,
+        decoder=DecoderLayout(llama_like=("llama", "mistral", "qwen2", "qwen3")),
+        tiny_config=_llama_config,
+    )
+)

@@ -31,15 +31,17 @@ With L layers the saving is at most about 1/L of a step: a quarter of a 4-layer 
 of SmolLM2-135M's 30 layers. Under gradient checkpointing the sparse last layer is not
 recomputed: it keeps its normed inputs, keys and values at every position for the backward pass.
 
-It applies to the decoder layers of the Llama family (Llama, SmolLM, Mistral, Qwen2/2.5, Qwen3: the
-pre-norm layer ``input_layernorm -> self_attn -> post_attention_layernorm -> mlp``, rotary positions
-``x cos + rotate_half(x) sin``, Qwen3's per-head q/k norms) under the ``sdpa`` or ``eager`` attention,
-and to the language models of the multimodal families: Qwen2-VL and Qwen2.5-VL (M-RoPE: transformers
+It applies to the decoders whose family says their layers are the Llama layer
+(:class:`prm.model.families.DecoderLayout`: ``llama_like`` lists the decoder model types, ``stack``
+the attribute of the base model holding the decoder): the pre-norm layer ``input_layernorm ->
+self_attn -> post_attention_layernorm -> mlp``, rotary positions ``x cos + rotate_half(x) sin``,
+Qwen3's per-head q/k norms, under the ``sdpa`` or ``eager`` attention. That covers Llama, SmolLM,
+Mistral, Qwen2/2.5, Qwen3 and the language models of Qwen2-VL and Qwen2.5-VL (M-RoPE: transformers
 folds the temporal, height and width sections into one cos/sin pair per position before the layers,
-and the hook captures that pair) and InternVL (a Qwen2 decoder). The base model runs whole up to the
-last layer, vision encoder included. :func:`supports` says whether a model qualifies; every other
-model (other attention kernels, a compiled model or last layer, parameters partitioned by DeepSpeed
-ZeRO-3) keeps the full last layer. ``prm.last_layer=full`` turns it off.
+and the hook captures that pair) and InternVL. The base model runs whole up to the last layer,
+vision encoder included. :func:`supports` says whether a model qualifies; every other model (a
+family without ``llama_like``, other attention kernels, a compiled model or last layer, parameters
+partitioned by DeepSpeed ZeRO-3) keeps the full last layer. ``prm.last_layer=full`` turns it off.
 """
 
 from __future__ import annotations
@@ -50,10 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prm.model.families import DecoderLayout, family_of_model
+
 MODES = ("scores", "full")
-# the decoder models with the Llama layer (Qwen2-VL / Qwen2.5-VL text models: M-RoPE, whose three
-# position sections transformers folds into one cos/sin pair before the layers)
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text")
 ATTENTION = ("sdpa", "eager")
 
 
@@ -66,22 +67,33 @@ class _LastLayerInputs(Exception):
         self.kwargs = kwargs
 
 
+def decoder_layout(base: nn.Module) -> DecoderLayout:
+    """The decoder layout of ``base``'s family (:func:`prm.model.families.family_of_model`); the
+    default layout (no Llama layers) for a model no family takes."""
+    spec = family_of_model(base)
+    return spec.decoder if spec is not None else DecoderLayout()
+
+
 def text_model(base: nn.Module) -> nn.Module:
-    """The decoder stack of ``base``: its ``language_model`` for a multimodal base model (Qwen2-VL,
-    Qwen2.5-VL, InternVL), else ``base`` itself."""
-    inner = getattr(base, "language_model", None)
+    """The decoder stack of ``base`` (the module holding ``layers`` and ``norm``): the attribute its
+    family's :class:`prm.model.families.DecoderLayout` names (``language_model`` for the multimodal
+    families), else ``base`` itself."""
+    inner = base
+    for name in filter(None, decoder_layout(base).stack.split(".")):
+        inner = getattr(inner, name, None)
     return inner if isinstance(inner, nn.Module) and hasattr(inner, "layers") else base
 
 
 def supports(base: nn.Module) -> bool:
     """Whether ``base`` (a base model: embeddings, ``layers``, ``norm``; or a multimodal one whose
-    ``language_model`` is such a model) can run its last decoder layer at the score positions only:
-    a Llama-family decoder under sdpa or eager attention, not compiled."""
+    decoder stack is such a model) can run its last decoder layer at the score positions only: a
+    decoder its family lists as ``llama_like``, under sdpa or eager attention, not compiled."""
+    llama_like = decoder_layout(base).llama_like
     text = text_model(base)
     config = getattr(text, "config", None)
     if config is None or not hasattr(text, "norm") or not getattr(text, "layers", None):
         return False
-    if getattr(config, "model_type", None) not in LLAMA_LIKE or not getattr(config, "is_causal", True):
+    if getattr(config, "model_type", None) not in llama_like or not getattr(config, "is_causal", True):
         return False  # a bidirectional variant attends to later tokens: the causal rows would be wrong
     if getattr(config, "_attn_implementation", None) not in ATTENTION:
         return False

@@ -37,12 +37,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from prm.model.backbones import Backbone
 
 FIRST_STEP = ("with_question", "own_turn")
 REPLIES = ("label", "positive")
@@ -64,6 +61,28 @@ DREAMPRM15_SYSTEM = (
     "justifications.\n\n"
     "Your task is to verify the accuracy and correctness of each step in the given solution process."
 )
+
+
+class Backbone(Protocol):
+    """What a prompt format reads of a backbone (:class:`prm.model.backbones.Backbone` has it all;
+    a protocol here, so this module does not import the one that builds backbones with it)."""
+
+    processor: Any  # a ProcessorMixin for vision families, the tokenizer for text-only ones
+    step_marker: str
+    step_marker_id: int
+    label_words: tuple[str, str]
+    label_token_ids: tuple[int, int]
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def is_multimodal(self) -> bool: ...
+
+    @property
+    def chat_template(self) -> str | None: ...
+
+    def format_chain(self, question: str, steps: list[str], num_images: int = 0) -> str: ...
 
 
 @dataclass(frozen=True)
