@@ -72,7 +72,7 @@ def test_the_built_in_formats_in_detection_order():
         "dreamprm_meta",
     )
     assert readers.FORMATS == formats_package.FORMATS == format_names()
-    modules = {entry.name: entry.module for entry in registry.formats()}
+    modules = {entry.name: entry.module for entry in registry.registered_formats()}
     assert modules["dreamprm_meta"] == modules["dreamprm_train"] == "prm.data.formats.dreamprm"
     assert modules["mmprm_seeds"] == modules["mmprm"] == "prm.data.formats.mmprm"
 

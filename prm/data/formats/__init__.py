@@ -37,10 +37,10 @@ from prm.data.formats.registry import (
     Format,
     detect_format,
     format_names,
-    formats,
     has_keys,
     read_records,
     register_format,
+    registered_formats,
 )
 from prm.data.formats.source import Row, Source, load_json_records
 
@@ -54,11 +54,11 @@ __all__ = [
     "Source",
     "detect_format",
     "format_names",
-    "formats",
     "has_keys",
     "load_json_records",
     "read_records",
     "register_format",
+    "registered_formats",
 ]
 
 

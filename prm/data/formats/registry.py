@@ -68,14 +68,14 @@ def register_format(name: str, *, signature: Signature, priority: int) -> Callab
     return register
 
 
-def formats() -> list[Format]:
+def registered_formats() -> list[Format]:
     """Every registered format, in detection order (decreasing priority, then name)."""
     return sorted(_FORMATS.values(), key=lambda entry: (-entry.priority, entry.name))
 
 
 def format_names() -> tuple[str, ...]:
     """The names ``format=`` accepts besides ``"auto"``, in detection order."""
-    return tuple(entry.name for entry in formats())
+    return tuple(entry.name for entry in registered_formats())
 
 
 def detect_format(path: str | Path) -> str:
@@ -89,7 +89,7 @@ def detect_format(path: str | Path) -> str:
         raise RecordError(path, None, None, "empty file: cannot detect its format")
     if not isinstance(first, dict):
         raise RecordError(path, 0, None, f"expected a JSON object, got {type(first).__name__}")
-    for entry in formats():
+    for entry in registered_formats():
         if entry.signature(first):
             return entry.name
     message = f"cannot detect the format from keys {sorted(first)}; pass format= one of {format_names()}"
