@@ -1,6 +1,6 @@
 """Native record types: one dataclass per use of data.
 
-Every reader in :mod:`prm.data.readers` turns a published format into these, and the native JSONL
+Every reader in :mod:`prm.data.formats` turns a published format into these, and the native JSONL
 format (:mod:`prm.data.native`) is exactly their ``to_dict`` form, so generated data, demo data and
 converted published data all look the same to the rest of the suite.
 

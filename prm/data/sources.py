@@ -17,7 +17,7 @@ from typing import Any
 
 from prm.config import DEFAULT_MAX_LENGTH
 from prm.data.errors import SkipReport
-from prm.data.readers import read_records
+from prm.data.formats import read_records
 from prm.errors import UserError
 
 log = logging.getLogger(__name__)

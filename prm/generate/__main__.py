@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from prm.config import user_error_exit
 from prm.data.errors import SkipReport
-from prm.data.readers import read_mmprm_seeds
+from prm.data.formats.mmprm import read_mmprm_seeds
 from prm.generate.run import demo_seeds, grow_trees, write_training_files
 
 log = logging.getLogger("generate")

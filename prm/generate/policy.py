@@ -20,7 +20,7 @@ from PIL import Image
 
 from prm import answers
 from prm.data import synthetic
-from prm.data.readers import SeedProblem
+from prm.data.formats.mmprm import SeedProblem
 
 INSTRUCTION = "Solve the problem step by step, one step per line. End with a line 'Final answer: <answer>'."
 

@@ -18,13 +18,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from prm.data.formats.mmprm import SeedProblem, write_mmprm
 from prm.data.native import atomic_write_text, write_native
-from prm.data.readers import SeedProblem
 from prm.data.records import StepChain
 from prm.generate.search import sample_paths
 
 log = logging.getLogger(__name__)
-PRM_MARKER = "<prm>"
 
 
 def seed_key(seed: SeedProblem) -> str:
@@ -80,7 +79,7 @@ def _portable_image_path(image: str, out: Path) -> str:
 def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> dict[str, int]:
     """``train.jsonl`` (native StepChains: every policy step, a chunk's MC value as the soft label of
     its last step, the chunk's other steps unlabelled) and ``train_mmprm.jsonl`` (MM-PRM's format:
-    chunks each ended by <prm>, one label per chunk)."""
+    chunks each ended by <prm>, one label per chunk: :func:`prm.data.formats.mmprm.write_mmprm`)."""
     rng = random.Random(seed)
     chains, mmprm = [], []
     for tree in load_trees(out):
@@ -107,19 +106,17 @@ def write_training_files(out: Path, paths_per_seed: int = 4, seed: int = 0) -> d
                 )
             )
             mmprm.append(
-                {
-                    "id": f"{problem.id}-{number}",
-                    "question": problem.question,
-                    "answer": problem.correct_answer,
-                    "image_path": images[0] if images else None,
-                    "process": "".join(f"{step}{PRM_MARKER}" for step in steps),
-                    "labels": labels,
-                }
+                StepChain(
+                    id=f"{problem.id}-{number}",
+                    question=problem.question,
+                    steps=steps,
+                    labels=labels,
+                    images=images,
+                    meta={"answer": problem.correct_answer},
+                )
             )
     write_native(out / "train.jsonl", chains)
-    atomic_write_text(
-        out / "train_mmprm.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mmprm)
-    )
+    write_mmprm(out / "train_mmprm.jsonl", mmprm)
     positives = sum(chain.labels[-1] > 0 for chain in chains)  # a path's last step is always labelled
     return {"chains": len(chains), "positive": positives, "negative": len(chains) - positives}
 

@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from prm.data.readers import SeedProblem
+from prm.data.formats.mmprm import SeedProblem
 
 
 @dataclass
