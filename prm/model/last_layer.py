@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("scores", "full")
 # the decoder models with the Llama layer (Qwen2-VL / Qwen2.5-VL text models: M-RoPE, whose three
 # position sections transformers folds into one cos/sin pair before the layers)
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text")
