@@ -125,30 +125,32 @@ def check_choice(key: str, value: Any, vocabulary: type[Enum]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Schema. Optional[...] (not X | None): OmegaConf reads these annotations at runtime.
+# Schema. Optional[...] (not X | None): OmegaConf reads these annotations at runtime. One default per
+# key: a key that conf/config.yaml or conf/evaluate.yaml sets is MISSING here (the YAML, where users
+# read it, holds its default); a key no YAML sets has its default here (train.compile, the data keys).
 
 
 @dataclass
 class PRMSchema:
-    head: Head = Head.token
+    head: Head = MISSING
     loss_target: str = "+"  # + | both | steps (the meta loss; prm/bilevel/meta_loss.py)
-    last_layer: LastLayer = LastLayer.scores
+    last_layer: LastLayer = MISSING
 
 
 @dataclass
 class TrainSchema:
-    steps: int = 3000
+    steps: int = MISSING
     # instantiate(train.optimizer)(params): any torch optimiser; a dict node so that its keys can
     # follow the optimiser (+train.optimizer.momentum=0.9 for SGD), yet a misspelt key is refused.
     optimizer: dict[str, Any] = MISSING
-    gradient_clipping: float = 1.0
-    gradient_accumulation: int = 1
-    precision: str = "fp32"
-    validate_every: int = 500
-    save_every: int = 1000
-    keep_last_n_checkpoints: int = 2
-    max_nonfinite_steps: int = 10
-    device: str = "auto"
+    gradient_clipping: float = MISSING
+    gradient_accumulation: int = MISSING
+    precision: str = MISSING  # PRECISIONS
+    validate_every: int = MISSING
+    save_every: int = MISSING
+    keep_last_n_checkpoints: int = MISSING
+    max_nonfinite_steps: int = MISSING
+    device: str = MISSING
     compile: bool = False  # torch.compile the backbone (in place: parameter names unchanged)
 
 
@@ -254,20 +256,20 @@ class TrainRunSchema:
     schedule: Any = MISSING
     logger: Any = MISSING
     distributed: Any = MISSING
-    seed: int = 0
-    resume: Any = False  # false | true (this run dir's latest checkpoint) | a run or checkpoint path
+    seed: int = MISSING
+    resume: Any = MISSING  # false | true (this run dir's latest checkpoint) | a run or checkpoint path
     # dotted keys (and the keys under them) a resume may change on purpose, e.g. [train.steps];
     # every other result key must equal the checkpoint's (prm/training/state.py)
-    resume_allow_changes: list[str] = field(default_factory=list)
+    resume_allow_changes: list[str] = MISSING
     prm: PRMSchema = field(default_factory=PRMSchema)
     train: TrainSchema = field(default_factory=TrainSchema)
-    optimized_metric: str = "auroc"
+    optimized_metric: str = MISSING
 
 
 @dataclass
 class ProcessBenchSchema:
-    threshold: Optional[float] = None  # noqa: UP045
-    threshold_split: Optional[str] = None  # noqa: UP045
+    threshold: Optional[float] = MISSING  # noqa: UP045
+    threshold_split: Optional[str] = MISSING  # noqa: UP045
 
 
 @dataclass
@@ -282,10 +284,10 @@ class EvaluateSchema:
     backbone: Any = None
     prompt: Any = None
     seed: int = 0  # only for backbone configs that read ${seed}
-    device: str = "auto"
-    precision: str = "fp32"
-    mode: EvaluateMode = EvaluateMode.auto
-    prefix_sharing: bool = True  # best-of-N: one encoding of each problem's question + images
+    device: str = MISSING
+    precision: str = MISSING  # PRECISIONS
+    mode: EvaluateMode = MISSING
+    prefix_sharing: bool = MISSING  # best-of-N: one encoding of each problem's question + images
     processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
 
 
@@ -439,7 +441,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         if _exists(cfg, key):
             _at_least(cfg, key, 1)
     _check_precision("train.precision", _get(cfg, "train.precision"))
-    _check_device("train.device", _get(cfg, "train.device", "auto"))
+    _check_device("train.device", _get(cfg, "train.device"))
     _check_data(cfg, evaluate=False)
     _check_label_words(cfg)
     target = _get(cfg, "prm.loss_target")
@@ -525,7 +527,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     if backbone:
         _check_label_words(cfg)
     _check_precision("precision", _get(cfg, "precision"))
-    _check_device("device", _get(cfg, "device", "auto"))
+    _check_device("device", _get(cfg, "device"))
     _check_data(cfg, evaluate=True)
     threshold = _number(cfg, "processbench.threshold")
     _require(
