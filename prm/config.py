@@ -8,6 +8,15 @@ wrong type (``train.steps=abc``) fails at composition with Hydra's own message, 
 Groups whose options differ in shape (backbone, schedule, logger, ...) stay untyped (``Any``); Hydra's
 struct mode still refuses unknown keys in them. Importing :mod:`prm` registers the schemas.
 
+**Vocabularies.** Each enumerated option is one ``StrEnum`` here (:class:`Head`, :class:`LastLayer`,
+:class:`EvaluateMode`, :class:`MissingImage`, :class:`TooLong`, :class:`BadImage`,
+:class:`SpecialTokens`) typing its schema field, so a value outside it is refused at composition;
+on the command line of train.py / evaluate.py / ``prm.check`` with one line and exit status 2
+(:func:`refuse_unknown_choices`). Where a refusal needs its own reason (``fp16``) or the values are
+not names (``prm.loss_target``'s ``+``), one tuple constant here holds them. Each key has one
+default: the YAML that sets it (conf/config.yaml, conf/evaluate.yaml), else the schema
+(:class:`DataOptions` for every ``data`` key).
+
 **Checks.** :func:`validate_train_config` and :func:`validate_evaluate_config` test ranges and
 combinations that types cannot express (steps >= 1, lr > 0, a known hypergradient, a probability
 aggregation for the meta loss, ...) and raise :class:`ConfigError` whose message names the key.
