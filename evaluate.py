@@ -21,7 +21,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from prm.config import split_limit_overrides, user_error_exit
+from prm.config import EvaluateSchema, entry_overrides, user_error_exit
 from prm.evaluation.run import evaluate
 
 
@@ -32,5 +32,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = split_limit_overrides(sys.argv[1:])  # data.limit.test=N without +
+    sys.argv[1:] = entry_overrides(sys.argv[1:], EvaluateSchema)  # one-line choice errors; data.limit.test=N
     main()

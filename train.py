@@ -18,7 +18,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from prm.config import split_limit_overrides, user_error_exit
+from prm.config import TrainRunSchema, entry_overrides, user_error_exit
 from prm.training import train
 
 
@@ -30,5 +30,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = split_limit_overrides(sys.argv[1:])  # data.limit.test=N without +
+    sys.argv[1:] = entry_overrides(sys.argv[1:], TrainRunSchema)  # one-line choice errors; data.limit.test=N
     main()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prm.config import ConfigError
+
 EPS = 1e-6
 
 
@@ -152,18 +154,29 @@ def pad_ragged(chains, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor
     return scores, mask
 
 
+def aggregation_spec(name: str) -> AggregationSpec:
+    """The ``REGISTRY`` entry of ``aggregation.name``: the one check of an aggregation name, used by
+    :class:`Aggregation` and by the config checks (:mod:`prm.config`).
+
+    Raises:
+        ConfigError (a ValueError): ``name`` is not in ``REGISTRY``; the message lists the names.
+    """
+    if name not in REGISTRY:
+        raise ConfigError(f"aggregation.name={name!r}: expected one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
 class Aggregation:
     """A named aggregation (an entry of ``REGISTRY``), built from ``conf/aggregation/<name>.yaml``.
 
     Calling it maps ``scores [chains, steps]`` and ``mask [chains, steps]`` to ``[chains]``; chains
-    without any step get the entry's ``empty`` value. Raises ValueError for an unknown name.
+    without any step get the entry's ``empty`` value. Raises ConfigError (a ValueError) for an
+    unknown name (:func:`aggregation_spec`).
     """
 
     def __init__(self, name: str):
-        if name not in REGISTRY:
-            raise ValueError(f"unknown aggregation {name!r}; expected one of {sorted(REGISTRY)}")
+        self.spec = aggregation_spec(name)
         self.name = name
-        self.spec = REGISTRY[name]
         self.fn = self.spec.fn
 
     @property

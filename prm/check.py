@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from prm.data.sources import SPLITS
+    from prm.config import SPLITS, TrainRunSchema, refuse_unknown_choices
     from prm.errors import UserError
     from prm.preflight import preflight
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             argv.remove(arg)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        refuse_unknown_choices(argv, TrainRunSchema)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=argv)
         data = instantiate(cfg.data)

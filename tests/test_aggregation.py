@@ -73,7 +73,7 @@ def test_padding_values_do_not_leak():
 
 
 def test_unknown_name_is_refused():
-    with pytest.raises(ValueError, match="unknown aggregation 'median'"):
+    with pytest.raises(ValueError, match="^aggregation.name='median': expected one of last, log_mean, max, "):
         Aggregation("median")
 
 

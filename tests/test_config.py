@@ -16,11 +16,22 @@ from omegaconf import OmegaConf
 
 from prm.aggregation import Aggregation
 from prm.config import (
+    BadImage,
     ConfigError,
+    EvaluateMode,
+    EvaluateSchema,
+    Head,
+    LastLayer,
+    MissingImage,
+    SpecialTokens,
+    TooLong,
+    TrainRunSchema,
+    refuse_unknown_choices,
     user_error_exit,
     user_errors,
     validate_evaluate_config,
     validate_train_config,
+    vocabulary_keys,
 )
 from prm.data.sources import DataSources
 from prm.model.backbones import Backbone
@@ -351,7 +362,6 @@ BAD_TRAIN = [
     (["train.precision=fp16"], "train.precision=fp16 is not supported: float16 needs loss scaling"),
     (["train.precision=fp8"], "train.precision='fp8': expected one of fp32, bf16"),
     (["train.device=tpu"], "train.device='tpu': expected auto, cpu, cuda or cuda:<index>"),
-    (["prm.head=linear"], "prm.head='linear': expected one of token, value"),
     (["prm.loss_target=-"], "prm.loss_target='-': expected one of +, both"),
     (
         ["backbone.label_words=[+,+]"],
@@ -393,6 +403,10 @@ BAD_TRAIN = [
         "type=neumann is not supported under distributed=zero3",
     ),
     (["reweight=instance_table", "aggregation=sum_logit"], "aggregation=sum_logit is not a probability"),
+    (
+        ["reweight=domain_table", "aggregation.name=median"],
+        "aggregation.name='median': expected one of last,",
+    ),
     (
         ["reweight=domain_table", "aggregation=mean_odd", "prm.loss_target=both"],
         "with prm.loss_target=both",
@@ -470,8 +484,9 @@ BAD_EVALUATE = [
     ([], "checkpoint is not set"),
     (["checkpoint=run", "precision=fp16"], "precision=fp16 is not supported"),
     (
-        ["checkpoint=run", "mode=first_error"],
-        "mode='first_error': expected one of auto, best_of_n, processbench",
+        ["checkpoint=run", "aggregation.name=median"],
+        "aggregation.name='median': expected one of last, log_mean, max, mean, mean_odd, min, prod, "
+        "sum_logit, sum_logprob",
     ),
     (["checkpoint=run", "data.eval_batch_size=0"], "data.eval_batch_size=0: must be >= 1"),
     (
@@ -558,3 +573,110 @@ def test_hydra_entry_point_exits_2_on_a_user_error(tmp_path):
     assert "Traceback" not in result.stderr
     typo = subprocess.run([*run, "train.stpes=3"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert typo.returncode == 1 and "Could not override 'train.stpes'" in typo.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabularies: each enumerated key is one Enum field of the schema; a value outside it is refused at
+# composition, and on the command line with one line and exit status 2.
+
+TRAIN_VOCABULARIES = {
+    "prm.head": Head,
+    "prm.last_layer": LastLayer,
+    "data.missing_image": MissingImage,
+    "data.too_long": TooLong,
+    "data.bad_image": BadImage,
+    "data.special_tokens": SpecialTokens,
+}
+EVALUATE_VOCABULARIES = {
+    "mode": EvaluateMode,
+    **{key: kind for key, kind in TRAIN_VOCABULARIES.items() if key.startswith("data.")},
+}
+CHOICES = {
+    "prm.head": "token, value",
+    "prm.last_layer": "scores, full",
+    "data.missing_image": "error, skip, blank",
+    "data.too_long": "truncate, error, skip",
+    "data.bad_image": "fix, skip, error",
+    "data.special_tokens": "neutralize, error",
+    "mode": "auto, best_of_n, processbench",
+}
+VOCABULARY_CASES = [(key, "config", TrainRunSchema) for key in TRAIN_VOCABULARIES] + [
+    (key, "evaluate", EvaluateSchema) for key in EVALUATE_VOCABULARIES
+]
+
+
+def test_vocabulary_keys_are_the_schemas_enum_fields():
+    assert vocabulary_keys(TrainRunSchema) == TRAIN_VOCABULARIES
+    assert vocabulary_keys(EvaluateSchema) == EVALUATE_VOCABULARIES
+
+
+@pytest.mark.parametrize(
+    "key,name,schema", VOCABULARY_CASES, ids=[f"{n}:{k}" for k, n, _ in VOCABULARY_CASES]
+)
+def test_each_choice_composes_and_a_bad_value_is_refused(key, name, schema):
+    base = ["checkpoint=run"] if name == "evaluate" else []
+    vocabulary = vocabulary_keys(schema)[key]
+    for member in vocabulary:
+        cfg = composed(*base, f"{key}={member.value}", name=name)
+        value = OmegaConf.select(cfg, key)
+        assert value == member.value and f"{value}" == member.value and member.name == member.value
+        refuse_unknown_choices([f"{key}={member.value}"], schema)
+    with pytest.raises(ConfigCompositionException) as refused:
+        composed(*base, f"{key}=bogus", name=name)
+    assert f"expected one of [{CHOICES[key]}]" in str(refused.value.__cause__)
+    with pytest.raises(ConfigError) as error:
+        refuse_unknown_choices([f"{key}=bogus"], schema)
+    assert str(error.value) == f"{key}='bogus': expected one of {CHOICES[key]}"
+
+
+def test_refuse_unknown_choices_reads_sweeps_and_leaves_the_rest_to_hydra():
+    with pytest.raises(ConfigError, match=r"^prm.head='linear': expected one of token, value$"):
+        refuse_unknown_choices(["-m", "prm.head=token,linear"], TrainRunSchema)
+    with pytest.raises(ConfigError, match=r"^prm.last_layer='none': expected one of scores, full$"):
+        refuse_unknown_choices(["prm.last_layer=choice(full,none)"], TrainRunSchema)
+    refuse_unknown_choices(
+        [
+            "-m",
+            "prm.head=token,value",
+            "prm.head=Head.value",
+            "prm.head=${oc.env:HEAD}",
+            "~prm.last_layer",
+            "--cfg",
+            "job",
+            "train.steps=3",
+            "hydra.run.dir=out",
+            "prm.head=[unclosed",
+        ],
+        TrainRunSchema,
+    )
+    refuse_unknown_choices(["prm.head=bogus"], EvaluateSchema)  # not a key of evaluate.yaml
+
+
+def test_entry_scripts_refuse_a_bad_choice_with_one_line_and_exit_2(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    for script, args, line in [
+        (
+            "train.py",
+            ["-m", "prm.head=token,linear"],
+            "error: prm.head='linear': expected one of token, value",
+        ),
+        (
+            "evaluate.py",
+            ["checkpoint=x", "mode=first_error"],
+            "error: mode='first_error': expected one of auto, best_of_n, processbench",
+        ),
+    ]:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / script), *args], env=env, capture_output=True, text=True, cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [line]
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--cfg", "job", "prm.head=value", "data.too_long=skip"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "\n  head: value\n" in shown.stdout and "\n  too_long: skip\n" in shown.stdout

@@ -31,9 +31,10 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from prm.config import MissingImage
 from prm.data.errors import RecordError, SkipReport
 
-MISSING_IMAGE_POLICIES = ("error", "skip", "blank")
+MISSING_IMAGE_POLICIES = tuple(policy.value for policy in MissingImage)  # data.missing_image's choices
 # Geometry the Qwen2-VL / Qwen2.5-VL image processors refuse: a side under 28 pixels (one merged
 # 2x2 patch of 14-pixel patches) or an aspect ratio over 200 (their smart_resize raises).
 MIN_IMAGE_SIDE = 28

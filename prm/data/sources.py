@@ -13,62 +13,24 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from prm.config import DEFAULT_MAX_LENGTH
+from prm.config import SPLITS, DataOptions
 from prm.data.errors import SkipReport
 from prm.data.formats import read_records
 from prm.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "meta", "test")
+__all__ = ["SPLITS", "DataSources"]
 
 
 @dataclass
-class DataSources:
-    """Split files, their formats, the image root and the loader settings of one run."""
-
-    name: str = "custom"
-    train: str | None = None
-    meta: str | None = None
-    test: str | None = None
-    format: str = "auto"
-    train_format: str | None = None
-    meta_format: str | None = None
-    test_format: str | None = None
-    image_root: str | None = None
-    missing_image: str = "error"
-    allow_outside_paths: bool = False  # accept absolute, "~" and root-leaving ".." image paths
-    # Preflight policies (prm.preflight): each case is counted in the preflight report.
-    too_long: str = "truncate"  # error | truncate (drop trailing steps) | skip
-    bad_image: str = "fix"  # fix (pad / enlarge) | skip | error: sizes the processor refuses
-    special_tokens: str = "neutralize"  # neutralize | error: special-token text inside questions / steps
-    allow_one_class_meta: bool = False  # a meta split of one class: a warning instead of an error
-    generator: Any = None  # an object with .build() -> DemoFiles-like (train, meta, test, image_root)
-    batch_size: int = 8
-    eval_batch_size: int = 16
-    max_length: int | None = DEFAULT_MAX_LENGTH  # tokens per chain (prm.config: the one default)
-    num_workers: int = 0
-    # Speed (see PRMCollator and LengthGroupedSampler): batches of similar token length, grouped in
-    # windows of length_window global batches of the seeded order; packing: no padding tokens.
-    group_by_length: bool = False
-    length_window: int = 64
-    packing: bool = False
-    # At most this many records per split (an int for every split, or {split: int}); null: all.
-    # An evenly spaced subset, so files sorted by domain keep every domain; always logged.
-    limit: Any = None
+class DataSources(DataOptions):
+    """Split files, their formats, the image root and the loader settings of one run: the keys of
+    :class:`prm.config.DataOptions`, with its defaults (the ``data`` node's schema, which refuses a
+    value outside a policy's choices before this class is built)."""
 
     def __post_init__(self) -> None:
-        for name, choices in (
-            ("too_long", ("error", "truncate", "skip")),
-            ("bad_image", ("fix", "skip", "error")),
-            ("special_tokens", ("neutralize", "error")),
-        ):
-            if getattr(self, name) not in choices:
-                raise UserError(
-                    f"data.{name} must be one of {'|'.join(choices)}, got {getattr(self, name)!r}"
-                )
         self._built = False
         self.reports: dict[str, SkipReport] = {}
 
@@ -116,9 +78,7 @@ class DataSources:
         limit = self.limit.get(split) if isinstance(self.limit, Mapping) else self.limit
         if limit is None or len(records) <= int(limit):
             return records
-        limit = int(limit)
-        if limit < 1:
-            raise ValueError(f"data.limit for split {split!r} must be >= 1 or null, got {limit}")
+        limit = int(limit)  # >= 1: the config check refuses anything else (prm.config)
         kept = [records[i * len(records) // limit] for i in range(limit)]
         log.info("data.limit: %s split: kept %d of %d records (evenly spaced)", split, limit, len(records))
         return kept

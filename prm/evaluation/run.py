@@ -459,7 +459,7 @@ def evaluate(
     tracker = instantiate(cfg.logger)
     tracker.start(
         out_dir,
-        OmegaConf.to_container(job_cfg, resolve=True),
+        OmegaConf.to_container(job_cfg, resolve=True, enum_to_str=True),
         job_type="evaluate",
         name=f"eval-{target.name}",
     )

@@ -54,7 +54,6 @@ from torch import nn
 
 from prm.model.families import DecoderLayout, family_of_model
 
-MODES = ("scores", "full")
 ATTENTION = ("sdpa", "eager")
 
 

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prm.config import Head, LastLayer, check_choice
 from prm.model import last_layer as last_layer_at_scores
 from prm.model.backbones import Backbone
 
-HEADS = ("token", "value")
 log = logging.getLogger(__name__)
 
 
@@ -79,17 +79,15 @@ class ProcessRewardModel(nn.Module):
             backbone supports it) or ``full``.
 
     Raises:
-        ValueError: an unknown head or last-layer mode.
+        ConfigError (a ValueError): an unknown head or last-layer mode (a caller or a checkpoint's
+            config.yaml that no schema checked); the vocabularies are :class:`prm.config.Head` and
+            :class:`prm.config.LastLayer`.
     """
 
-    def __init__(self, backbone: Backbone, head: str = "token", last_layer: str = "scores"):
+    def __init__(self, backbone: Backbone, head: str = Head.token, last_layer: str = LastLayer.scores):
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"unknown PRM head {head!r}; expected one of {HEADS}")
-        if last_layer not in last_layer_at_scores.MODES:
-            raise ValueError(
-                f"unknown prm.last_layer {last_layer!r}; expected one of {last_layer_at_scores.MODES}"
-            )
+        check_choice("prm.head", head, Head)
+        check_choice("prm.last_layer", last_layer, LastLayer)
         self.backbone = backbone
         self.model = backbone.model
         self.head = head

@@ -57,7 +57,7 @@ def setup_tracker(cfg: DictConfig, run_dir: Path, world: World, checkpoint: Path
         resume_step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     tracker.start(
         run_dir,
-        OmegaConf.to_container(cfg, resolve=True),
+        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         job_type="train",
         resume_step=resume_step,
         **job_identity(run_dir),
