@@ -352,7 +352,18 @@ BAD_TRAIN = [
     (["train.precision=fp8"], "train.precision='fp8': expected one of fp32, bf16"),
     (["train.device=tpu"], "train.device='tpu': expected auto, cpu, cuda or cuda:<index>"),
     (["prm.head=linear"], "prm.head='linear': expected one of token, value"),
-    (["prm.loss_target=-"], "prm.loss_target='-': expected one of +, both"),
+    (
+        ["reweight=domain_table", "reweight.upper.loss_target=-"],
+        "reweight.upper.loss_target='-': expected one of +, both",
+    ),
+    (
+        ["prm.loss_target=both"],
+        "prm.loss_target=both: the meta loss's target moved to reweight.upper.loss_target",
+    ),
+    (
+        ["reweight=domain_instance", "reweight.upper.optimizers.instance.lr=0"],
+        "reweight.upper.optimizers.instance.lr=0: must be > 0",
+    ),
     (
         ["backbone.label_words=[+,+]"],
         "backbone.label_words=['+', '+']: the positive and negative words must differ",
@@ -394,8 +405,8 @@ BAD_TRAIN = [
     ),
     (["reweight=instance_table", "aggregation=sum_logit"], "aggregation=sum_logit is not a probability"),
     (
-        ["reweight=domain_table", "aggregation=mean_odd", "prm.loss_target=both"],
-        "with prm.loss_target=both",
+        ["reweight=domain_table", "aggregation=mean_odd", "reweight.upper.loss_target=both"],
+        "with reweight.upper.loss_target=both",
     ),
     (
         ["reweight=domain_table", "reweight.hypergradient.type=neumann"],
@@ -457,7 +468,8 @@ def test_validate_train_config_cuda_without_cuda(monkeypatch):
     [
         [],
         ["experiment=smoke"],
-        ["reweight=instance_table", "aggregation=prod", "prm.loss_target=both"],
+        ["reweight=instance_table", "aggregation=prod", "reweight.upper.loss_target=both"],
+        ["reweight=domain_instance"],
         ["train.precision=bf16", "train.device=cpu", "train.save_every=0", "train.validate_every=0"],
     ]
     + [[f"experiment={name}"] for name in options("experiment")],

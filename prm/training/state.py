@@ -82,7 +82,13 @@ RESULT_NEUTRAL_KEYS: dict[str, str] = {
 # hyperparameters (lr, betas, weight decay, ... are in their state) and the schedules' state (StepLR
 # keeps its step_size and gamma; a schedule of another kind cannot load it). resume_allow_changes
 # does not accept them; backbone.path=<checkpoint> starts a new run from the weights instead.
-FIXED_ON_RESUME = ("train.optimizer", "schedule", "reweight.upper.optimizer", "reweight.upper.schedule")
+FIXED_ON_RESUME = (
+    "train.optimizer",
+    "schedule",
+    "reweight.upper.optimizer",
+    "reweight.upper.optimizers",
+    "reweight.upper.schedule",
+)
 
 
 class _Absent:
@@ -398,7 +404,10 @@ def restore(run: TrainingRun) -> None:
         run.reweighter.load_state_dict(state["reweighter"])
     if run.resumed is not None and run.resumed["changes"]:  # e.g. train.steps: the new schedule from here
         lower_schedule = lower.engine.lr_scheduler if run.world.deepspeed else lower.lr_scheduler
-        for scheduler in [lower_schedule] + ([upper.lr_scheduler] if upper is not None else []):
+        upper_schedules = (
+            [] if upper is None else getattr(upper.lr_scheduler, "schedules", [upper.lr_scheduler])
+        )
+        for scheduler in [lower_schedule, *upper_schedules]:  # a GroupedSchedule: one per parameter group
             continue_schedule(scheduler)
     set_rng_state(state["rng"])
     log.info("resumed from %s at step %d of %d", run.checkpoint, run.start_step, run.cfg.train.steps)
