@@ -392,3 +392,24 @@ def test_upper_step_moves_every_domain_entry_and_only_the_sampled_instance_rows(
     assert torch.equal(table.instance.theta[[0, 3]], start[[0, 3]])  # sparse: unsampled rows stay
     assert (table.instance.theta[[1, 2]] != start[[1, 2]]).all()
     assert set(upper.last_metrics) >= {"nonfinite_steps", "grad_norm", "weight/clean", "weight/noisy"}
+
+
+def test_each_group_gets_its_configured_optimiser_and_an_undeclared_group_is_refused():
+    from omegaconf import OmegaConf
+
+    from prm.training.problems import group_optimizers
+
+    table = DomainInstance(SET, nn.Softplus())
+    adamw = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.01}
+    sparse = {"_target_": "torch.optim.SparseAdam", "_partial_": True, "lr": 0.1}
+    build = group_optimizers(
+        OmegaConf.create({"optimizer": adamw, "optimizers": {"instance": sparse}}), table
+    )
+    domain, instance = (build(group) for group in table.parameter_groups())
+    assert type(domain) is torch.optim.AdamW and domain.param_groups[0]["lr"] == 0.01
+    assert type(instance) is torch.optim.SparseAdam and instance.param_groups[0]["lr"] == 0.1
+    typo = OmegaConf.create({"optimizer": adamw, "optimizers": {"instances": sparse}})
+    with pytest.raises(
+        ConfigError, match="optimizers.instances: DomainInstance has no parameter group 'instances'"
+    ):
+        group_optimizers(typo, table)

@@ -12,10 +12,12 @@ with a schedule from ``reweight.upper.schedule``. The lower problem's optimiser 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from betty.configs import Config, EngineConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from prm.bilevel.deepspeed_lower import DeepSpeedLower
@@ -78,7 +80,7 @@ def build_reweighter(run: TrainingRun):
     """The ``reweight.module`` of the run over its training set (None for reweight=none). Raises what
     the strategy raises for a training set it cannot weigh (e.g. domain_table: a ConfigError for fewer
     than two domains)."""
-    module = cfg_module(run.cfg)
+    module = run.cfg.reweight.get("module")  # reweight=none has none
     if module is None:
         return None
     extra = {}
@@ -91,31 +93,24 @@ def build_reweighter(run: TrainingRun):
     )
 
 
-def cfg_module(cfg: DictConfig):
-    """The ``reweight.module`` config node (None for reweight=none, which has none)."""
-    return cfg.reweight.get("module")
-
-
 def build_optimizer(node: DictConfig, parameters):
     """``instantiate(node)(parameters)``: a ``_partial_`` optimiser config completed with the parameters."""
     return instantiate(node, _convert_="all")(parameters)
 
 
-def group_optimizer_node(upper: DictConfig, group: ParameterGroup) -> DictConfig:
-    """The optimiser config of one parameter group: ``reweight.upper.optimizers.<group>``, else
-    ``reweight.upper.optimizer``."""
-    return (upper.get("optimizers") or {}).get(group.name) or upper.optimizer
-
-
-def check_group_optimizers(upper: DictConfig, reweighter) -> None:
-    """Raises ConfigError when ``reweight.upper.optimizers`` names a group the reweighter lacks."""
+def group_optimizers(upper: DictConfig, reweighter) -> Callable[[ParameterGroup], Optimizer]:
+    """``fn(group) -> optimiser`` for the upper problem: ``reweight.upper.optimizers.<group>`` where
+    set, else ``reweight.upper.optimizer``. Raises ConfigError when ``reweight.upper.optimizers``
+    names a group the reweighter does not declare."""
+    by_group = upper.get("optimizers") or {}
     names = [group.name for group in reweighter.parameter_groups()]
-    unknown = [name for name in (upper.get("optimizers") or {}) if name not in names]
+    unknown = [name for name in by_group if name not in names]
     if unknown:
         raise ConfigError(
             f"reweight.upper.optimizers.{unknown[0]}: {type(reweighter).__name__} has no parameter "
             f"group {unknown[0]!r}; its groups: {', '.join(names)}"
         )
+    return lambda group: build_optimizer(by_group.get(group.name) or upper.optimizer, list(group.parameters))
 
 
 def build_schedule(node: DictConfig, optimizer, total_steps: int):
@@ -239,7 +234,6 @@ def setup_upper(run: TrainingRun) -> None:
         return
     upper = cfg.reweight.upper
     check_meta_loss(run.aggregation, upper.loss_target)
-    check_group_optimizers(upper, run.reweighter)
     hyper = cfg.reweight.hypergradient
     upper_steps = max(1, (cfg.train.steps - hyper.get("warmup_steps", 0)) // hyper.unroll_steps)
     seed = cfg.seed + 1 if upper.sampler_seed is None else upper.sampler_seed
@@ -247,7 +241,7 @@ def setup_upper(run: TrainingRun) -> None:
     run.upper = ReweightUpper(
         name=UPPER,
         module=run.reweighter,
-        optimizer=lambda group: build_optimizer(group_optimizer_node(upper, group), list(group.parameters)),
+        optimizer=group_optimizers(upper, run.reweighter),
         schedule=lambda optimizer: build_schedule(upper.schedule, optimizer, upper_steps),
         train_data_loader=chain_loader(run, data.meta_chains, upper.batch_size, seed, start),
         prm=run.lower.module,
