@@ -140,8 +140,10 @@ def main() -> None:
     collator = PRMCollator(prm.backbone, data.max_length)
 
     losses = {}
-    if "steps" in args.targets:  # prm.loss_target=steps: the PRM's step loss up to the known first error
-        losses["steps (prm.loss_target=steps)"] = lambda scores, batch, _: step_meta_losses(
+    if (
+        "steps" in args.targets
+    ):  # reweight.upper.loss_target=steps: the PRM's step loss up to the known first error
+        losses["steps (reweight.upper.loss_target=steps)"] = lambda scores, batch, _: step_meta_losses(
             prm, scores, batch
         ).mean()
     for name in args.aggregations:

@@ -45,7 +45,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from prm.errors import UserError
 
-HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")
+HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in betty 0.2.1
 SECOND_ORDER_HYPERGRADIENTS = ("neumann", "cg")  # Hessian-vector products: double backward
 LOSS_TARGETS = ("+", "both", "steps")
 # train.precision / precision: a tuple, not an Enum field, so that fp16 is refused with its reason
@@ -114,6 +114,14 @@ class BadImage(StrEnum):
     error = "error"
 
 
+class GradScale(StrEnum):
+    """``reweight.upper.grad_scale``: the hypergradient as computed, or divided by its RMS
+    (:func:`prm.bilevel.upper.rms_scale`)."""
+
+    none = "none"
+    rms = "rms"
+
+
 class SpecialTokens(StrEnum):
     """``data.special_tokens``: special-token text inside questions or steps (:mod:`prm.preflight`)."""
 
@@ -142,7 +150,9 @@ def check_choice(key: str, value: Any, vocabulary: type[Enum]) -> None:
 @dataclass
 class PRMSchema:
     head: Head = MISSING
-    loss_target: str = "+"  # + | both | steps (the meta loss; prm/bilevel/meta_loss.py)
+    # moved to reweight.upper.loss_target (only the upper level reads it); kept so that a config still
+    # setting it gets a ConfigError naming the new key instead of Hydra's "not in struct"
+    loss_target: Optional[str] = None  # noqa: UP045
     last_layer: LastLayer = MISSING
 
 
@@ -188,8 +198,12 @@ class UpperSchema:
     )
     batch_size: int = "${data.batch_size}"  # type: ignore[assignment]
     gradient_clipping: float = 0.0
-    grad_scale: str = "none"  # none | rms (prm/bilevel/upper.py rms_scale)
+    grad_scale: GradScale = GradScale.none
     sampler_seed: Optional[int] = None  # noqa: UP045
+    loss_target: str = MISSING  # + | both | steps (the meta loss; prm/bilevel/meta_loss.py)
+    # optimiser per parameter group of the reweighter (prm.reweight.ParameterGroup), by group name;
+    # a group not named here uses ``optimizer``
+    optimizers: Optional[dict[str, Any]] = None  # noqa: UP045
 
 
 @dataclass
@@ -433,12 +447,14 @@ def validate_train_config(cfg: DictConfig) -> None:
     ``train.gradient_accumulation``, ``train.keep_last_n_checkpoints`` and ``train.max_nonfinite_steps``
     >= 1; ``backbone.label_words`` two different non-empty words; ``train.save_every``,
     ``train.validate_every`` and the gradient clipping norms >= 0;
-    ``prm.loss_target`` known; ``train.precision`` fp32 or bf16
+    ``prm.loss_target`` unset (it moved to ``reweight.upper.loss_target``); ``train.precision`` fp32 or bf16
     (fp16 refused, with the reason); ``train.device`` cuda only where torch sees CUDA; with
-    reweighting, a known ``reweight.hypergradient.type`` (``neumann`` / ``cg`` only with
-    ``backbone.attn_implementation=eager`` and without ``train.compile``: they need second
-    derivatives), ``unroll_steps >= 1``, and an aggregation
-    whose value is a probability (the meta loss (p - y)^2 with the configured ``prm.loss_target``).
+    reweighting (a ``reweight.upper`` node), a known ``reweight.upper.loss_target``, every group's
+    ``reweight.upper.optimizers.<group>.lr`` > 0, a known ``reweight.hypergradient.type``
+    (``neumann`` / ``cg`` only with ``backbone.attn_implementation=eager`` and without
+    ``train.compile``: they need second derivatives), ``unroll_steps >= 1``, and an aggregation whose
+    value is a probability (the meta loss (p - y)^2 with the configured
+    ``reweight.upper.loss_target``).
     """
     _at_least(cfg, "train.steps", 1)
     _positive(cfg, "train.optimizer.lr")
@@ -453,10 +469,19 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_device("train.device", _get(cfg, "train.device"))
     _check_data(cfg, evaluate=False)
     _check_label_words(cfg)
-    target = _get(cfg, "prm.loss_target")
-    _require(target in LOSS_TARGETS, f"prm.loss_target={target!r}: expected one of {', '.join(LOSS_TARGETS)}")
-    if _get(cfg, "reweight.name", "none") == "none" or _get(cfg, "reweight.upper") is None:
-        return  # plain training, or a baseline without an upper level (small_loss, oracle)
+    old_target = _get(cfg, "prm.loss_target")
+    _require(
+        old_target is None,
+        f"prm.loss_target={old_target}: the meta loss's target moved to reweight.upper.loss_target (only "
+        f"the upper level reads it); set reweight.upper.loss_target={old_target} instead",
+    )
+    if _get(cfg, "reweight.upper") is None:
+        return  # plain training (reweight=none), or a baseline without an upper level (small_loss, oracle)
+    target = _get(cfg, "reweight.upper.loss_target")
+    _require(
+        target in LOSS_TARGETS,
+        f"reweight.upper.loss_target={target!r}: expected one of {', '.join(LOSS_TARGETS)}",
+    )
     kind = _get(cfg, "reweight.hypergradient.type")
     _require(
         kind in HYPERGRADIENTS,
@@ -490,6 +515,8 @@ def validate_train_config(cfg: DictConfig) -> None:
             "reweight.hypergradient.type=darts, or distributed=zero2",
         )
     _positive(cfg, "reweight.upper.optimizer.lr")
+    for group in _get(cfg, "reweight.upper.optimizers") or {}:
+        _positive(cfg, f"reweight.upper.optimizers.{group}.lr")
     _at_least(cfg, "reweight.upper.batch_size", 1)
     _at_least(cfg, "reweight.upper.gradient_clipping", 0)
     from prm.aggregation import PROBABILITY_VALUED, aggregation_spec
@@ -499,7 +526,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     _require(
         name in PROBABILITY_VALUED or target == "steps",
         f"aggregation={name} is not a probability, so the meta loss of reweight={_get(cfg, 'reweight.name')} "
-        f"with prm.loss_target={target} ((p - y)^2 for '+', (p' - 1)^2 for 'both') has no meaning; "
+        f"with reweight.upper.loss_target={target} ((p - y)^2 for '+', (p' - 1)^2 for 'both') has no "
+        "meaning; "
         f"choose aggregation= one of {', '.join(sorted(PROBABILITY_VALUED))}",
     )
 

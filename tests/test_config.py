@@ -20,6 +20,7 @@ from prm.config import (
     ConfigError,
     EvaluateMode,
     EvaluateSchema,
+    GradScale,
     Head,
     LastLayer,
     MissingImage,
@@ -362,7 +363,18 @@ BAD_TRAIN = [
     (["train.precision=fp16"], "train.precision=fp16 is not supported: float16 needs loss scaling"),
     (["train.precision=fp8"], "train.precision='fp8': expected one of fp32, bf16"),
     (["train.device=tpu"], "train.device='tpu': expected auto, cpu, cuda or cuda:<index>"),
-    (["prm.loss_target=-"], "prm.loss_target='-': expected one of +, both"),
+    (
+        ["reweight=domain_table", "reweight.upper.loss_target=-"],
+        "reweight.upper.loss_target='-': expected one of +, both",
+    ),
+    (
+        ["prm.loss_target=both"],
+        "prm.loss_target=both: the meta loss's target moved to reweight.upper.loss_target",
+    ),
+    (
+        ["reweight=domain_instance", "reweight.upper.optimizers.instance.lr=0"],
+        "reweight.upper.optimizers.instance.lr=0: must be > 0",
+    ),
     (
         ["backbone.label_words=[+,+]"],
         "backbone.label_words=['+', '+']: the positive and negative words must differ",
@@ -408,8 +420,8 @@ BAD_TRAIN = [
         "aggregation.name='median': expected one of last,",
     ),
     (
-        ["reweight=domain_table", "aggregation=mean_odd", "prm.loss_target=both"],
-        "with prm.loss_target=both",
+        ["reweight=domain_table", "aggregation=mean_odd", "reweight.upper.loss_target=both"],
+        "with reweight.upper.loss_target=both",
     ),
     (
         ["reweight=domain_table", "reweight.hypergradient.type=neumann"],
@@ -471,7 +483,8 @@ def test_validate_train_config_cuda_without_cuda(monkeypatch):
     [
         [],
         ["experiment=smoke"],
-        ["reweight=instance_table", "aggregation=prod", "prm.loss_target=both"],
+        ["reweight=instance_table", "aggregation=prod", "reweight.upper.loss_target=both"],
+        ["reweight=domain_instance"],
         ["train.precision=bf16", "train.device=cpu", "train.save_every=0", "train.validate_every=0"],
     ]
     + [[f"experiment={name}"] for name in options("experiment")],
@@ -586,6 +599,7 @@ TRAIN_VOCABULARIES = {
     "data.too_long": TooLong,
     "data.bad_image": BadImage,
     "data.special_tokens": SpecialTokens,
+    "reweight.upper.grad_scale": GradScale,
 }
 EVALUATE_VOCABULARIES = {
     "mode": EvaluateMode,
@@ -599,6 +613,7 @@ CHOICES = {
     "data.bad_image": "fix, skip, error",
     "data.special_tokens": "neutralize, error",
     "mode": "auto, best_of_n, processbench",
+    "reweight.upper.grad_scale": "none, rms",
 }
 VOCABULARY_CASES = [(key, "config", TrainRunSchema) for key in TRAIN_VOCABULARIES] + [
     (key, "evaluate", EvaluateSchema) for key in EVALUATE_VOCABULARIES
@@ -615,6 +630,8 @@ def test_vocabulary_keys_are_the_schemas_enum_fields():
 )
 def test_each_choice_composes_and_a_bad_value_is_refused(key, name, schema):
     base = ["checkpoint=run"] if name == "evaluate" else []
+    if key.startswith("reweight.upper."):
+        base = ["reweight=instance_table"]  # reweight=none has no upper node
     vocabulary = vocabulary_keys(schema)[key]
     for member in vocabulary:
         cfg = composed(*base, f"{key}={member.value}", name=name)

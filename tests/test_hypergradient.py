@@ -33,6 +33,7 @@ from prm.bilevel.upper import ReweightUpper
 from prm.evaluation.best_of_n import auroc
 from prm.model.prm import ProcessRewardModel, StepScores
 from prm.reweight import DomainTable, InstanceNet, InstanceTable, TrainingSet
+from prm.reweight.domain_instance import DomainInstance
 
 FEATURES, STEPS = 5, 3
 
@@ -93,19 +94,21 @@ def build(
         module=prm,
         optimizer=torch.optim.SGD(prm.parameters(), lr=lower_lr),
         train_data_loader=Loop(lower_batches),
-        reweighter="reweight",
+        reweighter=reweighter,
         config=Config(type=hypergradient, darts_alpha=alpha, unroll_steps=unroll, log_step=-1),
     )
-    if isinstance(reweighter, InstanceTable):
-        optimizer = torch.optim.SparseAdam(list(reweighter.parameters()), lr=max(upper_lr, 1e-12))
-    else:
-        optimizer = torch.optim.SGD(reweighter.parameters(), lr=upper_lr)
+
+    def optimizer(group):  # sparse rows: SparseAdam (an lr of 0 is refused); dense: SGD
+        if group.sparse:
+            return torch.optim.SparseAdam(list(group.parameters), lr=max(upper_lr, 1e-12))
+        return torch.optim.SGD(group.parameters, lr=upper_lr)
+
     upper = ReweightUpper(
         name="reweight",
         module=reweighter,
         optimizer=optimizer,
         train_data_loader=Loop(meta_batches),
-        lower_name="prm",
+        prm=prm,
         aggregation=Aggregation("mean"),
         config=Config(log_step=-1),
     )
@@ -201,7 +204,7 @@ def toy_batches():
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("kind", ["instance_table", "domain_table", "instance_net"])
+@pytest.mark.parametrize("kind", ["instance_table", "domain_table", "instance_net", "domain_instance"])
 def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
     training_set, lower_batch, meta_batch = toy_batches()
     if kind == "instance_table":
@@ -212,6 +215,11 @@ def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
         reweighter = DomainTable(training_set)
         with torch.no_grad():
             reweighter.theta.copy_(torch.tensor([0.3, -0.2]))
+    elif kind == "domain_instance":  # two parameter groups: a dense domain table, a sparse instance table
+        reweighter = DomainInstance(training_set, nn.Softplus(), initialization=1.0)
+        with torch.no_grad():
+            reweighter.domain.theta.copy_(torch.tensor([0.3, -0.2]))
+            reweighter.instance.theta.add_(torch.linspace(-0.5, 0.5, 8))
     else:
         reweighter = InstanceNet(training_set, nn.Softplus(), hidden_size=4, layers=2)
     reweighter.double()
@@ -226,6 +234,8 @@ def test_darts_upper_gradient_matches_the_exact_mixed_derivative(kind):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
     if kind == "instance_table":
         assert seen[0][0][[1, 4]].abs().max() == 0  # instances outside the batch get no gradient
+    if kind == "domain_instance":
+        assert len(seen[0]) == 2 and seen[0][1][[1, 4]].abs().max() == 0  # domain theta, instance theta
 
 
 def test_weights_move_toward_clean_chains_in_a_deterministic_toy():
@@ -333,9 +343,8 @@ class LeastSquaresMeta(ReweightUpper):
     probabilities in float32, which would bound every comparison at float32's roundoff)."""
 
     def training_step(self, batch):
-        prm = getattr(self, self.lower_name).module
-        loss = 0.5 * ((prm(batch).logits - batch["targets"]) ** 2).mean()
-        self.last_metrics = {"loss": float(loss.detach())}
+        loss = 0.5 * ((self.lower_prm(batch).logits - batch["targets"]) ** 2).mean()
+        self.record({"loss": float(loss.detach())})
         return loss
 
 
@@ -402,15 +411,15 @@ class LeastSquaresToy:
             module=prm,
             optimizer=torch.optim.SGD(prm.parameters(), lr=0.0),
             train_data_loader=Loop([lower_batch]),
-            reweighter="reweight",
+            reweighter=reweighter,
             config=config,
         )
         upper = LeastSquaresMeta(
             name="reweight",
             module=reweighter,
-            optimizer=torch.optim.SparseAdam(list(reweighter.parameters()), lr=1e-12),
+            optimizer=lambda group: torch.optim.SparseAdam(list(group.parameters), lr=1e-12),
             train_data_loader=Loop([meta_batch]),
-            lower_name="prm",
+            prm=prm,
             aggregation=Aggregation("mean"),
             config=Config(log_step=-1),
         )

@@ -50,7 +50,7 @@ def test_dreamprm():
     cfg = preset("dreamprm")
     validate_train_config(cfg)
     assert cfg.reweight.name == "domain_table" and cfg.reweight.module._target_ == "prm.reweight.DomainTable"
-    assert cfg.prm.head == "value" and cfg.prm.loss_target == "+"
+    assert cfg.prm.head == "value" and cfg.reweight.upper.loss_target == "+"
     aggregation = instantiate(cfg.aggregation)
     assert isinstance(aggregation, Aggregation) and aggregation.name == "log_mean"
     assert aggregation.is_probability
@@ -76,7 +76,7 @@ def test_dreamprm15_table():
     activation = instantiate(cfg.activation)
     assert isinstance(activation, torch.nn.Hardtanh)
     assert (activation.min_val, activation.max_val) == (-1.0, 3.0)
-    assert cfg.prm.head == "token" and cfg.prm.loss_target == "both"
+    assert cfg.prm.head == "token" and cfg.reweight.upper.loss_target == "both"
     assert instantiate(cfg.aggregation).name == "mean"
     assert cfg.reweight.hypergradient.type == "darts" and cfg.reweight.hypergradient.unroll_steps == 1
     # published: the hypergradient on the lower batch, from the first step (the strategy's defaults differ)
@@ -101,7 +101,7 @@ def test_dreamprm15_net():
     assert (module.hidden_size, module.layers, list(module.features)) == (10, 1, ["probs"])
     assert cfg.reweight.hypergradient.probe_chains == 0 and cfg.reweight.hypergradient.unroll_steps == 1
     assert isinstance(instantiate(cfg.activation), torch.nn.Sigmoid)
-    assert cfg.prm.head == "token" and cfg.prm.loss_target == "both"
+    assert cfg.prm.head == "token" and cfg.reweight.upper.loss_target == "both"
     assert instantiate(cfg.aggregation).name == "mean"
     upper = upper_optimizer(cfg)
     assert isinstance(upper, torch.optim.AdamW)

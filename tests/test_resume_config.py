@@ -395,3 +395,26 @@ def test_a_reordered_sweep_resumes_each_job_from_its_own_folder(cache):
     overrides = [o for o in common if o != "experiment=smoke"]
     with pytest.raises(ConfigError, match=r"backbone\.seed: 0 -> 1; seed: 0 -> 1\."):
         train(config(*overrides, "seed=1", "resume=true"), run_dir=jobs[0])
+
+
+def test_a_checkpoint_written_before_a_rename_reads_in_todays_keys():
+    from prm.training.state import upgrade_saved_config
+
+    old = {"prm": {"head": "token", "loss_target": "both"}, "reweight": {"upper": {"lr": 1}}}
+    new, notes = upgrade_saved_config(old)
+    assert new == {
+        "prm": {"head": "token", "loss_target": None},
+        "reweight": {"upper": {"lr": 1, "loss_target": "both", "optimizers": None, "grad_scale": "none"}},
+    }
+    assert old["prm"]["loss_target"] == "both"  # the input is not changed
+    assert notes[0] == "prm.loss_target=both read as reweight.upper.loss_target=both (renamed)"
+    # plain training: no upper node, the old key's value has nowhere to go and nothing is added there
+    plain, notes = upgrade_saved_config({"prm": {"loss_target": "+"}, "reweight": {"upper": None}})
+    assert plain == {"prm": {"loss_target": None}, "reweight": {"upper": None}}
+    assert "dropped" in notes[0]
+    # today's configs pass through unchanged
+    today = {
+        "prm": {"loss_target": None},
+        "reweight": {"upper": {"loss_target": "+", "optimizers": None, "grad_scale": "rms"}},
+    }
+    assert upgrade_saved_config(today) == (today, [])

@@ -9,9 +9,11 @@ from torch import nn
 
 from prm.aggregation import Aggregation
 from prm.bilevel.meta_loss import check_meta_loss, meta_losses
+from prm.config import ConfigError
 from prm.model.prm import StepScores
 from prm.reweight import DomainTable, InstanceNet, InstanceTable, TrainingSet
 from prm.reweight.base import can_be_negative
+from prm.reweight.domain_instance import DomainInstance
 from prm.reweight.instance_table import inverse
 from prm.reweight.report import weight_report, weights_markdown
 
@@ -309,3 +311,105 @@ def test_probe_sampler_draws_depend_on_seed_and_step_only():
     assert set(shares[0]) | set(shares[1]) <= set(
         sum(ProbeSampler(chains, ["x"], collate, 5, 8, 7).draw(3), [])
     )
+
+
+# ------------------------------------------------------------------ domain x instance (two parameter groups)
+
+
+def test_domain_instance_weight_is_the_domain_weight_times_the_instance_weight():
+    table = DomainInstance(SET, nn.Softplus(), initialization=1.0)
+    assert torch.equal(table(batch(), None, None), torch.ones(4))  # both factors start at 1
+    with torch.no_grad():
+        table.domain.theta.copy_(torch.tensor([1.0, -1.0]))
+        table.instance.theta.copy_(torch.tensor([0.0, 2.0, -1.0, 0.5]))
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    domain = [softplus(1.0) / ((softplus(1.0) + softplus(-1.0)) / 2)]
+    domain.append(softplus(-1.0) / ((softplus(1.0) + softplus(-1.0)) / 2))
+    instance = [softplus(x) for x in (0.0, 2.0, -1.0, 0.5)]
+    expected = [
+        domain[0] * instance[0],
+        domain[0] * instance[1],
+        domain[1] * instance[2],
+        domain[1] * instance[3],
+    ]
+    assert table(batch(), None, None).tolist() == pytest.approx(expected, rel=1e-6)
+    assert table.instance_weights().tolist() == pytest.approx(expected, rel=1e-6)
+    assert table.domain_weights() == pytest.approx({"clean": domain[0], "noisy": domain[1]}, rel=1e-6)
+    # a batch of instances 3 and 0, in that order
+    assert table(batch(instances=(3, 0), domains=(1, 0)), None, None).tolist() == pytest.approx(
+        [expected[3], expected[0]], rel=1e-6
+    )
+
+
+def test_domain_instance_declares_a_dense_and_a_sparse_group():
+    table = DomainInstance(SET, nn.Softplus())
+    groups = table.parameter_groups()
+    assert [(g.name, g.sparse) for g in groups] == [("domain", False), ("instance", True)]
+    assert groups[0].parameters == (table.domain.theta,) and groups[1].parameters == (table.instance.theta,)
+    assert [(g.name, g.sparse) for g in InstanceTable(SET, nn.Softplus()).parameter_groups()] == [
+        ("weights", True)
+    ]
+    assert [(g.name, g.sparse) for g in DomainTable(SET).parameter_groups()] == [("weights", False)]
+
+
+def test_domain_strategies_need_two_domains():
+    one = TrainingSet(ids=["a", "b"], domains=["only"], instance_domain=[0, 0])
+    for build, name in (
+        (lambda: DomainTable(one), "domain_table"),
+        (lambda: DomainInstance(one, nn.Softplus()), "domain_instance"),
+    ):
+        with pytest.raises(ConfigError, match=f"reweight={name} needs at least two training domains"):
+            build()
+
+
+def test_upper_step_moves_every_domain_entry_and_only_the_sampled_instance_rows():
+    """The upper problem's step with one optimiser per group (AdamW on the domain table, SparseAdam on
+    the instance rows), as conf/reweight/domain_instance.yaml builds them."""
+    from betty.configs import Config
+
+    from prm.bilevel.upper import ReweightUpper
+
+    table = DomainInstance(SET, nn.Softplus())
+    optimizers = {"domain": torch.optim.AdamW, "instance": torch.optim.SparseAdam}
+    upper = ReweightUpper(
+        name="reweight",
+        config=Config(),
+        module=table,
+        optimizer=lambda group: optimizers[group.name](list(group.parameters), lr=0.1),
+        train_data_loader=[],
+        prm=None,
+        aggregation=Aggregation("mean"),
+    )
+    assert set(upper.optimizer.state_dict()) == {"domain", "instance"}
+    start = table.instance.theta.detach().clone()
+    upper.last_metrics = {"loss": 0.0}
+    weights = table(batch(instances=(1, 2), domains=(0, 1)), None, None)
+    (
+        weights * torch.tensor([1.0, 3.0])
+    ).sum().backward()  # a plain sum would leave the domain mean's gradient 0
+    upper.custom_optimizer_step()
+    assert (table.domain.theta != 0).all()  # dense: every domain entry moves
+    assert torch.equal(table.instance.theta[[0, 3]], start[[0, 3]])  # sparse: unsampled rows stay
+    assert (table.instance.theta[[1, 2]] != start[[1, 2]]).all()
+    assert set(upper.last_metrics) >= {"nonfinite_steps", "grad_norm", "weight/clean", "weight/noisy"}
+
+
+def test_each_group_gets_its_configured_optimiser_and_an_undeclared_group_is_refused():
+    from omegaconf import OmegaConf
+
+    from prm.training.problems import group_optimizers
+
+    table = DomainInstance(SET, nn.Softplus())
+    adamw = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.01}
+    sparse = {"_target_": "torch.optim.SparseAdam", "_partial_": True, "lr": 0.1}
+    build = group_optimizers(
+        OmegaConf.create({"optimizer": adamw, "optimizers": {"instance": sparse}}), table
+    )
+    domain, instance = (build(group) for group in table.parameter_groups())
+    assert type(domain) is torch.optim.AdamW and domain.param_groups[0]["lr"] == 0.01
+    assert type(instance) is torch.optim.SparseAdam and instance.param_groups[0]["lr"] == 0.1
+    typo = OmegaConf.create({"optimizer": adamw, "optimizers": {"instances": sparse}})
+    with pytest.raises(
+        ConfigError, match="optimizers.instances: DomainInstance has no parameter group 'instances'"
+    ):
+        group_optimizers(typo, table)

@@ -69,7 +69,9 @@ def test_override_names_follow_the_checkout():
     assert keys["upper_lr"] == (
         "reweight.upper.optimizer.lr" if "optimizer" in upper else "reweight.upper.lr"
     )
-    assert set(study.UPPER_LR) == {"domain_table", "instance_table", "instance_net"}
+    assert set(study.UPPER_LR) == {"domain_table", "instance_table", "instance_net", "domain_instance"}
+    groups = OmegaConf.load(study.ROOT / "conf" / "reweight" / "domain_instance.yaml").upper.optimizers
+    assert keys["instance_lr"] == "reweight.upper.optimizers.instance.lr" and "lr" in groups.instance
 
 
 def test_oracle_train_files_drop_corrupted_chains_or_their_domains(tmp_path):

@@ -346,7 +346,7 @@ def test_darts_perturbed_passes_build_no_prm_graph_and_keep_the_exact_hypergradi
     run_engine(lower, upper, steps=1)
     # lower step (graph), meta forward (graph: the meta gradient), DARTS +eps and -eps (no graph)
     assert grad_enabled == [True, True, False, False]
-    assert lower.graph_free is False  # reset after the hypergradient
+    assert lower.is_graph_free is False  # reset after the hypergradient
     expected = analytic_hypergradient(prm, reweighter, lower_batch, meta_batch)
     for got, want in zip(seen[0], expected):
         assert want.abs().max() > 1e-6

@@ -282,7 +282,7 @@ def test_evaluate_reads_published_test_formats(cache):
     assert not (run / "eval_refused" / "processbench.json").exists()
 
 
-@pytest.mark.parametrize("strategy", ["domain_table", "instance_table", "instance_net"])
+@pytest.mark.parametrize("strategy", ["domain_table", "instance_table", "instance_net", "domain_instance"])
 def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
     from prm.training import train
 
@@ -318,6 +318,14 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
             assert path[-1][f"reweight/weight/{domain}"] == pytest.approx(value, abs=1e-6)
     state = load_training_state(latest_checkpoint(full))
     assert state["upper"]["steps"] == 2
+    if strategy == "domain_instance":  # one optimiser and schedule per group: AdamW domain, SparseAdam rows
+        assert set(state["upper"]["optimizer"]) == {"domain", "instance"} == set(state["upper"]["scheduler"])
+        assert sum(report["domain_weights"].values()) / 3 == pytest.approx(1.0)
+        assert state["upper"]["module"]["domain.theta"].abs().min() > 0  # every domain entry moved
+        rows = state["upper"]["module"]["instance.theta"]
+        start = rows.unique(return_counts=True)
+        moved_rows = int((rows != start[0][start[1].argmax()]).sum())
+        assert 0 < moved_rows <= 8  # two upper steps of 4 chains each: only sampled rows moved
     if strategy != "instance_net":
         assert (latest_checkpoint(full) / "weights.json").exists()
 
@@ -331,6 +339,14 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         assert torch.equal(a[key], b[key]), key
     for key, value in weights(latest_checkpoint(full)).items():
         assert torch.equal(value, weights(latest_checkpoint(interrupted))[key]), key
+    if strategy == "domain_instance":  # each group's optimiser state resumed exactly too
+        a = load_training_state(latest_checkpoint(full))["upper"]["optimizer"]
+        b = load_training_state(latest_checkpoint(interrupted))["upper"]["optimizer"]
+        for group in ("domain", "instance"):
+            for index, moments in a[group]["state"].items():
+                for name, value in moments.items():
+                    resumed = b[group]["state"][index][name]
+                    assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed)), (group, name)
 
 
 @pytest.mark.parametrize("strategy", ["small_loss", "oracle"])

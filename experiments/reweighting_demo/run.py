@@ -14,7 +14,8 @@
    ``reweight=none`` run of N steps that every run continues from;
 2. from that checkpoint (or from scratch), for every seed, the same budget of lower steps with each strategy:
    ``none`` (plain training continued), ``small_loss`` (``reweight=small_loss``: small-loss filtering,
-   a baseline without a meta set), ``domain_table``, ``instance_table``, ``instance_net``, and
+   a baseline without a meta set), ``domain_table``, ``instance_table``, ``instance_net``,
+   ``domain_instance`` (domain weight x instance weight), and
    ``oracle`` (plain training without the corrupted chains: perfect weights);
 3. every run evaluated by ``evaluate.py`` on the data's best-of-N test set.
 
@@ -50,7 +51,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's prm, not another installed copy
-STRATEGIES = ("none", "small_loss", "domain_table", "instance_table", "instance_net", "oracle")
+STRATEGIES = (
+    "none",
+    "small_loss",
+    "domain_table",
+    "instance_table",
+    "instance_net",
+    "domain_instance",
+    "oracle",
+)
 # Baselines that learn nothing (reweight=<name>, no meta loss, no upper level): small-loss filtering.
 BASELINES = ("small_loss",)
 # "oracle_domain" (on request, --strategies): plain training without every domain that holds a
@@ -65,6 +74,7 @@ def override_names() -> dict[str, str]:
 
     return {
         "upper_lr": "reweight.upper.optimizer.lr",
+        "instance_lr": "reweight.upper.optimizers.instance.lr",  # domain_instance's instance table
         "upper_batch": "reweight.upper.batch_size",
         "steps": "train.steps",
         "save_every": "train.save_every",
@@ -83,10 +93,10 @@ KEYS = override_names()
 # does); on demo_shift (arithmetic slips labelled as right) min 0.79, last 0.77, mean 0.69, prod 0.34
 # (prod points at the wrong chains); on demo_shift_hard min 0.80, prod 0.38.
 META_AGGREGATION = {"demo": "prod", "demo_shift": "min", "demo_shift_hard": "min", "demo_scatter": "min"}
-# The meta loss's target (prm.loss_target), by data: on demo_scatter_mixed (flipped or shifted labels
-# over every domain) the step-level meta loss carries the signal (g_i . G AUROC at plain training's
-# end: steps 0.82, prod + 0.80, min + 0.45, mean + 0.18); on demo_scatter (false positives) "+" with
-# min (min + 0.71, last + 0.71, steps 0.67, prod + 0.37).
+# The meta loss's target (reweight.upper.loss_target), by data: on demo_scatter_mixed (flipped or
+# shifted labels over every domain) the step-level meta loss carries the signal (g_i . G AUROC at
+# plain training's end: steps 0.82, prod + 0.80, min + 0.45, mean + 0.18); on demo_scatter (false
+# positives) "+" with min (min + 0.71, last + 0.71, steps 0.67, prod + 0.37).
 META_TARGET = {"demo_scatter_mixed": "steps"}
 # Cold-start lengths the measured tables used (demo's earlier study: 3000; demo_shift: 1500;
 # demo_shift_hard: none, every run from scratch: a cold start on the full mixture has already taken
@@ -95,14 +105,24 @@ SCATTERED = ("demo_scatter", "demo_scatter_mixed", "demo_clean")
 COLDSTART_STEPS = {"demo": 3000, "demo_shift": 1500, "demo_shift_hard": 0, **dict.fromkeys(SCATTERED, 0)}
 # Lower steps of each run (after the cold start, or from scratch).
 STEPS = {"demo": 400, "demo_shift": 400, "demo_shift_hard": 1500, **dict.fromkeys(SCATTERED, 1500)}
-UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3}
+# domain_instance: the lr of its domain group (reweight.upper.optimizer); its instance group's lr
+# follows instance_table's by data (UPPER_EXTRA_BY_DATA). Not measured yet: the two tables' settings.
+UPPER_LR = {"domain_table": 0.01, "instance_table": 0.1, "instance_net": 1e-3, "domain_instance": 0.01}
 # From scratch the weights must move within the first few hundred steps, before the bad data's harm
 # is done: domain table 0.05 (at 0.01 the noisy domain's weight fell too late: 60.25% best-of-N
 # against 67.25% at 0.05, seed 0), instance table 0.5.
 UPPER_LR_BY_DATA = {
-    "demo_shift_hard": {"domain_table": 0.05, "instance_table": 0.5, "instance_net": 1e-3},
+    "demo_shift_hard": {
+        "domain_table": 0.05,
+        "instance_table": 0.5,
+        "instance_net": 1e-3,
+        "domain_instance": 0.05,
+    },
     # scattered regimes: the instance strategies' own defaults (conf/reweight/*.yaml, measured here)
-    **dict.fromkeys(SCATTERED, {"domain_table": 0.05, "instance_table": None, "instance_net": None}),
+    **dict.fromkeys(
+        SCATTERED,
+        {"domain_table": 0.05, "instance_table": None, "instance_net": None, "domain_instance": 0.05},
+    ),
 }
 UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 # From scratch the DARTS signal fades as the PRM's own (cosine) learning rate goes to 0, and Adam's
@@ -110,7 +130,13 @@ UPPER_EXTRA = {"instance_net": ["activation=softplus"]}
 # climbed from ~0.05 back to ~1 in the last 200 steps. A cosine upper schedule keeps it down
 # (0.03-0.07 at the end) at about the same accuracy (measured for the domain table).
 UPPER_EXTRA_BY_DATA = {
-    name: {"domain_table": ["reweight.upper.schedule.name=cosine"]}
+    name: {
+        "domain_table": ["reweight.upper.schedule.name=cosine"],
+        "domain_instance": [
+            "reweight.upper.schedule.name=cosine",
+            *([f"{KEYS['instance_lr']}=0.5"] if name == "demo_shift_hard" else []),
+        ],
+    }
     for name in ("demo_shift_hard", *SCATTERED)
 }
 
@@ -415,7 +441,7 @@ def main() -> None:
         "--meta-target",
         default=None,
         choices=["+", "both", "steps"],
-        help=f"target of the meta loss, prm.loss_target (default: by data, {META_TARGET}, else +)",
+        help=f"target of the meta loss, reweight.upper.loss_target (default: by data, {META_TARGET}, else +)",
     )
     parser.add_argument("--upper-batch", type=int, default=None, help="meta chains per upper step")
     parser.add_argument(
@@ -487,7 +513,7 @@ def main() -> None:
             elif strategy not in ("none", *BASELINES):
                 overrides += [
                     f"aggregation={args.meta_aggregation}",
-                    *([f"prm.loss_target={args.meta_target}"] if args.meta_target != "+" else []),
+                    *([f"reweight.upper.loss_target={args.meta_target}"] if args.meta_target != "+" else []),
                     *([f"{KEYS['upper_lr']}={upper_lr[strategy]}"] if upper_lr[strategy] is not None else []),
                     *UPPER_EXTRA.get(strategy, []),
                     *UPPER_EXTRA_BY_DATA.get(args.data, {}).get(strategy, []),

@@ -10,8 +10,9 @@
   exactly, not by subtracting (which leaves rounding error, large in bf16).
 
 - DARTS differentiates the lower problem's loss at the perturbed parameters only with respect to the
-  upper parameters, through the weights; the lower problem is told (``graph_free``) so its PRM forward
-  runs without an autograd graph. Neumann, CG and SAMA need second derivatives and keep it.
+  upper parameters, through the weights; its passes run inside the lower problem's ``graph_free()``
+  block (PRMLower.graph_free), so its PRM forward runs without an autograd graph. Neumann, CG and
+  SAMA need second derivatives and keep it.
 
 - With ``reweight.hypergradient.probe_chains`` DARTS' perturbed passes run over a fresh draw of
   training chains instead of the lower problem's current batch (prm/bilevel/probe.py).
@@ -25,7 +26,7 @@ one without ZeRO-3 it is Betty's function unchanged (the suite's own for ``cg``)
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -109,23 +110,12 @@ def _probe(problem, enabled: bool):
         problem.cur_batch = current
 
 
-@contextmanager
-def _graph_free(problem, enabled: bool):
-    """Set ``problem.graph_free`` (read by PRMLower.training_step) for the duration."""
-    previous = getattr(problem, "graph_free", False)
-    problem.graph_free = enabled
-    try:
-        yield
-    finally:
-        problem.graph_free = previous
-
-
 def _rank_averaged(fn, name: str):
     def averaged(vector, curr, prev, sync):
         if dist.is_initialized() and dist.get_world_size() > 1:
             vector = [v.detach().clone() for v in vector]
             average(vector)
-        with _graph_free(curr, name == "darts"), _probe(curr, name == "darts"):
+        with curr.graph_free() if name == "darts" else nullcontext(), _probe(curr, name == "darts"):
             if name == "darts" and _is_zero3(curr):
                 return darts_zero3(vector, curr, prev, sync)
             if _is_zero3(curr):

@@ -20,7 +20,7 @@ TARGETS = ("+", "both", "steps")
 
 def check_meta_loss(aggregation: Aggregation, target: str) -> None:
     if target not in TARGETS:
-        raise ValueError(f"prm.loss_target must be one of {TARGETS}, got {target!r}")
+        raise ValueError(f"reweight.upper.loss_target must be one of {TARGETS}, got {target!r}")
     if target != "steps" and not aggregation.is_probability:
         raise ValueError(
             f"aggregation={aggregation.name} is not a probability, so (p - y)^2 has no meaning; "
@@ -49,7 +49,7 @@ def step_meta_losses(prm, scores, batch: dict) -> torch.Tensor:
     if not bool(has_label.all()):
         missing = [chain for chain, ok in zip(batch["ids"], has_label.tolist()) if not ok]
         raise ValueError(
-            f"prm.loss_target=steps needs the first wrong step of every meta chain; meta chain "
-            f"{missing[0]!r} has no first_error (use prm.loss_target=+ on this meta set)"
+            f"reweight.upper.loss_target=steps needs the first wrong step of every meta chain; meta chain "
+            f"{missing[0]!r} has no first_error (use reweight.upper.loss_target=+ on this meta set)"
         )
     return losses.float()

@@ -1,15 +1,16 @@
 """The upper problem: the reweighter, tuned so the PRM does well on the meta set (a Betty ImplicitProblem).
 
-Its loss is the meta loss of the *lower* problem's PRM on a meta batch; the reweighter's parameters
-get their gradient through Betty's hypergradient (``Config.type`` of the lower problem: darts,
-neumann, cg or sama), never directly. Two things are ours:
+Its loss is the meta loss of the *lower* problem's PRM (given to the constructor as ``prm``) on a meta
+batch; the reweighter's parameters get their gradient through Betty's hypergradient (``Config.type``
+of the lower problem: darts, neumann, cg or sama), never directly. Precision, the non-finite guard,
+the schedule and the metrics window are the shared base's (prm/bilevel/problem.py). Its own:
 
+- one optimiser per parameter group the reweighter declares (:meth:`Reweighter.parameter_groups`),
+  each with its own schedule (prm/bilevel/groups.py); a sparse group's gradients are handed to its
+  optimiser as sparse tensors (torch's ``SparseAdam`` then steps only the rows that have a gradient:
+  instances of the batch the hypergradient used), so unsampled weights stay where they are;
 - ``grad_scale="rms"`` (``reweight.upper.grad_scale``) divides the hypergradient by the RMS of its
   non-zero entries before the step (:func:`rms_scale`), for SGD on tables;
-- tables with ``sparse_rows`` step with torch's ``SparseAdam`` on the rows that have a gradient
-  (only instances of the batch the hypergradient used), so unsampled weights stay where they are;
-- the schedule is built with the problem and steps once per upper step (``param_callback``), as in
-  the lower problem;
 - a hypergradient that is not finite (e.g. after a non-finite lower step) is not applied: the step is
   skipped and counted (``reweight/nonfinite_steps``), and too many in a row stop the run;
 - with several ranks the gradient is averaged over them before the step, so the replicated
@@ -20,15 +21,17 @@ neumann, cg or sama), never directly. Two things are ours:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from betty.problems import ImplicitProblem
 
+from prm.bilevel.groups import GroupedOptimizer, GroupedSchedule, grouped
 from prm.bilevel.meta_loss import meta_losses, step_meta_losses
-from prm.bilevel.nonfinite import NonFiniteGuard
-from prm.device import autocast, to_device
+from prm.bilevel.problem import BilevelProblem
+from prm.config import GradScale, check_choice
+from prm.device import to_device
 from prm.distributed import average
-
-GRAD_SCALES = ("none", "rms")
+from prm.reweight.base import ParameterGroup
 
 
 def rms_scale(grad: torch.Tensor) -> None:
@@ -42,54 +45,64 @@ def rms_scale(grad: torch.Tensor) -> None:
             grad.div_(grad[touched].float().pow(2).mean().sqrt().to(grad.dtype))
 
 
-class ReweightUpper(ImplicitProblem):
+class ReweightUpper(BilevelProblem):
+    """Upper level over the meta set.
+
+    ``module``: the reweighter (a :class:`prm.reweight.Reweighter`); ``prm``: the lower problem's
+    PRM, whose meta loss this problem minimises; ``optimizer``: ``fn(group) -> torch optimiser``,
+    called once per :class:`ParameterGroup` of the reweighter; ``schedule``: ``fn(optimizer) ->
+    LR scheduler`` (or None), once per optimiser; ``aggregation`` and ``loss_target``: the meta loss
+    (prm/bilevel/meta_loss.py); ``grad_scale``: none or rms. Raises ValueError for an unknown
+    ``grad_scale``.
+    """
+
     def __init__(
         self,
         name: str,
         config,
         module,
-        optimizer,
+        optimizer: Callable[[ParameterGroup], torch.optim.Optimizer],
         train_data_loader,
-        lower_name: str,
+        prm,
         aggregation,
         loss_target: str = "+",
         precision: str = "fp32",
-        schedule=None,
+        schedule: Callable | None = None,
         max_nonfinite_steps: int = 10,
         grad_scale: str = "none",
     ):
+        check_choice("reweight.upper.grad_scale", grad_scale, GradScale)
+        self.groups = module.parameter_groups()
+        optimizers = {group.name: optimizer(group) for group in self.groups}
+        schedules = {name: schedule(o) for name, o in optimizers.items()} if schedule is not None else {}
         super().__init__(
-            name=name, config=config, module=module, optimizer=optimizer, train_data_loader=train_data_loader
+            name,
+            config,
+            module,
+            grouped(optimizers, GroupedOptimizer),
+            train_data_loader,
+            precision,
+            grouped(schedules, GroupedSchedule) if schedules else None,
+            max_nonfinite_steps,
         )
-        self.lower_name = lower_name
+        self.lower_prm = prm  # not ``self.prm``: Betty sets each problem on the other under its name
         self.aggregation = aggregation
         self.loss_target = loss_target
-        self.precision_mode = precision
-        self.lr_scheduler = schedule
-        if grad_scale not in GRAD_SCALES:
-            raise ValueError(f"reweight.upper.grad_scale must be one of {GRAD_SCALES}, got {grad_scale!r}")
         self.grad_scale = grad_scale
-        self.nonfinite = NonFiniteGuard(name, max_nonfinite_steps)
-        self.last_metrics: dict[str, float] = {}
         self.steps_taken = 0
 
-    def patch_optimizer(self):
-        if self._strategy not in (None, "default"):
-            raise NotImplementedError(f"Betty strategy {self._strategy!r}: use the distributed config group")
-
     def training_step(self, batch):
-        prm = getattr(self, self.lower_name).module
         batch = to_device(batch, self.device)
-        with autocast(self.device, self.precision_mode):
-            scores = prm(batch)
+        with self.autocast():
+            scores = self.lower_prm(batch)
         if self.loss_target == "steps":
-            losses = step_meta_losses(prm, scores, batch)
+            losses = step_meta_losses(self.lower_prm, scores, batch)
         else:
             losses = meta_losses(
                 scores.probs.float(), scores.mask, batch["chain_label"], self.aggregation, self.loss_target
             )
         loss = losses.mean()
-        self.last_metrics = {"loss": float(loss.detach())}
+        self.record({"loss": float(loss.detach())})
         return loss
 
     def custom_optimizer_step(self, *args, **kwargs):
@@ -109,16 +122,13 @@ class ReweightUpper(ImplicitProblem):
         if self.grad_scale == "rms":
             for grad in grads:
                 rms_scale(grad)
-        if self.module.sparse_rows:
-            for parameter in self.trainable_parameters():
-                if parameter.grad is not None and not parameter.grad.is_sparse:
-                    parameter.grad = parameter.grad.to_sparse()
+        for group in self.groups:
+            if group.sparse:
+                for parameter in group.parameters:
+                    if parameter.grad is not None and not parameter.grad.is_sparse:
+                        parameter.grad = parameter.grad.to_sparse()
         self.optimizer.step()
         # the weights as they move (domain tables: one per domain; cheap), logged every upper step
         domains = self.module.domain_weights()
         if domains:
             self.last_metrics.update({f"weight/{name}": value for name, value in domains.items()})
-
-    def param_callback(self):
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()

@@ -63,7 +63,7 @@ def meta_step_labels(first_error: int, steps: int) -> list[float]:
     """Step labels of a whole-chain-labelled chain whose first wrong step is known: 1 before it, 0 at
     it and after (no continuation of a wrong prefix is right: the convention of Monte Carlo step
     labels, and of the demo's training labels); every step 1 when ``first_error == -1``. What
-    ``prm.loss_target=steps`` (the meta loss on steps) trains against."""
+    ``reweight.upper.loss_target=steps`` (the meta loss on steps) trains against."""
     if first_error < 0:
         return [1.0] * steps
     return [1.0] * first_error + [0.0] * (steps - first_error)

@@ -1,7 +1,8 @@
 """Upper-level parameters of bi-level reweighting: how much each training chain counts.
 
 Every reweighter maps a lower-level batch (plus the PRM's scores and per-example losses) to one
-weight per chain. ``none`` has no module; the others are built from ``conf/reweight/<name>.yaml``:
+weight per chain. ``none`` has no module; the others are built from ``conf/reweight/<name>.yaml``
+(a strategy is one module here plus that YAML: its ``module._target_`` names the class):
 
 - :class:`DomainTable` (DreamPRM): one weight per domain;
 - :class:`InstanceTable` (DreamPRM-1.5): one weight per training instance;
@@ -13,11 +14,20 @@ and two baselines that learn nothing (no upper problem), for the learned weights
 - :class:`Oracle`: drop the chains known to be corrupted (data that says which).
 """
 
-from prm.reweight.base import Reweighter, TrainingSet
+from prm.reweight.base import ParameterGroup, Reweighter, TrainingSet
 from prm.reweight.domain_table import DomainTable
 from prm.reweight.instance_net import InstanceNet
 from prm.reweight.instance_table import InstanceTable
 from prm.reweight.oracle import Oracle
 from prm.reweight.small_loss import SmallLoss
 
-__all__ = ["Reweighter", "TrainingSet", "DomainTable", "InstanceTable", "InstanceNet", "SmallLoss", "Oracle"]
+__all__ = [
+    "Reweighter",
+    "ParameterGroup",
+    "TrainingSet",
+    "DomainTable",
+    "InstanceTable",
+    "InstanceNet",
+    "SmallLoss",
+    "Oracle",
+]

@@ -1,4 +1,5 @@
-"""What every reweighter shares: the training set it weighs, per-batch normalisation, weight reports."""
+"""What every reweighter shares: the training set it weighs, per-batch normalisation, weight reports,
+and the parameter groups the upper level optimises."""
 
 from __future__ import annotations
 
@@ -37,6 +38,22 @@ class TrainingSet:
         )
 
 
+@dataclass(frozen=True)
+class ParameterGroup:
+    """Parameters of a reweighter that the upper level steps with one optimiser.
+
+    ``name``: the group's name; its optimiser is ``reweight.upper.optimizers.<name>`` when the
+    strategy's YAML sets one, else ``reweight.upper.optimizer``. ``sparse``: each row of the
+    parameters moves only when the hypergradient touched it (a table over training instances: its
+    gradients are handed to the optimiser as sparse tensors, for torch's ``SparseAdam``); dense
+    groups step every entry (e.g. a domain table, where every weight depends on every entry).
+    """
+
+    name: str
+    parameters: tuple[nn.Parameter, ...]
+    sparse: bool = False
+
+
 def can_be_negative(activation: nn.Module) -> bool:
     """Whether ``activation`` gives negative outputs for some input (probed on a wide grid)."""
     with torch.no_grad():
@@ -61,8 +78,6 @@ class Reweighter(nn.Module):
     label, so the lower level's effective learning rate does not drift with the weights' scale.
     """
 
-    #: whether the upper optimiser should update only the rows the last hypergradient touched
-    sparse_rows: bool = False
     #: whether instance weights need a forward pass over the data (a net), not just a read (a table)
     needs_data_pass: bool = False
 
@@ -84,6 +99,12 @@ class Reweighter(nn.Module):
             mean = (weights * keep).sum() / keep.sum().clamp(min=1)
             weights = weights / mean.clamp(min=1e-8)
         return weights
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The groups the upper level optimises, one optimiser each: by default one dense group
+        ``weights`` of every parameter. A strategy with sparse rows, or with parts that need
+        optimisers of their own, overrides this."""
+        return [ParameterGroup("weights", tuple(self.parameters()))]
 
     def instance_weights(self) -> torch.Tensor | None:
         """Current weight of every training instance; None where that needs a data pass."""

@@ -13,18 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prm.config import ConfigError
 from prm.reweight.base import Reweighter, TrainingSet
 
 log = logging.getLogger(__name__)
 
 
+def require_domains(training_set: TrainingSet, strategy: str) -> None:
+    """Raises ConfigError when the training set has fewer than two domains: one weight per domain,
+    normalised to mean 1, would stay 1 and the run would silently learn nothing."""
+    if len(training_set.domains) < 2:
+        raise ConfigError(
+            f"reweight={strategy} needs at least two training domains; data.train has "
+            f"{training_set.domains}: use reweight=instance_table or instance_net, or give the chains "
+            "their domains"
+        )
+
+
 class DomainTable(Reweighter):
     """``activation`` is accepted because train.py passes the activation group to every strategy, but
-    the domain weight is always the normalised softplus above; any other activation is reported."""
+    the domain weight is always the normalised softplus above; any other activation is reported.
+    Raises ConfigError for a training set of fewer than two domains (:func:`require_domains`)."""
 
     def __init__(
         self, training_set: TrainingSet, activation: nn.Module | None = None, normalize: str = "none"
     ):
+        require_domains(training_set, "domain_table")
         super().__init__(training_set, normalize)
         if activation is not None and not isinstance(activation, nn.Softplus):
             log.warning(

@@ -3,7 +3,7 @@
 ``initialization`` is the initial *weight* (default 1); theta starts at the activation's inverse of
 it, found by bisection, so the same setting means the same start under every activation.
 
-Only sampled rows move (``sparse_rows``): a table row's gradient is zero unless its chain was in the
+Only sampled rows move (a sparse parameter group): a table row's gradient is zero unless its chain was in the
 batch the hypergradient used, and Adam's momentum or weight decay would otherwise keep moving every
 row at every step (a defect of the published code). The upper problem therefore steps these tables
 with torch's lazy ``SparseAdam`` on the rows with a gradient; there is no weight decay on tables
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prm.reweight.base import Reweighter, TrainingSet, warn_if_negative
+from prm.reweight.base import ParameterGroup, Reweighter, TrainingSet, warn_if_negative
 
 
 def inverse(activation: nn.Module, value: float, low: float = -50.0, high: float = 50.0) -> float:
@@ -40,8 +40,6 @@ def inverse(activation: nn.Module, value: float, low: float = -50.0, high: float
 
 
 class InstanceTable(Reweighter):
-    sparse_rows = True
-
     def __init__(
         self,
         training_set: TrainingSet,
@@ -54,6 +52,10 @@ class InstanceTable(Reweighter):
         self.activation = activation
         start = inverse(activation, float(initialization))
         self.theta = nn.Parameter(torch.full((len(training_set.ids),), start))
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """One sparse group ``weights``: the table's rows (SparseAdam moves only the sampled ones)."""
+        return [ParameterGroup("weights", (self.theta,), sparse=True)]
 
     def raw_weights(self, batch, scores, losses, has_label=None):
         return self.activation(self.theta[batch["instance"].to(self.theta.device)])

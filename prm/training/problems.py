@@ -1,19 +1,23 @@
-"""The Betty problems of a training run, each built complete with its optimiser and schedule, and the engine.
+"""The bi-level step of a training run: the reweighter, the two Betty problems and the engine.
 
-The lower problem is the PRM (``prm``); with ``reweight`` other than none the upper problem is the
-reweighter (``reweight``). Betty's engine sets each problem as an attribute of the other under its
-name, which is how the lower problem reads the reweighter (``PRMLower.reweighter``) and the upper
-problem the PRM (``ReweightUpper.lower_name``). Optimisers and schedules come from the config
-(``train.optimizer``, ``schedule``, ``reweight.upper.optimizer``, ``reweight.upper.schedule``).
+The reweighter comes from ``reweight.module`` (none for reweight=none). The lower problem is the PRM
+(``prm``), handed the reweighter as the callable that weighs its chains. A strategy with an ``upper``
+node learns the weights: the upper problem (``reweight``) holds the reweighter and is handed the
+lower problem's PRM, whose meta loss it minimises; it builds one optimiser per parameter group the
+reweighter declares (``reweight.upper.optimizers.<group>``, else ``reweight.upper.optimizer``), each
+with a schedule from ``reweight.upper.schedule``. The lower problem's optimiser and schedule come from
+``train.optimizer`` and ``schedule``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from betty.configs import Config, EngineConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from prm.bilevel.deepspeed_lower import DeepSpeedLower
@@ -22,17 +26,17 @@ from prm.bilevel.lower import PRMLower
 from prm.bilevel.meta_loss import check_meta_loss
 from prm.bilevel.probe import ProbeSampler
 from prm.bilevel.upper import ReweightUpper
+from prm.config import ConfigError
 from prm.data.dataset import ChainDataset, chain_lengths
 from prm.data.sampling import LengthGroupedSampler, ResumableSampler
 from prm.distributed import deepspeed_config
 from prm.model.lora import trainable_parameters
-from prm.reweight import TrainingSet
+from prm.reweight import ParameterGroup, TrainingSet
 from prm.training.run import TrainingRun
 
 log = logging.getLogger("train")
 
 LOWER, UPPER = "prm", "reweight"
-HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in betty 0.2.1
 
 
 def darts_alpha(configured: float | None, precision: str) -> float:
@@ -45,12 +49,8 @@ def darts_alpha(configured: float | None, precision: str) -> float:
 
 def hypergradient_config(reweight: DictConfig, precision: str = "fp32") -> dict:
     """Betty Config fields of the lower problem that choose and tune the best-response Jacobian.
-    Raises ValueError for an unknown ``reweight.hypergradient.type`` or ``unroll_steps`` < 1."""
+    ``reweight`` has passed :func:`prm.config.validate_train_config` (type known, ``unroll_steps`` >= 1)."""
     h = reweight.hypergradient
-    if h.type not in HYPERGRADIENTS:
-        raise ValueError(f"reweight.hypergradient.type={h.type!r}; expected one of {HYPERGRADIENTS}")
-    if h.unroll_steps < 1:
-        raise ValueError("reweight.hypergradient.unroll_steps must be >= 1")
     return dict(
         type=h.type,
         unroll_steps=h.unroll_steps,
@@ -65,14 +65,17 @@ def hypergradient_config(reweight: DictConfig, precision: str = "fp32") -> dict:
 
 
 def learns_weights(cfg: DictConfig) -> bool:
-    """Whether ``reweight`` is a bi-level strategy (an upper problem learns the weights); none and the
-    baselines (small_loss, oracle: a module without ``upper``) train the PRM alone."""
-    return cfg.reweight.name != "none" and cfg.reweight.get("upper") is not None
+    """Whether ``reweight`` is a bi-level strategy (it has an ``upper`` node: an upper problem learns
+    the weights); none (no module) and the baselines (small_loss, oracle: a module without ``upper``)
+    train the PRM alone."""
+    return cfg.reweight.get("upper") is not None
 
 
 def build_reweighter(run: TrainingRun):
-    """The ``reweight.module`` of the run over its training set (None for reweight=none)."""
-    module = cfg_module(run.cfg)
+    """The ``reweight.module`` of the run over its training set (None for reweight=none). Raises what
+    the strategy raises for a training set it cannot weigh (e.g. domain_table: a ConfigError for fewer
+    than two domains)."""
+    module = run.cfg.reweight.get("module")  # reweight=none has none
     if module is None:
         return None
     extra = {}
@@ -85,14 +88,24 @@ def build_reweighter(run: TrainingRun):
     )
 
 
-def cfg_module(cfg: DictConfig):
-    """The ``reweight.module`` config node (None for reweight=none)."""
-    return None if cfg.reweight.name == "none" else cfg.reweight.get("module")
-
-
 def build_optimizer(node: DictConfig, parameters):
     """``instantiate(node)(parameters)``: a ``_partial_`` optimiser config completed with the parameters."""
     return instantiate(node, _convert_="all")(parameters)
+
+
+def group_optimizers(upper: DictConfig, reweighter) -> Callable[[ParameterGroup], Optimizer]:
+    """``fn(group) -> optimiser`` for the upper problem: ``reweight.upper.optimizers.<group>`` where
+    set, else ``reweight.upper.optimizer``. Raises ConfigError when ``reweight.upper.optimizers``
+    names a group the reweighter does not declare."""
+    by_group = upper.get("optimizers") or {}
+    names = [group.name for group in reweighter.parameter_groups()]
+    unknown = [name for name in by_group if name not in names]
+    if unknown:
+        raise ConfigError(
+            f"reweight.upper.optimizers.{unknown[0]}: {type(reweighter).__name__} has no parameter "
+            f"group {unknown[0]!r}; its groups: {', '.join(names)}"
+        )
+    return lambda group: build_optimizer(by_group.get(group.name) or upper.optimizer, list(group.parameters))
 
 
 def build_schedule(node: DictConfig, optimizer, total_steps: int):
@@ -123,6 +136,15 @@ def chain_loader(
     )
 
 
+def setup_reweighter(run: TrainingRun) -> None:
+    """``run.reweighter`` from ``reweight.module`` (None for reweight=none). A baseline (no upper
+    level) is moved to the run's device here; a learned one moves with the upper problem (Betty)."""
+    run.reweighter = build_reweighter(run)
+    if run.reweighter is not None and not learns_weights(run.cfg):
+        run.reweighter = run.reweighter.to(run.device)
+        log.info("reweighting: %s (a baseline, no upper problem)", run.cfg.reweight.name)
+
+
 def setup_lower(run: TrainingRun) -> None:
     """The PRM as Betty's lower problem, plain or inside a DeepSpeed engine (``distributed=zero*``)."""
     cfg, data = run.cfg, run.data
@@ -139,13 +161,9 @@ def setup_lower(run: TrainingRun) -> None:
         data.domains,
     )
     optimizer = build_optimizer(cfg.train.optimizer, trainable_parameters(run.prm))  # LoRA: adapters only
-    common = dict(name=LOWER, train_data_loader=loader, precision=cfg.train.precision)
-    if reweighting:
-        common.update(reweighter=UPPER)
-    elif cfg_module(cfg) is not None:  # a baseline: the lower problem calls the module itself
-        run.reweighter = build_reweighter(run).to(run.device)
-        common.update(reweighter=run.reweighter)
-        log.info("reweighting: %s (a baseline, no upper problem)", cfg.reweight.name)
+    common = dict(
+        name=LOWER, train_data_loader=loader, precision=cfg.train.precision, reweighter=run.reweighter
+    )
     if not run.world.deepspeed:
         run.lower = PRMLower(
             module=run.prm,
@@ -209,26 +227,24 @@ def setup_upper(run: TrainingRun) -> None:
     cfg, data = run.cfg, run.data
     if not learns_weights(cfg):
         return
-    check_meta_loss(run.aggregation, cfg.prm.loss_target)
     upper = cfg.reweight.upper
-    reweighter = run.reweighter = build_reweighter(run)
-    optimizer = build_optimizer(upper.optimizer, list(reweighter.parameters()))
+    check_meta_loss(run.aggregation, upper.loss_target)
     hyper = cfg.reweight.hypergradient
     upper_steps = max(1, (cfg.train.steps - hyper.get("warmup_steps", 0)) // hyper.unroll_steps)
     seed = cfg.seed + 1 if upper.sampler_seed is None else upper.sampler_seed
     start = run.state["upper"]["steps"] if run.state is not None else 0
     run.upper = ReweightUpper(
         name=UPPER,
-        module=reweighter,
-        optimizer=optimizer,
-        schedule=build_schedule(upper.schedule, optimizer, upper_steps),
+        module=run.reweighter,
+        optimizer=group_optimizers(upper, run.reweighter),
+        schedule=lambda optimizer: build_schedule(upper.schedule, optimizer, upper_steps),
         train_data_loader=chain_loader(run, data.meta_chains, upper.batch_size, seed, start),
-        lower_name=LOWER,
+        prm=run.lower.module,
         aggregation=run.aggregation,
-        loss_target=cfg.prm.loss_target,
+        loss_target=upper.loss_target,
         precision=cfg.train.precision,
         max_nonfinite_steps=cfg.train.max_nonfinite_steps,
-        grad_scale=upper.get("grad_scale", "none"),
+        grad_scale=upper.grad_scale,
         config=Config(gradient_clipping=upper.gradient_clipping, precision="fp32", log_step=-1),
     )
     log.info(
@@ -236,15 +252,16 @@ def setup_upper(run: TrainingRun) -> None:
         cfg.reweight.name,
         cfg.reweight.hypergradient.type,
         cfg.reweight.hypergradient.unroll_steps,
-        cfg.prm.loss_target,
+        upper.loss_target,
         run.aggregation.name,
     )
 
 
 def setup_problems(run: TrainingRun) -> None:
-    """Aggregation, lower problem, upper problem (in this order: the reweighter's initialisation draws
-    from the global generator after the PRM's)."""
+    """Aggregation, reweighter, lower problem, upper problem (the reweighter's initialisation draws
+    from the global generator after the PRM's, which setup_model built)."""
     run.aggregation = instantiate(run.cfg.aggregation)
+    setup_reweighter(run)
     setup_lower(run)
     setup_upper(run)
 

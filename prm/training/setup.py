@@ -100,8 +100,6 @@ def setup_data(run: TrainingRun) -> None:
 
     Raises:
         PreflightError / RecordError (user errors): a record fails a check.
-        ConfigError: ``reweight=domain_table`` with fewer than two training domains (one weight per
-            domain, normalised to mean 1, would stay 1: the run would silently do nothing).
     """
     data = instantiate(run.cfg.data)
     records, report = preflight(data, run.backbone, ("train", "meta"))
@@ -116,11 +114,6 @@ def setup_data(run: TrainingRun) -> None:
         )
     train_chains, meta_chains = records["train"], records["meta"]
     domains = sorted({chain.domain for chain in train_chains})
-    if run.cfg.reweight.name == "domain_table" and len(domains) < 2:
-        raise ConfigError(
-            f"reweight=domain_table needs at least two training domains; data.train has {domains}: "
-            "use reweight=instance_table or instance_net, or give the chains their domains"
-        )
     run.data = TrainingData(data, train_chains, meta_chains, domains)
     run.collator = PRMCollator(run.backbone, data.max_length, data.packing)
     log.info(

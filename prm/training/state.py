@@ -83,7 +83,58 @@ RESULT_NEUTRAL_KEYS: dict[str, str] = {
 # hyperparameters (lr, betas, weight decay, ... are in their state) and the schedules' state (StepLR
 # keeps its step_size and gamma; a schedule of another kind cannot load it). resume_allow_changes
 # does not accept them; backbone.path=<checkpoint> starts a new run from the weights instead.
-FIXED_ON_RESUME = ("train.optimizer", "schedule", "reweight.upper.optimizer", "reweight.upper.schedule")
+FIXED_ON_RESUME = (
+    "train.optimizer",
+    "schedule",
+    "reweight.upper.optimizer",
+    "reweight.upper.optimizers",
+    "reweight.upper.schedule",
+)
+
+
+# Keys renamed since older checkpoints were written: old dotted key -> new one. A resume reads the old
+# value under the new key (when the new key's parent exists in that config), then compares as usual.
+MOVED_KEYS = {"prm.loss_target": "reweight.upper.loss_target"}
+# Keys added since, with the value that reproduces what the older code did when the key did not exist;
+# a checkpoint without the key is read as holding that value (only where the parent node exists).
+ADDED_KEYS: dict[str, Any] = {
+    "prm.loss_target": None,
+    "reweight.upper.optimizers": None,
+    "reweight.upper.grad_scale": "none",
+}
+
+
+def upgrade_saved_config(old: dict) -> tuple[dict, list[str]]:
+    """``old`` (a checkpoint's ``config.yaml`` as a plain dict) in today's key names: the values of
+    :data:`MOVED_KEYS` moved (the old key keeps ``None``, its placeholder), :data:`ADDED_KEYS`
+    filled in. Returns (a new dict, one line per upgrade for the log); ``old`` is not changed."""
+    config = json.loads(json.dumps(old, default=str))
+    notes = []
+
+    def parent(node: dict, key: str) -> tuple[dict | None, str]:
+        *path, last = key.split(".")
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return (node if isinstance(node, dict) else None), last
+
+    for source, target in MOVED_KEYS.items():
+        here, name = parent(config, source)
+        there, new_name = parent(config, target)
+        if here is None or here.get(name) is None:
+            continue
+        value = here[name]
+        here[name] = None
+        if there is not None and new_name not in there:
+            there[new_name] = value
+            notes.append(f"{source}={value} read as {target}={value} (renamed)")
+        else:
+            notes.append(f"{source}={value} dropped (renamed to {target}, which this config has no use for)")
+    for key, value in ADDED_KEYS.items():
+        node, name = parent(config, key)
+        if node is not None and name not in node:
+            node[name] = value
+            notes.append(f"{key} absent, read as {value!r} (added later, the older behaviour)")
+    return config, notes
 
 
 class _Absent:
@@ -268,7 +319,9 @@ def check_resume_config(cfg: DictConfig, checkpoint: Path | None) -> dict | None
             f"{checkpoint}: no config.yaml, so resume cannot check that it continues the same run (not "
             f"a checkpoint written by train.py); backbone.path={checkpoint} starts a new run from it"
         )
-    old = _plain(OmegaConf.load(saved), str(saved))
+    old, upgrades = upgrade_saved_config(_plain(OmegaConf.load(saved), str(saved)))
+    if upgrades:
+        log.info("resume: %s was written by an older version: %s", checkpoint, "; ".join(upgrades))
     new = _plain(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)), "the config")
     changes = compare_resume_configs(old, new, allow, str(checkpoint))
     step, steps = checkpoint_step(checkpoint), int(cfg.train.steps)
@@ -400,7 +453,10 @@ def restore(run: TrainingRun) -> None:
         run.reweighter.load_state_dict(state["reweighter"])
     if run.resumed is not None and run.resumed["changes"]:  # e.g. train.steps: the new schedule from here
         lower_schedule = lower.engine.lr_scheduler if run.world.deepspeed else lower.lr_scheduler
-        for scheduler in [lower_schedule] + ([upper.lr_scheduler] if upper is not None else []):
+        upper_schedules = (
+            [] if upper is None else getattr(upper.lr_scheduler, "schedules", [upper.lr_scheduler])
+        )
+        for scheduler in [lower_schedule, *upper_schedules]:  # a GroupedSchedule: one per parameter group
             continue_schedule(scheduler)
     set_rng_state(state["rng"])
     log.info("resumed from %s at step %d of %d", run.checkpoint, run.start_step, run.cfg.train.steps)
