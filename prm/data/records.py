@@ -110,3 +110,109 @@ class BestOfNProblem:
 
 RECORD_TYPES: dict[str, type] = {cls.kind: cls for cls in (StepChain, LabelledChain, BestOfNProblem)}
 Record = StepChain | LabelledChain | BestOfNProblem
+
+
+# Step-level benchmarks. Their records are scored, never trained on, so they are not native record
+# kinds (RECORD_TYPES): readers build them and prm.evaluation scores them.
+
+PRMBENCH_CLASSES: tuple[str, ...] = (
+    "redundency",
+    "circular",
+    "counterfactual",
+    "step_contradiction",
+    "domain_inconsistency",
+    "confidence",
+    "missing_condition",
+    "deception",
+    "multi_solutions",
+)
+"""PRMBench's nine error classes, spelled as in its published ``classification`` field (sic)."""
+
+PRMBENCH_CORRECT = "correct"
+"""The class of an unmodified PRMBench process (its ``original_process``), which the reference
+evaluation adds once per problem; it has no erroneous step."""
+
+
+@dataclass
+class PRMBenchRecord:
+    """One PRMBench chain: a question, a process (its steps), the erroneous steps and the error class.
+
+    ``error_steps`` are 0-based step indices; the published JSONL numbers them from 1, so a reader
+    subtracts 1. ``classification`` is one of :data:`PRMBENCH_CLASSES` or :data:`PRMBENCH_CORRECT`.
+    Raises ValueError naming the record for an unknown class or an error step outside the process.
+    """
+
+    id: str
+    question: str
+    steps: list[str]
+    error_steps: list[int]
+    classification: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.classification not in (*PRMBENCH_CLASSES, PRMBENCH_CORRECT):
+            raise ValueError(
+                f"PRMBench record {self.id!r}: classification {self.classification!r} is not one of "
+                f"{', '.join((*PRMBENCH_CLASSES, PRMBENCH_CORRECT))}"
+            )
+        for step in self.error_steps:
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(self.steps):
+                raise ValueError(
+                    f"PRMBench record {self.id!r}: error step {step!r} is not a 0-based index of its "
+                    f"{len(self.steps)} steps"
+                )
+
+    @property
+    def step_correct(self) -> list[bool]:
+        """Per step: True when the step is not an error step."""
+        errors = set(self.error_steps)
+        return [index not in errors for index in range(len(self.steps))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+VISUALPROCESSBENCH_LABELS: dict[int, bool | None] = {1: True, 0: None, -1: False}
+"""VisualProcessBench's ``process_correctness`` values: 1 correct, 0 neutral (no reasoning, left out
+of the F1), -1 incorrect; mapped to the step's correctness (None: not counted)."""
+
+
+@dataclass
+class VisualProcessBenchRecord:
+    """One VisualProcessBench sample: image paths, question, the response's steps with a human label
+    each (``process_correctness``: 1 / 0 / -1, see :data:`VISUALPROCESSBENCH_LABELS`) and the
+    benchmark the question came from (``data_source``). The published rows have no id; a reader
+    assigns one. Raises ValueError naming the record for a label outside {1, 0, -1} or a count
+    mismatch between steps and labels.
+    """
+
+    id: str
+    question: str
+    steps: list[str]
+    process_correctness: list[int]
+    data_source: str
+    images: list[str] = field(default_factory=list)
+    answer: str | None = None
+    policy_model: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.process_correctness) != len(self.steps):
+            raise ValueError(
+                f"VisualProcessBench record {self.id!r}: {len(self.steps)} steps but "
+                f"{len(self.process_correctness)} process_correctness labels"
+            )
+        for position, label in enumerate(self.process_correctness):
+            if isinstance(label, bool) or label not in VISUALPROCESSBENCH_LABELS:
+                raise ValueError(
+                    f"VisualProcessBench record {self.id!r}: process_correctness {label!r} of step "
+                    f"{position} is not one of 1, 0, -1"
+                )
+
+    @property
+    def step_correct(self) -> list[bool | None]:
+        """Per step: True (label 1), False (label -1) or None (neutral, label 0)."""
+        return [VISUALPROCESSBENCH_LABELS[label] for label in self.process_correctness]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
