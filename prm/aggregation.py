@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prm.config import ConfigError
+from prm.errors import ConfigError
 
 EPS = 1e-6
 

@@ -43,7 +43,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from prm.errors import UserError
+from prm.errors import ConfigError, UserError
 
 HYPERGRADIENTS = ("darts", "neumann", "cg", "sama")  # Betty's reinforce crashes in betty 0.2.1
 SECOND_ORDER_HYPERGRADIENTS = ("neumann", "cg")  # Hessian-vector products: double backward
@@ -52,10 +52,6 @@ LOSS_TARGETS = ("+", "both", "steps")
 # (_check_precision) rather than with the schema's bare list of choices.
 PRECISIONS = ("fp32", "bf16")
 SPLITS = ("train", "meta", "test")  # data.<split>, data.limit.<split>, prm.check's splits=
-
-
-class ConfigError(UserError, ValueError):
-    """A config value or combination that cannot work; the message names the key and what to set."""
 
 
 # ----------------------------------------------------------------------------------------------
