@@ -1,4 +1,6 @@
-"""Fixtures shared by several test modules, and the thread count of a test run.
+"""Fixtures and config helpers shared by several test modules, and the thread count of a test run.
+
+``compose_config`` / ``smoke_config`` are the one way a test composes the Hydra configs under ``conf/``.
 
 ``PRM_TEST_THREADS=N`` runs the tests with N torch threads (``torch.set_num_threads``) and gives the
 entry points the tests start ``OMP_NUM_THREADS=N`` and ``MKL_NUM_THREADS=N`` (where a test sets no
@@ -8,12 +10,16 @@ thread count and ATen's CPU capability (``ATEN_CPU_CAPABILITY`` selects another 
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from PIL import Image
 
 THREADS_VARIABLE = "PRM_TEST_THREADS"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _requested_threads() -> int | None:
@@ -39,6 +45,22 @@ def pytest_report_header(config):
         f"torch {torch.__version__}: {torch.get_num_threads()} threads{source}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
+
+
+def compose_config(*overrides: str, name: str = "config", hydra: bool = False) -> DictConfig:
+    """``conf/<name>.yaml`` (``config``, ``evaluate`` or ``generate``) composed with the command-line
+    ``overrides`` the way its entry point composes it; with ``hydra=True`` the result also holds the
+    ``hydra`` node (launcher, sweeper). Raises hydra's ConfigCompositionException (or the schema's
+    error) for an override that does not compose. Test modules import it: ``from conftest import
+    compose_config``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def smoke_config(*overrides: str) -> DictConfig:
+    """The training config with ``experiment=smoke`` (a tiny model on the demo data, a few CPU
+    seconds) and then ``overrides``."""
+    return compose_config("experiment=smoke", *overrides)
 
 
 @pytest.fixture(scope="session")

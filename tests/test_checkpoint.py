@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from conftest import compose_config
 from safetensors.torch import save_file
 
 from prm.checkpoint import (
@@ -409,16 +410,14 @@ def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path, caplog):
 
 
 def test_resume_after_a_truncated_newest_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    from hydra import compose, initialize_config_dir
     from safetensors.torch import load_file
 
     from train import train
 
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     overrides = ["experiment=smoke", "train.steps=4", "train.save_every=1", "train.validate_every=2"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-        resumed_cfg = compose("config", overrides=[*overrides, "resume=true"])
+    cfg = compose_config(*overrides)
+    resumed_cfg = compose_config(*overrides, "resume=true")
     full = tmp_path / "full"
     train(cfg, run_dir=full)
     final = latest_checkpoint(full)
@@ -449,8 +448,7 @@ def test_resume_after_a_truncated_newest_checkpoint_equals_an_uninterrupted_run(
     first = tmp_path / "first"
     (first / "checkpoints" / ".step-0000001.x").mkdir(parents=True)
     shutil.copy(full / "metrics.jsonl", first / "metrics.jsonl")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        train(compose("config", overrides=[*overrides[:1], "train.steps=1", "resume=true"]), run_dir=first)
+    train(compose_config(*overrides[:1], "train.steps=1", "resume=true"), run_dir=first)
     assert [r["step"] for r in read_metrics(first / "metrics.jsonl")] == [1]
     assert names(first) == [LATEST, "step-0000001"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -45,11 +45,6 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
-
-
-def composed(*overrides: str, hydra: bool = False, name: str = "config"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 # Files for the data configs whose split paths are mandatory (???).
@@ -96,27 +91,27 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("name", [n for n in options("backbone") if n.startswith("tiny_")])
 def test_tiny_backbones_instantiate(name):
-    backbone = instantiate(composed(f"backbone={name}").backbone)
+    backbone = instantiate(compose_config(f"backbone={name}").backbone)
     assert isinstance(backbone, Backbone)
-    assert backbone.family == composed(f"backbone={name}").backbone.family
+    assert backbone.family == compose_config(f"backbone={name}").backbone.family
 
 
 @pytest.mark.parametrize("name", [n for n in options("backbone") if not n.startswith("tiny_")])
 def test_real_backbones_require_a_local_path(name, tmp_path):
-    cfg = composed(f"backbone={name}")
+    cfg = compose_config(f"backbone={name}")
     assert OmegaConf.is_missing(cfg.backbone, "path")
     family = cfg.backbone.family
     # A saved tiny model of the same family stands in for the real checkpoint directory.
-    tiny = instantiate(composed(f"backbone=tiny_{family}").backbone)
+    tiny = instantiate(compose_config(f"backbone=tiny_{family}").backbone)
     tiny.save_pretrained(tmp_path)
-    backbone = instantiate(composed(f"backbone={name}", f"backbone.path={tmp_path}").backbone)
+    backbone = instantiate(compose_config(f"backbone={name}", f"backbone.path={tmp_path}").backbone)
     assert backbone.family == family
     assert backbone.model.dtype == torch.float32  # pretrained weights in fp32 by default
 
 
 @pytest.mark.parametrize("name", options("activation"))
 def test_activations_instantiate(name):
-    activation = instantiate(composed(f"activation={name}").activation)
+    activation = instantiate(compose_config(f"activation={name}").activation)
     values = activation(torch.tensor([-2.0, 0.5, 5.0]))
     assert values.shape == (3,)
 
@@ -129,19 +124,19 @@ def test_activation_values():
         "leaky_relu": [-0.02, 0.5, 5.0],
     }
     for name, values in expected.items():
-        activation = instantiate(composed(f"activation={name}").activation)
+        activation = instantiate(compose_config(f"activation={name}").activation)
         assert torch.allclose(activation(torch.tensor([-2.0, 0.5, 5.0])), torch.tensor(values))
 
 
 @pytest.mark.parametrize("name", options("aggregation"))
 def test_aggregations_instantiate(name):
-    aggregation = instantiate(composed(f"aggregation={name}").aggregation)
+    aggregation = instantiate(compose_config(f"aggregation={name}").aggregation)
     assert isinstance(aggregation, Aggregation) and aggregation.name == name
 
 
 @pytest.mark.parametrize("name", options("schedule"))
 def test_schedules_instantiate(name):
-    make = instantiate(composed(f"schedule={name}").schedule)
+    make = instantiate(compose_config(f"schedule={name}").schedule)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = make(optimizer, total_steps=100)
     for _ in range(100):
@@ -156,7 +151,7 @@ def test_schedules_instantiate(name):
 @pytest.mark.parametrize("name", options("data"))
 def test_data_configs_instantiate_and_load(name, tmp_path, monkeypatch):
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path))
-    cfg = composed(f"data={name}", "experiment=smoke", *DATA_FILES.get(name, []))
+    cfg = compose_config(f"data={name}", "experiment=smoke", *DATA_FILES.get(name, []))
     sources = instantiate(cfg.data)
     assert isinstance(sources, DataSources)
     # Published files ship no images: read them text-only.
@@ -171,7 +166,7 @@ def test_data_configs_instantiate_and_load(name, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", options("logger"))
 def test_loggers_instantiate(name, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    tracker = instantiate(composed(f"logger={name}").logger)
+    tracker = instantiate(compose_config(f"logger={name}").logger)
     assert isinstance(tracker, Tracker)
     tracker.start(tmp_path, {"a": 1})
     tracker.log({"loss": 1.5}, step=1)
@@ -181,17 +176,17 @@ def test_loggers_instantiate(name, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", options("reweight"))
 def test_reweight_options_compose(name):
-    assert composed(f"reweight={name}").reweight.name == name
+    assert compose_config(f"reweight={name}").reweight.name == name
 
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiments_compose(name):
-    cfg = composed(f"experiment={name}")
+    cfg = compose_config(f"experiment={name}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
 def test_hydra_run_and_sweep_dirs():
-    cfg = composed(hydra=True)
+    cfg = compose_config(hydra=True)
     assert cfg.hydra.run.dir.startswith("outputs/")
     assert cfg.hydra.sweep.dir.startswith("multirun/")
 
@@ -209,7 +204,7 @@ def test_file_data_configs_share_the_base_block():
         "trl": ("trl", "auto", "auto"),
     }
     for name, (train, meta, test) in formats.items():
-        data = composed(f"data={name}").data
+        data = compose_config(f"data={name}").data
         assert data._target_ == "prm.data.sources.DataSources" and data.name == name
         assert (data.train_format, data.meta_format, data.test_format) == (train, meta, test)
         assert (data.train, data.meta, data.test, data.image_root) == (None, None, None, None)
@@ -219,7 +214,7 @@ def test_file_data_configs_share_the_base_block():
             16,
             4096,
         )
-    bench = composed("data=processbench").data
+    bench = compose_config("data=processbench").data
     assert (bench.test_format, bench.missing_image, bench.eval_batch_size, bench.max_length) == (
         "processbench",
         "blank",
@@ -229,12 +224,8 @@ def test_file_data_configs_share_the_base_block():
 
 
 def test_llm_client_block_is_shared():
-    def generate(*overrides):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("generate", overrides=list(overrides))
-
-    policy = generate("policy=openai").policy
-    judges = [generate(f"judge={name}").judge for name in ("llm", "rule_then_llm")]
+    policy = compose_config("policy=openai", name="generate").policy
+    judges = [compose_config(f"judge={name}", name="generate").judge for name in ("llm", "rule_then_llm")]
     expected = {
         "_target_": "prm.generate.client.ChatClient",
         "base_url": "http://localhost:8000/v1",
@@ -255,7 +246,7 @@ def test_llm_client_block_is_shared():
 def test_aggregation_files_name_a_registry_entry(name):
     from prm.aggregation import REGISTRY
 
-    node = composed(f"aggregation={name}").aggregation
+    node = compose_config(f"aggregation={name}").aggregation
     assert OmegaConf.to_container(node) == {"_target_": "prm.aggregation.Aggregation", "name": name}
     assert name in REGISTRY
     assert set(options("aggregation")) == set(REGISTRY)
@@ -282,19 +273,19 @@ def test_aggregation_files_name_a_registry_entry(name):
 )
 def test_schema_refuses_at_composition(overrides):
     with pytest.raises(ConfigCompositionException):
-        composed(*overrides)
+        compose_config(*overrides)
 
 
 def test_evaluate_schema_refuses_at_composition():
-    composed("checkpoint=x", name="evaluate")
+    compose_config("checkpoint=x", name="evaluate")
     with pytest.raises(ConfigCompositionException):
-        composed("checkpoint=x", "mdoe=auto", name="evaluate")
+        compose_config("checkpoint=x", "mdoe=auto", name="evaluate")
     with pytest.raises(ConfigCompositionException):
-        composed("checkpoint=x", "processbench.threshold=high", name="evaluate")
+        compose_config("checkpoint=x", "processbench.threshold=high", name="evaluate")
 
 
 def test_schema_accepts_contract_keys_and_new_optimizer_arguments():
-    cfg = composed(
+    cfg = compose_config(
         "train.optimizer.lr=0.01",
         "+train.optimizer.eps=1e-6",
         "optimized_metric=loss",
@@ -308,7 +299,7 @@ def test_schema_accepts_contract_keys_and_new_optimizer_arguments():
     assert cfg.reweight.upper.optimizer._target_ == "torch.optim.SparseAdam"
     assert "weight_decay" not in cfg.reweight.upper.optimizer and cfg.reweight.upper.sampler_seed == 7
     assert cfg.reweight.upper.batch_size == 120  # the instance strategies: a large meta batch (measured)
-    assert composed("reweight=domain_table").reweight.upper.batch_size == cfg.data.batch_size
+    assert compose_config("reweight=domain_table").reweight.upper.batch_size == cfg.data.batch_size
     optimizer = instantiate(cfg.train.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["eps"] == 1e-6
 
@@ -319,7 +310,7 @@ def test_schema_accepts_contract_keys_and_new_optimizer_arguments():
 
 @pytest.mark.parametrize("name", options("data"))
 def test_smoke_composes_with_every_data_option(name):
-    cfg = composed("experiment=smoke", f"data={name}")
+    cfg = compose_config("experiment=smoke", f"data={name}")
     assert cfg.data.name == name and cfg.train.steps == 4
     assert OmegaConf.to_container(cfg.data.limit) == {"train": 48, "meta": 16, "test": 4}
     validate_train_config(cfg)
@@ -327,7 +318,7 @@ def test_smoke_composes_with_every_data_option(name):
 
 def test_data_limit_keeps_an_evenly_spaced_subset_and_says_so(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path))
-    sources = instantiate(composed("experiment=smoke").data)
+    sources = instantiate(compose_config("experiment=smoke").data)
     with caplog.at_level(logging.INFO, logger="prm.data.sources"):
         train = sources.load("train")
     domains = [chain.domain for chain in train]
@@ -451,10 +442,10 @@ BAD_TRAIN = [
 @pytest.mark.parametrize("kind", ["darts", "sama"])
 def test_first_order_hypergradients_take_any_attention_and_compile(kind):
     validate_train_config(
-        composed("reweight=domain_table", f"reweight.hypergradient.type={kind}", "train.compile=true")
+        compose_config("reweight=domain_table", f"reweight.hypergradient.type={kind}", "train.compile=true")
     )
     validate_train_config(
-        composed(
+        compose_config(
             "reweight=domain_table",
             "reweight.hypergradient.type=neumann",
             "backbone.attn_implementation=eager",
@@ -464,7 +455,7 @@ def test_first_order_hypergradients_take_any_attention_and_compile(kind):
 
 @pytest.mark.parametrize("overrides,message", BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN])
 def test_validate_train_config_refuses(overrides, message):
-    cfg = composed(*overrides)
+    cfg = compose_config(*overrides)
     with pytest.raises(ConfigError) as error:
         validate_train_config(cfg)
     assert message in str(error.value)
@@ -475,7 +466,7 @@ def test_validate_train_config_cuda_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device in ("cuda", "cuda:1"):
         with pytest.raises(ConfigError, match=f"train.device={device} but torch sees no CUDA device"):
-            validate_train_config(composed(f"train.device={device}"))
+            validate_train_config(compose_config(f"train.device={device}"))
 
 
 @pytest.mark.parametrize(
@@ -490,7 +481,7 @@ def test_validate_train_config_cuda_without_cuda(monkeypatch):
     + [[f"experiment={name}"] for name in options("experiment")],
 )
 def test_validate_train_config_accepts(overrides):
-    validate_train_config(composed(*overrides))
+    validate_train_config(compose_config(*overrides))
 
 
 BAD_EVALUATE = [
@@ -517,14 +508,14 @@ BAD_EVALUATE = [
 @pytest.mark.parametrize("overrides,message", BAD_EVALUATE, ids=[" ".join(o) for o, _ in BAD_EVALUATE])
 def test_validate_evaluate_config_refuses(overrides, message):
     with pytest.raises(ConfigError) as error:
-        validate_evaluate_config(composed(*overrides, name="evaluate"))
+        validate_evaluate_config(compose_config(*overrides, name="evaluate"))
     assert message in str(error.value)
 
 
 def test_validate_evaluate_config_accepts():
-    validate_evaluate_config(composed("checkpoint=run", name="evaluate"))
+    validate_evaluate_config(compose_config("checkpoint=run", name="evaluate"))
     validate_evaluate_config(
-        composed("checkpoint=run", "data=processbench", "mode=processbench", name="evaluate")
+        compose_config("checkpoint=run", "data=processbench", "mode=processbench", name="evaluate")
     )
 
 
@@ -538,7 +529,7 @@ def test_user_error_exit_prints_one_line_and_exits_2(capsys, monkeypatch):
     @user_error_exit
     def main(steps):
         """main's docstring"""
-        validate_train_config(composed(f"train.steps={steps}"))
+        validate_train_config(compose_config(f"train.steps={steps}"))
         return "ran"
 
     assert main(3) == "ran" and main.__doc__ == "main's docstring"
@@ -634,12 +625,12 @@ def test_each_choice_composes_and_a_bad_value_is_refused(key, name, schema):
         base = ["reweight=instance_table"]  # reweight=none has no upper node
     vocabulary = vocabulary_keys(schema)[key]
     for member in vocabulary:
-        cfg = composed(*base, f"{key}={member.value}", name=name)
+        cfg = compose_config(*base, f"{key}={member.value}", name=name)
         value = OmegaConf.select(cfg, key)
         assert value == member.value and f"{value}" == member.value and member.name == member.value
         refuse_unknown_choices([f"{key}={member.value}"], schema)
     with pytest.raises(ConfigCompositionException) as refused:
-        composed(*base, f"{key}=bogus", name=name)
+        compose_config(*base, f"{key}=bogus", name=name)
     assert f"expected one of [{CHOICES[key]}]" in str(refused.value.__cause__)
     with pytest.raises(ConfigError) as error:
         refuse_unknown_choices([f"{key}=bogus"], schema)

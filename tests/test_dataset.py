@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 
 from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, flatten_candidates, meta_step_labels
 from prm.data.records import LabelledChain, StepChain
@@ -136,7 +137,6 @@ def test_chain_lengths_are_the_collated_lengths_in_the_prompt_layout(family, pro
 
 
 def test_max_length_has_one_default_and_only_demo_sets_its_own():
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from prm.config import DEFAULT_MAX_LENGTH, DataSchema
@@ -149,8 +149,7 @@ def test_max_length_has_one_default_and_only_demo_sets_its_own():
     expected = {name: 512 for name in ("demo", "demo_shift", "demo_shift_hard", "demo_scatter")}
     expected.update(demo_scatter_mixed=512, demo_clean=512)
     names = sorted(p.stem for p in (conf / "data").glob("*.yaml"))
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        for name in names:
-            data = compose("config", overrides=[f"data={name}"]).data
-            assert data.max_length == expected.get(name, DEFAULT_MAX_LENGTH), name
-        assert compose("evaluate", overrides=["data=files"]).data.max_length == DEFAULT_MAX_LENGTH
+    for name in names:
+        data = compose_config(f"data={name}").data
+        assert data.max_length == expected.get(name, DEFAULT_MAX_LENGTH), name
+    assert compose_config("data=files", name="evaluate").data.max_length == DEFAULT_MAX_LENGTH

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 
 from prm.aggregation import AGGREGATIONS, PROBABILITY_VALUED
 from prm.data.records import BestOfNProblem, Candidate
@@ -398,13 +399,6 @@ SHIFT_OVERRIDES = [
 ]
 
 
-def composed(name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(name, overrides=overrides)
-
-
 @pytest.fixture(scope="module")
 def shifted_run(tmp_path_factory):
     """A tiny text-only PRM trained 2 steps on (a small) data=demo_shift_hard; its demo cache folder.
@@ -415,7 +409,7 @@ def shifted_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PRM_CACHE_DIR", str(folder / "cache"))  # resolved into the run's config.yaml
         overrides = ["experiment=smoke", "backbone=tiny_qwen2", "train.steps=2", "logger=none"]
-        train(composed("config", [*overrides, *SHIFT_OVERRIDES]), run_dir=folder / "run")
+        train(compose_config(*overrides, *SHIFT_OVERRIDES), run_dir=folder / "run")
     return folder / "run"
 
 
@@ -423,7 +417,7 @@ def run_evaluate(overrides: list[str], out_dir: Path) -> dict:
     """evaluate() as evaluate.py calls it with these command-line overrides."""
     from prm.evaluation.run import evaluate
 
-    return evaluate(composed("evaluate", overrides), out_dir=out_dir, overrides=overrides)
+    return evaluate(compose_config(*overrides, name="evaluate"), out_dir=out_dir, overrides=overrides)
 
 
 def test_checkpoint_is_evaluated_on_its_own_data_config(shifted_run, tmp_path, caplog):
@@ -620,12 +614,14 @@ def test_data_config_refuses_a_checkpoint_data_node_it_cannot_use(tmp_path):
     checkpoint = tmp_path / "step-0000002"
     checkpoint.mkdir()
     overrides = [f"checkpoint={checkpoint}"]
-    cfg = composed("evaluate", overrides)
+    cfg = compose_config(*overrides, name="evaluate")
     (checkpoint / "config.yaml").write_text("data:\n  name: files\n  test: null\n  max_length: 64\n")
     with pytest.raises(ConfigError, match=r"data=files from .*config.yaml has no test split"):
         data_config(cfg, checkpoint, command_line_overrides(overrides))
     given = [*overrides, "data.test=/some/test.json"]  # the run's data, another test file
-    job, reason = data_config(composed("evaluate", given), checkpoint, command_line_overrides(given))
+    job, reason = data_config(
+        compose_config(*given, name="evaluate"), checkpoint, command_line_overrides(given)
+    )
     assert (job.data.name, job.data.test, job.data.max_length) == ("files", "/some/test.json", 64)
     assert reason.endswith("with data.test=/some/test.json from the command line")
     (checkpoint / "config.yaml").write_text("data:\n  name: files\n  test: t.json\n  max_lenght: 64\n")

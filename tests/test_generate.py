@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
 from prm.data.readers import SeedProblem, read_mmprm, read_mmprm_seeds, read_native
 from prm.generate.client import ChatClient, ServerError
@@ -20,8 +20,6 @@ from prm.generate.judge import Judge, LLMJudge, RuleJudge
 from prm.generate.policy import OpenAIPolicy, SimulatedPolicy, extract_answer
 from prm.generate.run import demo_seeds, grow_trees, in_shard, write_training_files
 from prm.generate.search import MonteCarloLabeller, OmegaPRM, locate_first_error, node_value
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 64, 100])
@@ -342,10 +340,9 @@ def test_client_passes_non_standard_sampling_in_the_body(seeds, server):
     ],
 )
 def test_generate_config_groups_compose(group, options):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for option in options:
-            cfg = compose("generate", overrides=[f"{group}={option}"])
-            assert cfg[group]["_target_"].startswith("prm.generate.")
+    for option in options:
+        cfg = compose_config(f"{group}={option}", name="generate")
+        assert cfg[group]["_target_"].startswith("prm.generate.")
 
 
 def test_seed_problem_reader_round_trip(tmp_path):

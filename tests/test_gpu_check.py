@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.utils import instantiate
 
 from prm.data.dataset import ChainDataset, PRMCollator
@@ -153,8 +153,7 @@ def test_real_size_path_loads_through_the_real_backbone_config(name, tmp_path, i
     )
     backbone_name, counts = gpu_check.materialise(small, "real", "cpu", tmp_path / "model")
     assert backbone_name == name and counts["parameters"] > counts["matmul_parameters"] > 0
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"backbone={name}", f"backbone.path={tmp_path / 'model'}"])
+    cfg = compose_config(f"backbone={name}", f"backbone.path={tmp_path / 'model'}")
     backbone = instantiate(cfg.backbone, prompt=cfg.prompt)
     assert backbone.family == spec.family and backbone.new_token_ids == ()
     chain = StepChain(id="c", question="What is red worth?", steps=["Red is 1.", "So 1."], labels=[1, 1],

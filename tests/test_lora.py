@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_config
 from numerics import assert_close_at_scale
 from PIL import Image
 from safetensors.torch import load_file
-from smoke_runs import PER_BATCH, config
+from smoke_runs import PER_BATCH
 
 from prm.checkpoint import LATEST, latest_checkpoint, load_training_state
 from prm.data.dataset import ChainDataset, PRMCollator
@@ -234,7 +235,7 @@ def test_bilevel_lora_run_trains_resumes_exactly_and_merges(cache):
     from prm.training import train
 
     full = cache / "full"
-    train(config(*BILEVEL), run_dir=full)
+    train(smoke_config(*BILEVEL), run_dir=full)
     final = latest_checkpoint(full)
     assert final.name == "step-0000004"
     assert (final / lora.ADAPTER_CONFIG).is_file() and not (final / "model.safetensors").exists()
@@ -256,7 +257,7 @@ def test_bilevel_lora_run_trains_resumes_exactly_and_merges(cache):
     interrupted = cache / "interrupted"
     shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
-    train(config(*BILEVEL, "resume=true"), run_dir=interrupted)
+    train(smoke_config(*BILEVEL, "resume=true"), run_dir=interrupted)
     resumed = latest_checkpoint(interrupted)
     assert resumed.name == final.name
     for key, value in load_file(resumed / lora.ADAPTER_WEIGHTS).items():
@@ -284,7 +285,7 @@ def test_bilevel_lora_run_trains_resumes_exactly_and_merges(cache):
 def _meta_chains(cache):
     from hydra.utils import instantiate
 
-    return instantiate(config().data).load("meta")
+    return instantiate(smoke_config().data).load("meta")
 
 
 @pytest.mark.slow

@@ -6,23 +6,18 @@ activation and meta lr 5e-3, or instance net with sigmoid, hidden 10 and meta lr
 "both"; lower lr 5e-5 with 5% cosine warmup; bf16; batch 1).
 """
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from prm.aggregation import Aggregation
 from prm.config import validate_train_config
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
-
 
 def preset(name: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}"], return_hydra_config=hydra)
+    return compose_config(f"experiment={name}", hydra=hydra)
 
 
 def parameter():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.utils import instantiate
 from numerics import FLOAT64_PATHS, assert_close_at_scale
 from omegaconf import OmegaConf
@@ -31,11 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCESSBENCH = ROOT / "tests/fixtures/published/processbench_gsm8k_sample.json"
 PROCESSOR_KWARGS = {"internvl": {"crop_to_patches": False}}
 SYSTEM = "Judge each step: + or -."
-
-
-def composed(*overrides: str, name: str = "config"):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
 
 
 def image_file(directory: Path, name: str = "img.png", colour=(200, 30, 30)) -> str:
@@ -150,13 +145,15 @@ def test_prompt_options():
 
 
 def test_prompt_config_group():
-    cfg = composed()
+    cfg = compose_config()
     assert cfg.prompt.name == "marker"
     assert isinstance(instantiate(cfg.prompt), MarkerPrompt)
-    conversation = instantiate(composed("prompt=conversation").prompt)
+    conversation = instantiate(compose_config("prompt=conversation").prompt)
     assert conversation == ConversationPrompt()
     assert conversation.system == DREAMPRM15_SYSTEM  # the YAML holds the published prompt verbatim
-    backbone = instantiate(composed("prompt=conversation", "backbone=tiny_qwen2").backbone, prompt=cfg.prompt)
+    backbone = instantiate(
+        compose_config("prompt=conversation", "backbone=tiny_qwen2").backbone, prompt=cfg.prompt
+    )
     assert isinstance(backbone.prompt, MarkerPrompt)
 
 
@@ -247,7 +244,7 @@ def test_train_in_conversation_layout_and_evaluate_the_checkpoint(tmp_path, monk
         "data.generator.meta_size=8",
         "data.generator.test_problems=4",
     ]
-    cfg = composed(
+    cfg = compose_config(
         "experiment=smoke",
         "backbone=tiny_qwen2",
         "prompt=conversation",
@@ -261,7 +258,7 @@ def test_train_in_conversation_layout_and_evaluate_the_checkpoint(tmp_path, monk
     assert OmegaConf.load(checkpoint / "config.yaml").prompt.name == "conversation"
     assert isinstance(load_prm(checkpoint).backbone.prompt, ConversationPrompt)
     summary = evaluate(
-        composed(f"checkpoint={tmp_path / 'run'}", "data.limit=2", *small, name="evaluate"),
+        compose_config(f"checkpoint={tmp_path / 'run'}", "data.limit=2", *small, name="evaluate"),
         out_dir=tmp_path / "eval",
     )
     assert (tmp_path / "eval" / "best_of_n.json").is_file() and "aggregations" in summary
@@ -324,13 +321,13 @@ def test_evaluate_a_dreamprm15_style_internvl_checkpoint_by_path(tmp_path):
         f"data.test={test_file}",
         "device=cpu",
     ]
-    summary = evaluate(composed(*overrides, name="evaluate"), out_dir=tmp_path / "eval")
+    summary = evaluate(compose_config(*overrides, name="evaluate"), out_dir=tmp_path / "eval")
 
     # The same model loaded by transformers alone, each reply scored as its own prefix. Both paths run
     # in float64: their scores agree to FLOAT64_PATHS of their scale on any CPU (tests/numerics.py).
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float64).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    problems = instantiate(composed(*overrides, name="evaluate").data).load("test")
+    problems = instantiate(compose_config(*overrides, name="evaluate").data).load("test")
     grouped = []
     for problem in problems:
         grouped.append(
@@ -424,12 +421,12 @@ def test_evaluate_a_llama_checkpoint_with_its_own_template(tmp_path):
     model_dir = tmp_path / "llama"
     save_tiny_llama(model_dir)
     overrides = llama_overrides(model_dir, dtype="float64")
-    summary = evaluate(composed(*overrides, name="evaluate"), out_dir=tmp_path / "eval")
+    summary = evaluate(compose_config(*overrides, name="evaluate"), out_dir=tmp_path / "eval")
 
     # Both paths in float64: their scores agree to FLOAT64_PATHS (of scores <= 1) on any CPU.
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    records = instantiate(composed(*overrides, name="evaluate").data).load("test")
+    records = instantiate(compose_config(*overrides, name="evaluate").data).load("test")
     scores = []
     for chain in records:
         messages = by_hand_messages(
@@ -457,9 +454,9 @@ def test_evaluate_a_llama_checkpoint_with_its_own_template(tmp_path):
 )
 def test_evaluate_config_rules(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate_evaluate_config(composed(*overrides, name="evaluate"))
+        validate_evaluate_config(compose_config(*overrides, name="evaluate"))
     validate_evaluate_config(
-        composed("backbone=hf_causal_lm", "backbone.path=x", "prompt=conversation", name="evaluate")
+        compose_config("backbone=hf_causal_lm", "backbone.path=x", "prompt=conversation", name="evaluate")
     )
 
 

@@ -27,9 +27,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import smoke_config
 
-ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-4  # losses, MSE, gradient norms (relative)
 WEIGHT_ATOL = 1e-6  # learned weights (absolute)
 COUNTS = ("val/auroc", "val/accuracy")  # exact, once MARGIN holds
@@ -131,8 +130,7 @@ def test_smoke_figures_reproduce(overrides, expected, tmp_path, monkeypatch):
     monkeypatch.setattr(validation, "chain_metrics", recording)
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=smoke", *overrides])
+    cfg = smoke_config(*overrides)
     train(cfg, run_dir=tmp_path / "run")
     rows = logged(tmp_path / "run")
     assert len(validations) == 2  # steps 2 and 4

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_config
 from omegaconf import OmegaConf
-from smoke_runs import config, weights
+from smoke_runs import weights
 
 from prm.checkpoint import (
     LATEST,
@@ -211,10 +212,10 @@ def test_train_refuses_another_config_before_anything_loads(cache):
     from prm.training import train
 
     run = cache / "run"
-    fake_checkpoint(run, config("train.steps=1"))
+    fake_checkpoint(run, smoke_config("train.steps=1"))
     before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
     with pytest.raises(ConfigError, match=r"seed: 0 -> 1; train\.optimizer\.lr: 0\.001 -> 0\.05\."):
-        train(config("train.steps=1", "resume=true", "seed=1", "train.optimizer.lr=0.05"), run_dir=run)
+        train(smoke_config("train.steps=1", "resume=true", "seed=1", "train.optimizer.lr=0.05"), run_dir=run)
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before  # nothing written
     assert (run / "metrics.jsonl").read_text() == '{"step": 1, "prm/loss": 0.5}\n'  # not truncated
 
@@ -222,7 +223,7 @@ def test_train_refuses_another_config_before_anything_loads(cache):
 @pytest.mark.slow
 def test_train_py_refusal_names_every_key_and_exits_2(cache):
     run = cache / "run"
-    fake_checkpoint(run, config("train.steps=1"))
+    fake_checkpoint(run, smoke_config("train.steps=1"))
     env = {"PRM_CACHE_DIR": str(cache / "cache"), "WANDB_MODE": "disabled", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [
@@ -260,13 +261,13 @@ def test_result_neutral_changes_resume_to_the_uninterrupted_result(cache):
 
     overrides = ["train.steps=2", "train.save_every=1", "train.validate_every=1"]
     full = cache / "full"
-    train(config(*overrides), run_dir=full)
+    train(smoke_config(*overrides), run_dir=full)
     interrupted = cache / "interrupted"
     first = interrupted / "checkpoints" / "step-0000001"
     shutil.copytree(full / "checkpoints" / "step-0000001", first)
     neutral = ["train.save_every=2", "train.keep_last_n_checkpoints=5", "train.max_nonfinite_steps=3"]
     neutral += ["optimized_metric=loss", "logger=none"]
-    metrics = train(config(*overrides, *neutral, "resume=true"), run_dir=interrupted)
+    metrics = train(smoke_config(*overrides, *neutral, "resume=true"), run_dir=interrupted)
     assert set(metrics) >= {"auroc", "loss"}
     a, b = weights(latest_checkpoint(full)), weights(latest_checkpoint(interrupted))
     assert latest_checkpoint(interrupted).name == "step-0000002" and a.keys() == b.keys()
@@ -298,20 +299,20 @@ def test_allowed_train_steps_extends_the_run_and_is_recorded(cache):
     from prm.training import train
 
     run = cache / "run"
-    train(config("train.steps=2"), run_dir=run)  # smoke: validates and saves at step 2
+    train(smoke_config("train.steps=2"), run_dir=run)  # smoke: validates and saves at step 2
     rows = (run / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match=r"train\.steps: 2 -> 4\. .*resume_allow_changes=\[train\.steps\]"):
-        train(config("train.steps=4", "resume=true"), run_dir=run)
+        train(smoke_config("train.steps=4", "resume=true"), run_dir=run)
     assert (run / "metrics.jsonl").read_text() == rows
     assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")] == ["step-0000002"]
 
     shorten = ["train.steps=1", "resume=true", "resume_allow_changes=[train.steps]"]
     with pytest.raises(ConfigError, match=r"is at step 2, past train\.steps=1: a run cannot be shortened"):
-        train(config(*shorten), run_dir=run)
+        train(smoke_config(*shorten), run_dir=run)
     assert (run / "metrics.jsonl").read_text() == rows
 
     extend = ["train.steps=4", "train.save_every=1", "resume=true", "resume_allow_changes=[train.steps]"]
-    train(config(*extend), run_dir=run)
+    train(smoke_config(*extend), run_dir=run)
     final = latest_checkpoint(run)
     assert final.name == "step-0000004"
     entry = {
@@ -394,7 +395,7 @@ def test_a_reordered_sweep_resumes_each_job_from_its_own_folder(cache):
     # The folder layout aside, the config check refuses one seed's checkpoint for another seed's run.
     overrides = [o for o in common if o != "experiment=smoke"]
     with pytest.raises(ConfigError, match=r"backbone\.seed: 0 -> 1; seed: 0 -> 1\."):
-        train(config(*overrides, "seed=1", "resume=true"), run_dir=jobs[0])
+        train(smoke_config(*overrides, "seed=1", "resume=true"), run_dir=jobs[0])
 
 
 def test_a_checkpoint_written_before_a_rename_reads_in_todays_keys():

@@ -6,14 +6,12 @@ Packed and padded batches (and chains scored alone or sorted by length) are comp
 
 import logging
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import smoke_config
 from numerics import assert_close_at_scale
-from safetensors.torch import load_file
-from smoke_runs import PER_BATCH
+from smoke_runs import PER_BATCH, weights
 
 from prm.data.dataset import ChainDataset, PRMCollator, chain_lengths, pack_rows
 from prm.data.records import StepChain
@@ -248,18 +246,6 @@ def test_scoring_sorts_by_length_and_restores_input_order(images):
     assert prm.training  # restored
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def weights(checkpoint):
-    return load_file(checkpoint / "model.safetensors")
-
-
-def _config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", *overrides])
-
-
 def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypatch):
     import shutil
 
@@ -279,12 +265,12 @@ def test_grouped_packed_fused_reweighting_run_resumes_exactly(tmp_path, monkeypa
         "+train.optimizer.fused=true",
     ]
     full = tmp_path / "full"
-    metrics = train(_config(*overrides), run_dir=full)
+    metrics = train(smoke_config(*overrides), run_dir=full)
     assert 0.0 <= metrics["auroc"] <= 1.0
     interrupted = tmp_path / "interrupted"
     shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
-    train(_config(*overrides, "resume=true"), run_dir=interrupted)
+    train(smoke_config(*overrides, "resume=true"), run_dir=interrupted)
     a, b = weights(latest_checkpoint(full)), weights(latest_checkpoint(interrupted))
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -307,7 +293,9 @@ def test_compiled_backbone_trains_and_saves_plain_parameter_names(tmp_path, monk
     monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
     monkeypatch.setenv("PRM_CACHE_DIR", str(tmp_path / "cache"))
     caplog.set_level(logging.INFO)
-    train(_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run")
+    train(
+        smoke_config("train.compile=true", "train.steps=2", "backbone=tiny_qwen2"), run_dir=tmp_path / "run"
+    )
     # one decoder layer after another, the last one left eager (it runs at the score positions only)
     assert compiled and compiled == [("Qwen2DecoderLayer", {"dynamic": True})] * len(compiled)
     stays_eager = "(the last decoder layer stays eager"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from wandb.proto import wandb_internal_pb2
 
 from prm.tracking import Tracker
@@ -148,13 +148,11 @@ def test_tracker_writes_tables_and_histograms_to_jsonl(tmp_path):
     "launcher, target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")]
 )
 def test_launcher_options_compose(launcher, target):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cfg = compose_config(f"hydra/launcher={launcher}", hydra=True)
     assert target in cfg.hydra.launcher._target_
 
 
 def test_aggregation_sweep_preset_sweeps_four_aggregations():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=aggregation_sweep"], return_hydra_config=True)
+    cfg = compose_config("experiment=aggregation_sweep", hydra=True)
     assert cfg.hydra.sweeper.params.aggregation == "mean,min,max,log_mean"
     assert cfg.reweight.name == "instance_table"

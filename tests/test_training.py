@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_config
 from safetensors.torch import load_file
-from smoke_runs import config, weights
+from smoke_runs import weights
 
 from prm.checkpoint import LATEST, latest_checkpoint, load_training_state
 
@@ -28,14 +29,14 @@ def test_resume_matches_uninterrupted_run(cache, head):
         "train.gradient_accumulation=2",
     ]
     full = cache / "full"
-    train(config(*overrides), run_dir=full)
+    train(smoke_config(*overrides), run_dir=full)
     assert latest_checkpoint(full).name == "step-0000006"  # optimiser steps (12 micro-batches)
 
     # An interrupted copy: only the checkpoint at step 3 survived.
     interrupted = cache / "interrupted"
     shutil.copytree(full / "checkpoints" / "step-0000003", interrupted / "checkpoints" / "step-0000003")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000003\n")
-    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    train(smoke_config(*overrides, "resume=true"), run_dir=interrupted)
 
     final_full, final_resumed = latest_checkpoint(full), latest_checkpoint(interrupted)
     assert final_resumed.name == final_full.name
@@ -74,12 +75,12 @@ def test_checkpoint_is_a_loadable_backbone_path(cache, monkeypatch):
     monkeypatch.setattr(recipe, "finish", finish)
 
     first = cache / "first"
-    train(config("train.steps=2"), run_dir=first)
+    train(smoke_config("train.steps=2"), run_dir=first)
     checkpoint = latest_checkpoint(first)
     assert checkpoint.name == "step-0000002"  # the last step: the first run's end
     assert (checkpoint / "config.yaml").is_file() and (checkpoint / "training_state.json").is_file()
     second = cache / "second"
-    metrics = train(config("train.steps=1", f"backbone.path={checkpoint}"), run_dir=second)
+    metrics = train(smoke_config("train.steps=1", f"backbone.path={checkpoint}"), run_dir=second)
     assert "auroc" in metrics
     lines = (second / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 1
@@ -96,7 +97,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(cache, monkeypatch):
     from prm.training import train
 
     run = cache / "run"
-    train(config("train.steps=2", "train.save_every=1"), run_dir=run)
+    train(smoke_config("train.steps=2", "train.save_every=1"), run_dir=run)
     before = latest_checkpoint(run)
     snapshot = weights(before)
 
@@ -297,7 +298,7 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
         "reweight.upper.optimizer.lr=0.1",
     ]
     full = cache / "full"
-    metrics = train(config(*overrides), run_dir=full)
+    metrics = train(smoke_config(*overrides), run_dir=full)
     assert "auroc" in metrics
     report = json.loads((full / "weights.json").read_text())
     assert len(report["weights"]) == 48 and set(report["per_domain"]) == {"clean", "noisy", "easy"}
@@ -332,7 +333,7 @@ def test_reweighting_run_writes_weights_and_resumes_exactly(cache, strategy):
     interrupted = cache / "interrupted"
     shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
-    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    train(smoke_config(*overrides, "resume=true"), run_dir=interrupted)
     a = load_training_state(latest_checkpoint(full))["upper"]["module"]
     b = load_training_state(latest_checkpoint(interrupted))["upper"]["module"]
     for key in a:
@@ -359,7 +360,7 @@ def test_baseline_reweighting_runs_without_an_upper_level_and_resumes_exactly(ca
     if strategy == "small_loss":
         overrides += ["reweight.module.warmup_steps=2", "reweight.module.drop_rate=0.5"]
     full = cache / "full"
-    train(config(*overrides), run_dir=full)
+    train(smoke_config(*overrides), run_dir=full)
     report = json.loads((full / "weights.json").read_text())
     assert report["module"] == {"small_loss": "SmallLoss", "oracle": "Oracle"}[strategy]
     state = load_training_state(latest_checkpoint(full))
@@ -375,7 +376,7 @@ def test_baseline_reweighting_runs_without_an_upper_level_and_resumes_exactly(ca
     interrupted = cache / "interrupted"
     shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
-    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    train(smoke_config(*overrides, "resume=true"), run_dir=interrupted)
     for key, value in weights(latest_checkpoint(full)).items():
         assert torch.equal(value, weights(latest_checkpoint(interrupted))[key]), key
     if strategy == "small_loss":
@@ -401,7 +402,7 @@ def test_probe_chains_and_upper_warmup_train_and_resume_exactly(cache):
         "reweight.upper.optimizer.lr=0.1",
     ]
     full = cache / "full"
-    train(config(*overrides), run_dir=full)
+    train(smoke_config(*overrides), run_dir=full)
     state = load_training_state(latest_checkpoint(full))
     assert state["upper"]["steps"] == 3  # after lower steps 2, 3 and 4
     report = json.loads((full / "weights.json").read_text())
@@ -411,7 +412,7 @@ def test_probe_chains_and_upper_warmup_train_and_resume_exactly(cache):
     interrupted = cache / "interrupted"
     shutil.copytree(full / "checkpoints" / "step-0000002", interrupted / "checkpoints" / "step-0000002")
     (interrupted / "checkpoints" / LATEST).write_text("step-0000002\n")
-    train(config(*overrides, "resume=true"), run_dir=interrupted)
+    train(smoke_config(*overrides, "resume=true"), run_dir=interrupted)
     a = load_training_state(latest_checkpoint(full))["upper"]["module"]
     b = load_training_state(latest_checkpoint(interrupted))["upper"]["module"]
     for key in a:
@@ -422,7 +423,7 @@ def test_meta_loss_refuses_a_non_probability_aggregation(cache):
     from prm.training import train
 
     with pytest.raises(ValueError, match="not a probability"):
-        train(config("reweight=domain_table", "aggregation=sum_logit"), run_dir=cache / "run")
+        train(smoke_config("reweight=domain_table", "aggregation=sum_logit"), run_dir=cache / "run")
 
 
 def _nan_loss_at(micro_batches):
@@ -448,7 +449,7 @@ def test_nonfinite_step_is_skipped_and_counted(cache, monkeypatch):
     monkeypatch.setattr(PRMLower, "training_step", _nan_loss_at({3}))  # optimiser step 2 of 2 micro-batches
     run = cache / "run"
     overrides = ["train.steps=4", "train.save_every=1", "train.keep_last_n_checkpoints=4"]
-    train(config(*overrides, "train.gradient_accumulation=2"), run_dir=run)
+    train(smoke_config(*overrides, "train.gradient_accumulation=2"), run_dir=run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [row for row in rows if "prm/loss" in row]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
@@ -467,12 +468,12 @@ def test_nonfinite_steps_in_a_row_stop_the_run(cache, monkeypatch):
 
     monkeypatch.setattr(PRMLower, "training_step", _nan_loss_at({2, 3, 4}))
     with pytest.raises(NonFiniteError, match="3 optimiser steps in a row .the last: step 4."):
-        train(config("train.steps=6", "train.max_nonfinite_steps=3"), run_dir=cache / "run")
+        train(smoke_config("train.steps=6", "train.max_nonfinite_steps=3"), run_dir=cache / "run")
     # Two in a row, then a finite step: the streak starts again.
     monkeypatch.undo()
     monkeypatch.setenv("PRM_CACHE_DIR", str(cache / "cache"))
     monkeypatch.setattr(PRMLower, "training_step", _nan_loss_at({2, 3, 5, 6}))
-    train(config("train.steps=6", "train.max_nonfinite_steps=3"), run_dir=cache / "ok")
+    train(smoke_config("train.steps=6", "train.max_nonfinite_steps=3"), run_dir=cache / "ok")
 
 
 def test_a_nonfinite_model_is_never_saved(cache, monkeypatch):
@@ -487,7 +488,7 @@ def test_a_nonfinite_model_is_never_saved(cache, monkeypatch):
     monkeypatch.setattr(PRMLower, "param_callback", poison)
     run = cache / "run"
     with pytest.raises(NonFiniteError, match="step 2: the model holds non-finite parameters"):
-        train(config("train.steps=4", "train.save_every=1", "train.validate_every=0"), run_dir=run)
+        train(smoke_config("train.steps=4", "train.save_every=1", "train.validate_every=0"), run_dir=run)
     assert latest_checkpoint(run).name == "step-0000001"
 
 
@@ -506,7 +507,7 @@ def test_optimisers_and_schedules_come_from_config(cache):
         "reweight.upper.optimizer.lr=0.25",
         "reweight.upper.sampler_seed=7",
     ]
-    train(config(*overrides), run_dir=run)
+    train(smoke_config(*overrides), run_dir=run)
     state = load_training_state(latest_checkpoint(run))
     assert "momentum" in state["optimizer"]["param_groups"][0]  # SGD
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 0.1**2)  # StepLR(2, 0.1) x 4
@@ -523,13 +524,13 @@ def test_an_existing_run_is_neither_overwritten_nor_destroyed(cache):
     from prm.training import train
 
     run = cache / "run"
-    train(config("train.steps=1", "train.save_every=1", "train.validate_every=0"), run_dir=run)
+    train(smoke_config("train.steps=1", "train.save_every=1", "train.validate_every=0"), run_dir=run)
     with pytest.raises(CheckpointError, match="already holds checkpoints.*resume=true"):
-        train(config("train.steps=1"), run_dir=run)
+        train(smoke_config("train.steps=1"), run_dir=run)
     (run / "checkpoints" / "step-0000001" / "training_state.json").unlink()
     before = sorted(p.name for p in (run / "checkpoints" / "step-0000001").iterdir())
     rows = (run / "metrics.jsonl").read_text()
     with pytest.raises(CheckpointError, match="none of the 1 checkpoint"):
-        train(config("train.steps=2", "resume=true"), run_dir=run)
+        train(smoke_config("train.steps=2", "resume=true"), run_dir=run)
     assert sorted(p.name for p in (run / "checkpoints" / "step-0000001").iterdir()) == before
     assert (run / "metrics.jsonl").read_text() == rows
