@@ -640,7 +640,7 @@ def test_conjugate_gradient_refuses_bad_settings(iterations, alpha, message):
     ],
 )
 def test_config_refuses_bad_cg_and_neumann_settings(overrides, message):
-    from test_config import composed
+    from conftest import compose_config as composed
 
     from prm.config import ConfigError, validate_train_config
 
@@ -664,7 +664,7 @@ def test_training_with_type_cg_runs_the_suites_conjugate_gradient(tmp_path, monk
     step solves with the suite's CG (2 Hessian-vector products each), never Betty's, and the domain
     weights move to finite values."""
     from betty import hypergradient as betty_hypergradient
-    from test_training import config
+    from conftest import smoke_config as config
 
     from prm.bilevel import conjugate_gradient as suite_cg
     from prm.training import train
