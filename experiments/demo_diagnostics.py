@@ -83,10 +83,11 @@ def corrupted_detection(prm, data) -> None:
     )
 
 
-def diagnose(checkpoint: Path) -> None:
+def diagnose(checkpoint: Path, verified: dict | None = None) -> None:
+    """``verified``: the record of folders already hashed (resolve_checkpoint's), so none is hashed twice."""
     saved = OmegaConf.load(checkpoint / "config.yaml")
     data = instantiate(saved.data)
-    prm = load_prm(checkpoint)
+    prm = load_prm(checkpoint, verified=verified)
     meta = data.load("meta")
     scores = score_chains(prm, meta, 32, data.max_length)
     by_kind: dict[str, list[int]] = defaultdict(list)
@@ -123,5 +124,6 @@ def diagnose(checkpoint: Path) -> None:
 
 
 if __name__ == "__main__":
+    verified: dict = {}
     for argument in sys.argv[1:]:
-        diagnose(resolve_checkpoint(argument))
+        diagnose(resolve_checkpoint(argument, verified), verified)

@@ -129,13 +129,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table as JSON here")
     args = parser.parse_args()
 
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    verified: dict = {}  # one hash of the checkpoint, shared by resolve and load
+    checkpoint = resolve_checkpoint(args.checkpoint, verified)
     saved = OmegaConf.load(checkpoint / "config.yaml")
     data = instantiate(saved.data)
     train_chains, meta_chains = data.load("train"), data.load("meta")
     if not any(chain.meta.get("corrupted") for chain in train_chains):
         raise SystemExit(f"{checkpoint}: no training chain has meta['corrupted'] set; nothing to detect")
-    prm = load_prm(checkpoint)
+    prm = load_prm(checkpoint, verified=verified)
     prm.eval()  # no dropout: g_i and G at the same, fixed function
     collator = PRMCollator(prm.backbone, data.max_length)
 

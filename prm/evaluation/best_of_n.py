@@ -180,16 +180,9 @@ def _pick(values: torch.Tensor, correct: torch.Tensor, nonempty: torch.Tensor) -
 
 
 def _majority(answers: list[str | None], correct: torch.Tensor) -> tuple[float, bool]:
-    """Self-consistency under the tie rule; when nobody states an answer, all candidates tie."""
-    groups: dict[str, list[float]] = {}
-    for answer, right in zip(answers, correct.tolist()):
-        if answer is not None:
-            groups.setdefault(answer, []).append(right)
-    if not groups:
-        return correct.mean().item(), len(answers) > 1
-    top = max(len(voters) for voters in groups.values())
-    winners = [voters for voters in groups.values() if len(voters) == top]
-    return sum(sum(voters) / len(voters) for voters in winners) / len(winners), len(winners) > 1
+    """Self-consistency under the tie rule: the weighted vote with every weight 1 (vote counts are
+    exact integers, so only equal counts tie); when nobody states an answer, all candidates tie."""
+    return _weighted_vote(answers, torch.ones(len(answers), dtype=torch.float64), correct)
 
 
 def _weighted_vote(

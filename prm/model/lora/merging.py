@@ -29,13 +29,14 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     result loads with ``backbone.path=<out>`` and ``evaluate.py checkpoint=<out>``.
     Raises FileNotFoundError (no checkpoint), ValueError (not an adapter checkpoint), FileExistsError
     (``out`` exists and is not empty)."""
-    source = resolve_checkpoint(checkpoint)
+    verified: dict = {}  # one hash of the checkpoint, shared by resolve and load
+    source = resolve_checkpoint(checkpoint, verified)
     if not is_adapter_checkpoint(source):
         raise ValueError(f"{source}: no {ADAPTER_CONFIG}, not a LoRA checkpoint (nothing to merge)")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    prm = load_prm(source)
+    prm = load_prm(source, verified=verified)
     backbone = prm.backbone
     backbone.model = prm.model = merge(backbone.peft_model)
     backbone.peft_model = None
