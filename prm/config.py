@@ -86,6 +86,16 @@ class EvaluateMode(StrEnum):
     processbench = "processbench"
 
 
+class BenchKind(StrEnum):
+    """``bench.<name>.kind``: which metric a benchmark of ``evaluate.py bench=[...]`` computes
+    (:mod:`prm.evaluation.harness`)."""
+
+    processbench = "processbench"
+    prmbench = "prmbench"
+    visualprocessbench = "visualprocessbench"
+    best_of_n = "best_of_n"
+
+
 class MissingImage(StrEnum):
     """``data.missing_image``: a record whose image file is missing (:mod:`prm.data.images`)."""
 
@@ -292,6 +302,45 @@ class ProcessBenchSchema:
 
 
 @dataclass
+class BenchDataSchema:
+    """``bench.<name>.data``: ``data.*`` keys for a benchmark's files; null keeps the model's value."""
+
+    image_root: Optional[str] = None  # noqa: UP045
+    missing_image: Optional[MissingImage] = None  # noqa: UP045
+    allow_outside_paths: Optional[bool] = None  # noqa: UP045
+    max_length: Optional[int] = None  # noqa: UP045
+    too_long: Optional[TooLong] = None  # noqa: UP045
+    bad_image: Optional[BadImage] = None  # noqa: UP045
+    eval_batch_size: Optional[int] = None  # noqa: UP045
+    packing: Optional[bool] = None  # noqa: UP045
+
+
+@dataclass
+class BenchSchema:
+    """One benchmark of ``evaluate.py bench=[...]`` (``conf/bench/<name>.yaml``, under ``bench.<name>``).
+
+    ``root``: the folder holding the benchmark's files; ``subsets``: their stems (``gsm8k`` reads
+    ``<root>/gsm8k.json``, ``.jsonl`` or ``.parquet``), null: every data file in ``root``. A
+    ``best_of_n`` benchmark without ``root`` uses the model's own test split. ``threshold``: a fixed
+    step threshold; else it is chosen on ``threshold_split``: a subset name (that subset's row is then
+    in-sample and marked so), a file, or ``test`` (each subset on itself, marked in the table).
+    ``references``: published models whose figures go beside ours. ``limit``: at most this many
+    records per subset. ``data``: ``data.*`` keys for these files (``image_root``, ``max_length``,
+    ``missing_image``, ...) on top of the model's data config.
+    """
+
+    kind: BenchKind = MISSING
+    root: Optional[str] = None  # noqa: UP045
+    subsets: Optional[list[str]] = None  # noqa: UP045
+    format: Optional[str] = None  # noqa: UP045  (null: the kind's reader)
+    threshold: Optional[float] = None  # noqa: UP045
+    threshold_split: Optional[str] = None  # noqa: UP045
+    references: list[str] = field(default_factory=list)
+    limit: Optional[int] = None  # noqa: UP045
+    data: BenchDataSchema = field(default_factory=BenchDataSchema)
+
+
+@dataclass
 class EvaluateSchema:
     """``conf/evaluate.yaml``: what evaluate.py composes: ``checkpoint`` (a model train.py wrote), or
     ``backbone`` + ``prompt`` (any model at ``backbone.path``)."""
@@ -308,6 +357,9 @@ class EvaluateSchema:
     mode: EvaluateMode = MISSING
     prefix_sharing: bool = MISSING  # best-of-N: one encoding of each problem's question + images
     processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
+    # evaluate.py bench=[processbench,prmbench,...]: every benchmark in one run and one table
+    bench: dict[str, BenchSchema] = field(default_factory=dict)
+    compare: list[str] = field(default_factory=list)  # more checkpoints scored in the same bench table
 
 
 def register_schemas() -> None:
@@ -628,9 +680,13 @@ def split_limit_overrides(argv: list[str]) -> list[str]:
 
 def vocabulary_keys(schema: type, prefix: str = "") -> dict[str, type[Enum]]:
     """``{dotted key: its vocabulary}`` for every Enum-typed field of the structured-config dataclass
-    ``schema``, nested schemas included: ``{"prm.head": Head, ...}`` for :class:`TrainRunSchema`."""
+    ``schema``, nested schemas included: ``{"prm.head": Head, ...}`` for :class:`TrainRunSchema`.
+    Fields inside a dict or list of schemas (``bench.<name>.kind``) have no fixed key: Hydra's schema
+    check refuses their bad values."""
     keys: dict[str, type[Enum]] = {}
     for name, hint in typing.get_type_hints(schema).items():
+        if typing.get_origin(hint) in (dict, list):
+            continue
         for kind in (hint, *typing.get_args(hint)):  # Optional[X]: X
             if isinstance(kind, type) and issubclass(kind, Enum):
                 keys[prefix + name] = kind

@@ -19,6 +19,63 @@ import torch
 
 from prm.evaluation.best_of_n import ScoreLike, as_step_scores
 
+PROCESSBENCH_REFERENCE_SOURCE = (
+    "published ProcessBench F1 (%): Zheng et al., ProcessBench (arXiv 2412.06559 v4) Tables 3, 5 and 7, "
+    "and for Qwen2.5-Math-PRM-7B / -72B Zhang et al., The Lessons of Developing Process Reward Models "
+    "(arXiv 2501.07301 v2) Table 7. Classifier PRMs flag the steps they classify as wrong; Skywork PRMs "
+    "use the threshold with the best F1 on GSM8K for every subset; 'mean' is the unweighted mean of the "
+    "four subset F1s"
+)
+PROCESSBENCH_REFERENCE: dict[str, dict[str, float]] = {
+    # model: {subset: F1 (%)}; the subsets' error / correct accuracies are in the same tables
+    "Math-Shepherd-PRM-7B": {
+        "gsm8k": 47.9,
+        "math": 29.5,
+        "olympiadbench": 24.8,
+        "omnimath": 23.8,
+        "mean": 31.5,
+    },
+    "RLHFlow-PRM-Mistral-8B": {
+        "gsm8k": 50.4,
+        "math": 33.4,
+        "olympiadbench": 13.8,
+        "omnimath": 15.8,
+        "mean": 28.4,
+    },
+    "RLHFlow-PRM-Deepseek-8B": {
+        "gsm8k": 38.8,
+        "math": 33.8,
+        "olympiadbench": 16.9,
+        "omnimath": 16.9,
+        "mean": 26.6,
+    },
+    "Skywork-PRM-1.5B": {"gsm8k": 59.0, "math": 48.0, "olympiadbench": 19.3, "omnimath": 19.2, "mean": 36.4},
+    "Skywork-PRM-7B": {"gsm8k": 70.8, "math": 53.6, "olympiadbench": 22.9, "omnimath": 21.0, "mean": 42.1},
+    "Qwen2.5-Math-7B-PRM800K": {
+        "gsm8k": 68.2,
+        "math": 62.6,
+        "olympiadbench": 50.7,
+        "omnimath": 44.3,
+        "mean": 56.5,
+    },
+    "Qwen2.5-Math-PRM-7B": {
+        "gsm8k": 82.4,
+        "math": 77.6,
+        "olympiadbench": 67.5,
+        "omnimath": 66.3,
+        "mean": 73.5,
+    },
+    "Qwen2.5-Math-PRM-72B": {
+        "gsm8k": 87.3,
+        "math": 80.6,
+        "olympiadbench": 74.3,
+        "omnimath": 71.1,
+        "mean": 78.3,
+    },
+}
+"""Published ProcessBench F1 (%) per model and subset (``mean``: of the four subsets); source:
+:data:`PROCESSBENCH_REFERENCE_SOURCE`."""
+
 
 @dataclass
 class ProcessBenchResult:

@@ -42,6 +42,7 @@ from prm.data.records import BestOfNProblem, LabelledChain
 from prm.device import pick_device
 from prm.errors import UserError
 from prm.evaluation.best_of_n import accuracy_vs_n, best_of_n
+from prm.evaluation.harness import Model, run_benchmarks
 from prm.evaluation.processbench import choose_threshold, processbench
 from prm.evaluation.report import write_best_of_n, write_processbench
 from prm.evaluation.scoring import score_chains
@@ -430,6 +431,47 @@ def compare_sweep(
     return results
 
 
+def _label(path: Path, taken: set[str]) -> str:
+    """A short unique column label for a model at ``path``: its last two path parts (a run directory
+    ``outputs/<date>/<time>``), suffixed ``#2``, ``#3`` when taken."""
+    label = "/".join(path.resolve().parts[-2:])
+    unique, count = label, 1
+    while unique in taken:
+        count += 1
+        unique = f"{label}#{count}"
+    taken.add(unique)
+    return unique
+
+
+def bench_models(
+    cfg: DictConfig,
+    target: Path,
+    any_model: bool,
+    jobs: list[Path],
+    overrides: Sequence[Override],
+    verified: VerifiedFolders,
+) -> list[Model]:
+    """The models of a ``bench=`` evaluation, one column each: the ``backbone=`` model, or the
+    checkpoint (every job of a multirun directory), then each checkpoint of ``compare``; each with
+    the data config :func:`data_config` gives it (policies and ``max_length`` for the benchmark files)."""
+    taken: set[str] = set()
+    models = []
+    if any_model:
+        models.append(Model(_label(target, taken), None, cfg, f"data={cfg.data.name}: as composed"))
+    paths = [(job, f"job {job.name}") for job in jobs] if jobs else ([] if any_model else [(target, None)])
+    paths += [(Path(path), None) for path in cfg.compare]
+    for path, name in paths:
+        if name is None and sweep_jobs(path, verified):
+            raise ConfigError(
+                f"{path} is a multirun directory: give it as checkpoint=, or its jobs in compare="
+            )
+        checkpoint = resolve_checkpoint(path, verified)
+        job_cfg, source = data_config(cfg, checkpoint, overrides)
+        label = name if name is not None else _label(path, taken)
+        models.append(Model(label, checkpoint, job_cfg, source))
+    return models
+
+
 def evaluate(
     cfg: DictConfig, out_dir: str | Path | None = None, overrides: Sequence[str] | None = None
 ) -> dict:
@@ -464,6 +506,19 @@ def evaluate(
         name=f"eval-{target.name}",
     )
     try:
+        if cfg.get("bench"):
+            models = bench_models(cfg, target, any_model, jobs, given, verified)
+            return run_benchmarks(
+                cfg,
+                models,
+                out_dir,
+                tracker,
+                lambda model, device: load_model(model.cfg, model.checkpoint, device, verified),
+            )
+        if cfg.get("compare"):
+            raise ConfigError(
+                "compare=[...] goes with bench=[...]: the checkpoints are compared on benchmarks"
+            )
         if jobs:
             log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))
             return compare_sweep(cfg, jobs, out_dir, tracker, given, verified)

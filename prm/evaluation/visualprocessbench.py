@@ -166,6 +166,16 @@ def _source_key(name: str) -> str:
     return key.removesuffix("vo") if key == "mathversevo" else key
 
 
+def reference_figure(model: str, source: str) -> float | None:
+    """The published macro F1 (%) of ``model`` on data source ``source`` (``overall`` for all), the
+    source name matched loosely (case and punctuation ignored, ``MathVerse-VO`` = ``mathverse``);
+    None when the paper has no such figure or model."""
+    figures = {
+        _source_key(column): value for column, value in VISUALPROCESSBENCH_REFERENCE.get(model, {}).items()
+    }
+    return figures.get(_source_key(source))
+
+
 def _percent(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{100 * value:.2f}"
 
@@ -191,10 +201,7 @@ def visualprocessbench_markdown(
     def published(name: str) -> str:
         cells = []
         for model in references:
-            figures = {
-                _source_key(column): value for column, value in VISUALPROCESSBENCH_REFERENCE[model].items()
-            }
-            value = figures.get(_source_key(name))
+            value = reference_figure(model, name)
             cells.append(f" {value:.1f} |" if value is not None else " |")
         return "".join(cells)
 

@@ -1,0 +1,164 @@
+"""evaluate.py bench=[...]: every benchmark and every model in one run, one table (prm/evaluation/harness.py).
+
+The figures in the table must be the benchmark metrics of the model's own scores: each test scores
+the same records again with :func:`prm.evaluation.scoring.score_chains` (the same code path, so the
+same floats) and recomputes the metric with the tested metric functions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import compose_config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROCESSBENCH = FIXTURES / "processbench_tiny"  # gsm8k.json, math.json: 4 chains each, 2 erroneous
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny text-only PRM trained 2 steps on a small demo; its run directory (about 10 s)."""
+    from prm.training import train
+
+    folder = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRM_CACHE_DIR", str(folder / "cache"))
+        overrides = [
+            "experiment=smoke",
+            "backbone=tiny_qwen2",
+            "train.steps=2",
+            "logger=none",
+            "data.generator.train_per_domain=4",
+            "data.generator.meta_size=4",
+            "data.generator.test_problems=3",
+            "data.generator.n_candidates=3",
+            "data.limit=null",
+        ]
+        train(compose_config(*overrides), run_dir=folder / "run")
+    return folder / "run"
+
+
+def evaluate(overrides: list[str], out_dir: Path) -> dict:
+    from prm.evaluation.run import evaluate as run_evaluate
+
+    return run_evaluate(compose_config(*overrides, name="evaluate"), out_dir=out_dir, overrides=overrides)
+
+
+def rescore(checkpoint: Path, path: Path, fmt: str) -> tuple[list, list]:
+    """The checked records of ``path`` and their step scores, as the harness computes them."""
+    import dataclasses
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from prm.checkpoint import resolve_checkpoint
+    from prm.evaluation.scoring import score_chains
+    from prm.model.build import load_prm
+    from prm.preflight import preflight
+
+    resolved = resolve_checkpoint(checkpoint)
+    prm = load_prm(resolved, "cpu")
+    node = OmegaConf.load(resolved / "config.yaml").data
+    data = dataclasses.replace(instantiate(node), test=str(path), test_format=fmt, generator=None)
+    records = preflight(data, prm.backbone, ("test",))[0]["test"]
+    scores = score_chains(prm, records, data.eval_batch_size, data.max_length, "cpu", "fp32")
+    return records, scores
+
+
+def test_processbench_subsets_threshold_on_a_named_subset_and_two_models(run, tmp_path):
+    from prm.evaluation.processbench import choose_threshold, processbench
+
+    other = tmp_path / "other_run"  # the same checkpoint under another name: a second column
+    shutil.copytree(run, other)
+    overrides = [
+        f"checkpoint={run}",
+        f"compare=[{other}]",
+        "bench=processbench",
+        f"bench.processbench.root={PROCESSBENCH}",
+        "bench.processbench.threshold_split=gsm8k",
+        "device=cpu",
+        "logger=none",
+    ]
+    summary = evaluate(overrides, tmp_path / "eval")
+    tune_records, tune_scores = rescore(run, PROCESSBENCH / "gsm8k.json", "processbench")
+    threshold = choose_threshold(tune_scores, [r.first_error for r in tune_records])
+    assert len(summary["models"]) == 2
+    for model in summary["models"].values():
+        for subset in ("gsm8k", "math"):
+            records, scores = rescore(run, PROCESSBENCH / f"{subset}.json", "processbench")
+            expected = processbench(scores, [r.first_error for r in records], threshold)
+            entry = model["benchmarks"]["processbench"][subset]
+            assert entry["threshold"] == threshold
+            assert entry["threshold_chosen_on"] == "subset gsm8k"
+            assert entry["rows"]["headline"] == expected.f1
+            assert entry["result"]["error_accuracy"] == expected.error_accuracy
+            assert entry["cost"]["chains"] == 4 and entry["cost"]["steps"] == sum(
+                len(r.steps) for r in records
+            )
+            assert entry["cost"]["tokens"] > 0 and entry["cost"]["chains_per_second"] > 0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| processbench | gsm8k | F1 (%) |" in report  # one row per subset, in-sample mark on gsm8k
+    first = next(iter(summary["models"].values()))["benchmarks"]["processbench"]
+    assert f"{100 * first['gsm8k']['rows']['headline']:.2f}*" in report  # in-sample mark
+    assert "| | mean of subsets | F1 (%) |" in report
+    assert "Qwen2.5-Math-PRM-7B (published)" in report and "82.4" in report  # the preset's references
+    assert "chains/s" in report and "peak memory" in report
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["models"].keys() == summary["models"].keys()
+
+
+def test_best_of_n_on_the_models_own_test_split(run, tmp_path):
+    overrides = [f"checkpoint={run}", "bench=best_of_n", "device=cpu", "logger=none"]
+    summary = evaluate(overrides, tmp_path / "eval")
+    (model,) = summary["models"].values()
+    entry = model["benchmarks"]["best_of_n"]["test"]
+    assert entry["result"]["problems"] == 3
+    assert entry["rows"]["headline"] == entry["result"]["aggregations"]["mean"]["accuracy"]
+    assert entry["rows"]["weighted vote (mean)"] == entry["result"]["weighted_vote"]["mean"]["accuracy"]
+    assert entry["cost"]["chains"] == 9  # 3 problems x 3 candidates, every candidate scored once
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "bench.processbench.root is not set"),
+        (
+            [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.subsets=[gsm8k,aime]"],
+            "no file for ['aime']",
+        ),
+        (
+            [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.threshold_split=null"],
+            "threshold_split=",
+        ),
+        (
+            [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.threshold=1.5"],
+            "must be null or in [0, 1]",
+        ),
+        (
+            [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.references=[GPT-5]"],
+            "no published",
+        ),
+        (
+            [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.threshold_split=aime"],
+            "neither a subset",
+        ),
+    ],
+)
+def test_bad_bench_configs_name_the_key(run, tmp_path, extra, message):
+    from prm.config import ConfigError
+
+    overrides = [f"checkpoint={run}", "bench=processbench", "device=cpu", "logger=none", *extra]
+    with pytest.raises(ConfigError, match=None) as error:
+        evaluate(overrides, tmp_path / "eval")
+    assert message in str(error.value)
+
+
+def test_compare_without_bench_is_refused(run, tmp_path):
+    from prm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="goes with bench"):
+        evaluate([f"checkpoint={run}", f"compare=[{run}]", "device=cpu", "logger=none"], tmp_path / "eval")
