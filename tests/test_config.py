@@ -71,6 +71,8 @@ DATA_FILES = {
         "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json"),
     ],
     "processbench": ["data.test=" + str(FIXTURES / "published/processbench_gsm8k_sample.json")],
+    "prmbench": ["data.test=" + str(FIXTURES / "formats/prmbench.jsonl")],
+    "visualprocessbench": ["data.test=" + str(FIXTURES / "formats/visualprocessbench.jsonl")],
 }
 
 
@@ -221,6 +223,10 @@ def test_file_data_configs_share_the_base_block():
         16,
         4096,
     )
+    for name, missing_image in (("prmbench", "blank"), ("visualprocessbench", "error")):
+        bench = compose_config(f"data={name}").data
+        assert (bench.test_format, bench.missing_image) == (name, missing_image)
+        assert (bench.train, bench.meta, bench.test) == (None, None, None)
 
 
 def test_llm_client_block_is_shared():

@@ -119,6 +119,8 @@ def test_formats_cover_every_reader():
         "mmprm_seeds",
         "trl",
         "processbench",
+        "prmbench",
+        "visualprocessbench",
     }
 
 

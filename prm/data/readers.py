@@ -14,8 +14,10 @@ from prm.data.formats.bestofn import read_bestofn_test
 from prm.data.formats.conversations import read_conversations
 from prm.data.formats.dreamprm import read_dreamprm_meta, read_dreamprm_train
 from prm.data.formats.mmprm import SeedProblem, read_mmprm, read_mmprm_seeds
+from prm.data.formats.prmbench import read_prmbench
 from prm.data.formats.processbench import read_processbench
 from prm.data.formats.trl import read_trl
+from prm.data.formats.visualprocessbench import read_visualprocessbench
 from prm.data.native import read_native
 
 # FORMATS (module __getattr__ below) is importable by name but not listed: it is computed on access.
@@ -30,9 +32,11 @@ __all__ = [
     "read_mmprm",
     "read_mmprm_seeds",
     "read_native",
+    "read_prmbench",
     "read_processbench",
     "read_records",
     "read_trl",
+    "read_visualprocessbench",
 ]
 
 

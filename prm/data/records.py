@@ -162,6 +162,37 @@ class PRMBenchRecord:
                     f"{len(self.steps)} steps"
                 )
 
+    @classmethod
+    def from_chain(cls, chain: StepChain) -> PRMBenchRecord:
+        """The scoring record of a chain read by the ``prmbench`` reader
+        (:mod:`prm.data.formats.prmbench`): same id, question and steps; ``error_steps`` = the
+        0-based steps labelled 0.0; class and meta from ``chain.meta``.
+
+        Raises ValueError naming the chain when its meta lacks ``benchmark: prmbench`` or a
+        ``classification``, or a label is neither 0.0 nor 1.0 (None or a soft value included).
+        """
+        if chain.meta.get("benchmark") != "prmbench":
+            raise ValueError(
+                f"chain {chain.id!r} is not a PRMBench chain: meta['benchmark'] is "
+                f"{chain.meta.get('benchmark')!r}, expected 'prmbench' (read it with format=prmbench)"
+            )
+        if "classification" not in chain.meta:
+            raise ValueError(f"PRMBench chain {chain.id!r}: meta has no 'classification'")
+        for position, label in enumerate(chain.labels):
+            if label is None or float(label) not in (0.0, 1.0):
+                raise ValueError(
+                    f"PRMBench chain {chain.id!r}: label {label!r} of step {position} is neither 0.0 "
+                    "(error step) nor 1.0 (correct step)"
+                )
+        return cls(
+            id=chain.id,
+            question=chain.question,
+            steps=list(chain.steps),
+            error_steps=[position for position, label in enumerate(chain.labels) if float(label) == 0.0],
+            classification=chain.meta["classification"],
+            meta=dict(chain.meta),
+        )
+
     @property
     def step_correct(self) -> list[bool]:
         """Per step: True when the step is not an error step."""
@@ -208,6 +239,47 @@ class VisualProcessBenchRecord:
                     f"VisualProcessBench record {self.id!r}: process_correctness {label!r} of step "
                     f"{position} is not one of 1, 0, -1"
                 )
+
+    @classmethod
+    def from_chain(cls, chain: StepChain) -> VisualProcessBenchRecord:
+        """The scoring record of a chain read by the ``visualprocessbench`` reader
+        (:mod:`prm.data.formats.visualprocessbench`): same id, question, steps and images;
+        ``process_correctness`` from the labels (1.0 -> 1, 0.0 -> -1, None -> 0); ``data_source``,
+        ``answer``, ``policy_model`` and meta from ``chain.meta``.
+
+        Raises ValueError naming the chain when its meta lacks ``benchmark: visualprocessbench`` or a
+        ``data_source``, or a label is not 1.0, 0.0 or None.
+        """
+        if chain.meta.get("benchmark") != "visualprocessbench":
+            raise ValueError(
+                f"chain {chain.id!r} is not a VisualProcessBench chain: meta['benchmark'] is "
+                f"{chain.meta.get('benchmark')!r}, expected 'visualprocessbench' "
+                "(read it with format=visualprocessbench)"
+            )
+        if not isinstance(chain.meta.get("data_source"), str):
+            raise ValueError(f"VisualProcessBench chain {chain.id!r}: meta has no 'data_source' string")
+        marks = []
+        for position, label in enumerate(chain.labels):
+            if label is None:
+                marks.append(0)
+            elif float(label) in (0.0, 1.0):
+                marks.append(1 if float(label) == 1.0 else -1)
+            else:
+                raise ValueError(
+                    f"VisualProcessBench chain {chain.id!r}: label {label!r} of step {position} is not "
+                    "1.0 (correct), 0.0 (incorrect) or None (neutral)"
+                )
+        return cls(
+            id=chain.id,
+            question=chain.question,
+            steps=list(chain.steps),
+            process_correctness=marks,
+            data_source=chain.meta["data_source"],
+            images=list(chain.images),
+            answer=chain.meta.get("answer"),
+            policy_model=chain.meta.get("policy_model"),
+            meta=dict(chain.meta),
+        )
 
     @property
     def step_correct(self) -> list[bool | None]:
