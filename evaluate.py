@@ -11,6 +11,8 @@ logged and written to data.yaml. Examples:
     python evaluate.py checkpoint=<dir> data=dreamprm15 data.test=<best-of-n.json> data.image_root=<images>
     python evaluate.py checkpoint=<dir> data=processbench data.test=<gsm8k.json>
     python evaluate.py checkpoint=multirun/2026-11-21/12-00-00   # every job of a sweep + comparison
+    python evaluate.py checkpoint=<dir> bench=[processbench,prmbench] bench.processbench.root=<folder> \
+        bench.prmbench.root=<folder> 'compare=[<other run>]'   # benchmarks x models in one table
     python evaluate.py backbone=internvl3_1b backbone.path=<dir> prompt=conversation data=...  # any model
 """
 

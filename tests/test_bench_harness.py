@@ -128,7 +128,7 @@ def test_best_of_n_on_the_models_own_test_split(run, tmp_path):
         ([], "bench.processbench.root is not set"),
         (
             [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.subsets=[gsm8k,aime]"],
-            "no file for ['aime']",
+            "no file for 'aime'",
         ),
         (
             [f"bench.processbench.root={PROCESSBENCH}", "bench.processbench.threshold_split=null"],
@@ -162,3 +162,54 @@ def test_compare_without_bench_is_refused(run, tmp_path):
 
     with pytest.raises(ConfigError, match="goes with bench"):
         evaluate([f"checkpoint={run}", f"compare=[{run}]", "device=cpu", "logger=none"], tmp_path / "eval")
+
+
+def test_three_step_benchmarks_in_one_command(run, tmp_path):
+    """ProcessBench, PRMBench and VisualProcessBench fixtures scored in one run: each headline is its
+    metric of the model's own scores at the preset threshold (0.5 for PRMBench / VisualProcessBench)."""
+    from prm.data.records import PRMBenchRecord, VisualProcessBenchRecord
+    from prm.evaluation.prmbench import prmbench
+    from prm.evaluation.visualprocessbench import visualprocessbench
+
+    formats = FIXTURES / "formats"
+    overrides = [
+        f"checkpoint={run}",
+        "bench=[processbench,prmbench,visualprocessbench]",
+        f"bench.processbench.root={PROCESSBENCH}",
+        f"bench.prmbench.root={formats}",
+        "bench.prmbench.subsets=[prmbench]",
+        f"bench.visualprocessbench.root={formats}",
+        "bench.visualprocessbench.subsets=[visualprocessbench]",
+        "device=cpu",
+        "logger=none",
+    ]
+    summary = evaluate(overrides, tmp_path / "eval")
+    (model,) = summary["models"].values()
+    records, scores = rescore(run, formats / "prmbench.jsonl", "prmbench")
+    expected = prmbench(scores, [PRMBenchRecord.from_chain(r) for r in records], 0.5)
+    entry = model["benchmarks"]["prmbench"]["prmbench"]
+    assert entry["rows"]["headline"] == expected.prm_score and entry["threshold_chosen_on"] == "fixed"
+    records, scores = rescore(run, formats / "visualprocessbench.jsonl", "visualprocessbench")
+    expected = visualprocessbench(scores, [VisualProcessBenchRecord.from_chain(r) for r in records], 0.5)
+    entry = model["benchmarks"]["visualprocessbench"]["visualprocessbench"]
+    assert entry["rows"]["headline"] == expected.macro_f1
+    assert {label for label in entry["rows"] if label != "headline"} == set(expected.sources)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    for row in ("| prmbench | prmbench | PRMScore (%) |", "| visualprocessbench | visualprocessbench |"):
+        assert row in report
+    assert "VisualPRM-8B (published)" in report and "Published prmbench" in report
+
+
+def test_a_prmbench_test_file_alone_goes_through_the_same_table(run, tmp_path):
+    """evaluate.py data=prmbench data.test=<file> (no bench=): the harness's table at 0.5."""
+    from prm.data.records import PRMBenchRecord
+    from prm.evaluation.prmbench import prmbench
+
+    path = FIXTURES / "formats" / "prmbench.jsonl"
+    overrides = [f"checkpoint={run}", "data=prmbench", f"data.test={path}", "device=cpu", "logger=none"]
+    summary = evaluate(overrides, tmp_path / "eval")
+    records, scores = rescore(run, path, "prmbench")
+    expected = prmbench(scores, [PRMBenchRecord.from_chain(r) for r in records], 0.5)
+    entry = next(iter(summary["models"].values()))["benchmarks"]["prmbench"]["prmbench"]
+    assert entry["rows"]["headline"] == expected.prm_score
+    assert (tmp_path / "eval" / "report.md").is_file()

@@ -120,8 +120,8 @@ def _processbench_rows(result: ProcessBenchResult, headline: str) -> list[tuple[
 
 def _prmbench_rows(result: PRMBenchResult, headline: str) -> list[tuple[str, float]]:
     rows = [("", result.prm_score)]
-    for name, pool in result.classes.items():
-        if pool.chains:
+    for name, pool in result.classes.items():  # not "correct": outside the pool, no erroneous step
+        if pool.chains and name in PRMBENCH_CLASS_NAMES:
             rows.append((PRMBENCH_CLASS_NAMES.get(name, (name,))[0], pool.score))
     return rows
 
@@ -287,12 +287,19 @@ def bench_files(name: str, spec: DictConfig) -> dict[str, Path]:
                 f"bench.{name}.root={root}: no {'/'.join(DATA_SUFFIXES)} file or dataset folder"
             )
         return found
-    missing = [subset for subset in spec.subsets if subset not in found]
-    if missing:
-        raise ConfigError(
-            f"bench.{name}.subsets: no file for {missing} under {root} (found: {sorted(found) or 'none'})"
-        )
-    return {subset: found[subset] for subset in spec.subsets}
+    chosen = {}
+    for subset in spec.subsets:
+        named = root / subset  # a subset may also name its file, suffix included
+        if subset in found:
+            chosen[subset] = found[subset]
+        elif named.suffix in DATA_SUFFIXES and named.is_file():
+            chosen[named.stem] = named
+        else:
+            raise ConfigError(
+                f"bench.{name}.subsets: no file for {subset!r} under {root} "
+                f"(found: {sorted(found) or 'none'})"
+            )
+    return chosen
 
 
 def check_bench_config(cfg: DictConfig) -> None:

@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from prm import plots
 from prm.checkpoint import VerifiedFolders, find_resume_checkpoint, resolve_checkpoint
-from prm.config import ConfigError, DataSchema, validate_evaluate_config
+from prm.config import BenchKind, BenchSchema, ConfigError, DataSchema, validate_evaluate_config
 from prm.data.dataset import flatten_candidates
 from prm.data.records import BestOfNProblem, LabelledChain
 from prm.device import pick_device
@@ -431,6 +431,39 @@ def compare_sweep(
     return results
 
 
+STEP_BENCHMARK_FORMATS = ("prmbench", "visualprocessbench")  # test files evaluated through the harness
+
+
+def single_file_bench(cfg: DictConfig, data_node: DictConfig) -> DictConfig | None:
+    """For ``data.test=<a PRMBench or VisualProcessBench file>`` without ``bench=``: the one-entry
+    ``bench`` node that scores that file through :mod:`prm.evaluation.harness` (same table and
+    report as ``bench=``), else None. Threshold: ``processbench.threshold`` when set, else chosen on
+    ``processbench.threshold_split`` when set, else 0.5 (the benchmarks' presets)."""
+    test = data_node.get("test")
+    if test is None or data_node.get("generator") is not None:
+        return None
+    fmt = data_node.get("test_format") or data_node.get("format") or "auto"
+    if fmt == "auto":
+        from prm.data.formats import detect_format
+
+        try:
+            fmt = detect_format(test)
+        except Exception:  # noqa: BLE001 - the normal path reports an unreadable file with its context
+            return None
+    if fmt not in STEP_BENCHMARK_FORMATS:
+        return None
+    path = Path(test)
+    threshold, split = cfg.processbench.threshold, cfg.processbench.threshold_split
+    spec = BenchSchema(
+        kind=BenchKind(fmt),
+        root=str(path.parent),
+        subsets=[path.name],
+        threshold=threshold if threshold is not None or split is not None else 0.5,
+        threshold_split=split if threshold is None else None,
+    )
+    return OmegaConf.create({fmt: OmegaConf.structured(spec)})
+
+
 def _label(path: Path, taken: set[str]) -> str:
     """A short unique column label for a model at ``path``: its last two path parts (a run directory
     ``outputs/<date>/<time>``), suffixed ``#2``, ``#3`` when taken."""
@@ -505,6 +538,10 @@ def evaluate(
         job_type="evaluate",
         name=f"eval-{target.name}",
     )
+    single = None if cfg.get("bench") or jobs else single_file_bench(cfg, job_cfg.data)
+    if single is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.bench = single
     try:
         if cfg.get("bench"):
             models = bench_models(cfg, target, any_model, jobs, given, verified)
