@@ -67,7 +67,9 @@ def test_the_built_in_formats_in_detection_order():
         "bestofn",
         "mmprm",
         "mmprm_seeds",
+        "prm800k",
         "trl",
+        "math_shepherd",
         "processbench",
         "dreamprm_meta",
     )
