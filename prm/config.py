@@ -245,6 +245,12 @@ class DataOptions:
     image_root: Optional[str] = None  # noqa: UP045
     missing_image: MissingImage = MissingImage.error
     allow_outside_paths: bool = False  # accept absolute, "~" and root-leaving ".." image paths
+    # Images given as bytes in Parquet / datasets rows are written here once each, named by their
+    # SHA-256 (prm.data.image_cache); null: $PRM_CACHE_DIR/images (.cache/images without it).
+    image_cache: Optional[str] = None  # noqa: UP045
+    # Each split's reader's own options, {split: {option: value}}, e.g. {train: {neutral: half}} for
+    # PRM800K (prm.data.formats); null: none.
+    reader_options: Any = None
     # Preflight policies (prm.preflight): each case is counted in the preflight report.
     too_long: TooLong = TooLong.truncate  # truncate drops trailing steps
     bad_image: BadImage = BadImage.fix  # fix pads / enlarges what the processor refuses
@@ -484,6 +490,19 @@ def _check_data(cfg, evaluate: bool) -> None:
     max_length = _get(cfg, "data.max_length")
     _require(max_length is None or max_length >= 1, f"data.max_length={max_length}: must be >= 1 or null")
     _check_limit(cfg)
+    _check_reader_options(cfg)
+
+
+def _check_reader_options(cfg) -> None:
+    options = _get(cfg, "data.reader_options")
+    if options is None:
+        return
+    shape = "expected {split: {option: value}}"
+    _require(isinstance(options, Mapping), f"data.reader_options={options!r}: {shape}")
+    for split, value in options.items():
+        where = f"data.reader_options.{split}"
+        _require(split in SPLITS, f"{where}: unknown split; expected keys among {', '.join(SPLITS)}")
+        _require(value is None or isinstance(value, Mapping), f"{where}={value!r}: {shape}")
 
 
 def validate_train_config(cfg: DictConfig) -> None:

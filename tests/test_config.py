@@ -73,6 +73,14 @@ DATA_FILES = {
     "processbench": ["data.test=" + str(FIXTURES / "published/processbench_gsm8k_sample.json")],
     "prmbench": ["data.test=" + str(FIXTURES / "formats/prmbench.jsonl")],
     "visualprocessbench": ["data.test=" + str(FIXTURES / "formats/visualprocessbench.jsonl")],
+    "prm800k": [
+        "data.train=" + str(FIXTURES / "formats/prm800k.jsonl"),
+        "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json"),
+    ],
+    "math_shepherd": [
+        "data.train=" + str(FIXTURES / "formats/math_shepherd.jsonl"),
+        "data.meta=" + str(FIXTURES / "published/processbench_gsm8k_sample.json"),
+    ],
 }
 
 
@@ -204,6 +212,8 @@ def test_file_data_configs_share_the_base_block():
         "files": ("auto", "auto", "auto"),
         "mmprm": ("mmprm", "auto", "auto"),
         "trl": ("trl", "auto", "auto"),
+        "prm800k": ("prm800k", "auto", "auto"),
+        "math_shepherd": ("math_shepherd", "auto", "auto"),
     }
     for name, (train, meta, test) in formats.items():
         data = compose_config(f"data={name}").data
@@ -382,6 +392,8 @@ BAD_TRAIN = [
     (["backbone.label_words=+"], "backbone.label_words='+': expected two non-empty words"),
     (["+data.limit.dev=3"], "data.limit.dev: unknown split"),
     (["data.limit=0"], "data.limit=0: expected null or a record count >= 1"),
+    (["data=prm800k", "++data.reader_options.dev.neutral=half"], "data.reader_options.dev: unknown split"),
+    (["data=prm800k", "data.reader_options.train=half"], "data.reader_options.train='half': expected {split"),
     (["reweight=domain_table", "reweight.hypergradient.type=maml"], "reweight.hypergradient.type='maml'"),
     (["reweight=domain_table", "reweight.hypergradient.unroll_steps=0"], "unroll_steps=0: must be >= 1"),
     (

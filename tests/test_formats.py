@@ -68,8 +68,10 @@ def test_the_built_in_formats_in_detection_order():
         "mmprm",
         "prmbench",
         "mmprm_seeds",
+        "prm800k",
         "visualprocessbench",
         "trl",
+        "math_shepherd",
         "processbench",
         "dreamprm_meta",
     )

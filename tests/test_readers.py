@@ -87,6 +87,8 @@ def test_invalid_json_names_file_and_record(tmp_path):
         (OWN / "mmprm_train.jsonl", "mmprm"),
         (OWN / "mmprm_seeds.json", "mmprm_seeds"),
         (OWN / "trl_stepwise.jsonl", "trl"),
+        (OWN / "prm800k.jsonl", "prm800k"),
+        (OWN / "math_shepherd.jsonl", "math_shepherd"),
         (PROCESSBENCH, "processbench"),
     ],
 )
@@ -117,7 +119,9 @@ def test_formats_cover_every_reader():
         "bestofn",
         "mmprm",
         "mmprm_seeds",
+        "prm800k",
         "trl",
+        "math_shepherd",
         "processbench",
         "prmbench",
         "visualprocessbench",

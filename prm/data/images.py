@@ -16,7 +16,9 @@ would no longer match the question's ``<image k>`` references.
 Paths stay inside their root: an absolute path, a path starting with ``~`` and one whose ``..`` parts
 lead out of the root are refused (a :class:`RecordError`) unless ``allow_outside_paths`` is set, and
 so is a relative path that leaves the root through a symbolic link. A data file therefore cannot
-make the suite read (or, in data generation, send to a model server) a file outside its root.
+make the suite read (or, in data generation, send to a model server) a file outside its root. The
+one exception is the image cache (:mod:`prm.data.image_cache`), where images given as bytes inside
+Parquet / ``datasets`` rows are written: an absolute path inside it counts as inside the root.
 
 :func:`load_image` converts every Pillow mode to 8-bit RGB the same way everywhere (EXIF orientation
 applied; 16-bit and float greyscale scaled to 0-255; transparency composited on white) and pads or
@@ -42,14 +44,25 @@ MAX_ASPECT_RATIO = 200.0
 BACKGROUND = (255, 255, 255)
 
 
-def check_path(raw: str, root: Path, source_path: object, index: int | None, field: str) -> Path:
+def check_path(
+    raw: str,
+    root: Path,
+    source_path: object,
+    index: int | None,
+    field: str,
+    cache_root: Path | None = None,
+) -> Path:
     """``raw`` resolved under ``root``, refused when it could leave it.
 
     Refused: an absolute path, a ``~`` path, a path whose ``..`` parts lead out of ``root`` (the
     published DreamPRM-1.5 ``../data/meta_images/x.png`` under a root named ``data`` stays inside and
     is accepted), and a path whose real location (symbolic links followed) is outside ``root``'s.
+    Accepted as well: an absolute path whose real location is inside ``cache_root`` (the image
+    cache, :mod:`prm.data.image_cache`), which counts as inside the root.
     Raises :class:`RecordError` naming the file, record, field and path.
     """
+    if cache_root is not None and _inside(raw, cache_root):
+        return Path(raw)
     reason = None
     if raw.startswith("~"):
         reason = "starts with '~'"
@@ -70,6 +83,14 @@ def check_path(raw: str, root: Path, source_path: object, index: int | None, fie
             "set data.allow_outside_paths=true to allow it",
         )
     return root / raw
+
+
+def _inside(raw: str, folder: Path) -> bool:
+    """Whether ``raw`` is an absolute path whose real location (links followed) is in ``folder``."""
+    if not Path(raw).is_absolute():
+        return False
+    real_folder = os.path.realpath(folder)
+    return os.path.commonpath([real_folder, os.path.realpath(raw)]) == real_folder
 
 
 def check_policy(policy: str) -> None:
@@ -102,12 +123,14 @@ def resolve_images(
     field: str,
     report: SkipReport,
     allow_outside_paths: bool = False,
+    cache_root: Path | None = None,
 ) -> list[str] | None:
     """Resolve ``paths`` and apply the missing-image policy; None means "skip this record".
 
     Relative paths are joined to ``data_root`` (None: the folder of ``source_path``) and normalised.
     Absolute, ``~`` and ``..`` paths are refused with a :class:`RecordError` (see :func:`check_path`)
-    unless ``allow_outside_paths``, when they are expanded and kept. Returns the resolved paths, an
+    unless ``allow_outside_paths``, when they are expanded and kept; absolute paths inside
+    ``cache_root`` (the image cache) are always accepted. Returns the resolved paths, an
     empty list under ``blank`` when one is missing, or None under ``skip`` (the skip is counted here).
     """
     check_policy(policy)
@@ -115,7 +138,9 @@ def resolve_images(
     if allow_outside_paths:
         resolved = [os.path.normpath(root / Path(path).expanduser()) for path in paths]
     else:
-        resolved = [os.path.normpath(check_path(path, root, source_path, index, field)) for path in paths]
+        resolved = [
+            os.path.normpath(check_path(path, root, source_path, index, field, cache_root)) for path in paths
+        ]
     missing = [(raw, path) for raw, path in zip(paths, resolved) if not Path(path).is_file()]
     if not missing:
         return resolved

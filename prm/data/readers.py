@@ -13,7 +13,9 @@ from prm.data.formats import detect_format, format_names, load_json_records, rea
 from prm.data.formats.bestofn import read_bestofn_test
 from prm.data.formats.conversations import read_conversations
 from prm.data.formats.dreamprm import read_dreamprm_meta, read_dreamprm_train
+from prm.data.formats.math_shepherd import read_math_shepherd
 from prm.data.formats.mmprm import SeedProblem, read_mmprm, read_mmprm_seeds
+from prm.data.formats.prm800k import read_prm800k
 from prm.data.formats.prmbench import read_prmbench
 from prm.data.formats.processbench import read_processbench
 from prm.data.formats.trl import read_trl
@@ -29,9 +31,11 @@ __all__ = [
     "read_conversations",
     "read_dreamprm_meta",
     "read_dreamprm_train",
+    "read_math_shepherd",
     "read_mmprm",
     "read_mmprm_seeds",
     "read_native",
+    "read_prm800k",
     "read_prmbench",
     "read_processbench",
     "read_records",

@@ -2,8 +2,10 @@
 
 A run has up to three splits: ``train`` (step-labelled chains, lower level), ``meta`` (whole-chain
 labels, upper level and validation) and ``test`` (best-of-N problems or ProcessBench chains).
-Each split is a file in any supported format (``format: auto`` detects it), or comes from a
-generator such as the demo benchmark, which writes its files on first use. Loading logs one line
+Each split is a file in any supported format (``format: auto`` detects it) stored as JSON, JSON
+Lines, Parquet or a Hugging Face ``datasets`` folder (:mod:`prm.data.formats.inputs`; images given
+as bytes go to ``data.image_cache``), or comes from a generator such as the demo benchmark, which
+writes its files on first use. Loading logs one line
 per file with the records read, kept and skipped (by reason), so nothing disappears silently.
 """
 
@@ -16,12 +18,18 @@ from pathlib import Path
 
 from prm.config import SPLITS, DataOptions
 from prm.data.errors import SkipReport
-from prm.data.formats import read_records
+from prm.data.formats import detect_format, read_records
+from prm.data.formats.inputs import input_exists
+from prm.data.formats.registry import reader_options
+from prm.data.image_cache import using_image_cache
 from prm.errors import UserError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SPLITS", "DataSources"]
+
+# Reader arguments DataSources.load sets from other data.* keys (not through data.reader_options).
+_SET_HERE = ("data_root", "missing_image", "report", "allow_outside_paths")
 
 
 @dataclass
@@ -58,20 +66,41 @@ class DataSources(DataOptions):
         path = self.path(split)
         if path is None:
             raise UserError(f"data.{split} is not set (data={self.name}); give data.{split}=<file>")
-        if not path.is_file():
-            raise UserError(f"data.{split}={path}: no such file")
+        if not input_exists(path):
+            raise UserError(f"data.{split}={path}: no such file or dataset folder")
         report = SkipReport(str(path))
-        records = read_records(
-            path,
-            getattr(self, f"{split}_format") or self.format,
-            data_root=self.image_root,
-            missing_image=self.missing_image,
-            report=report,
-            allow_outside_paths=self.allow_outside_paths,
-        )
+        format_name = getattr(self, f"{split}_format") or self.format
+        options = self._reader_options(split, path, format_name)
+        with using_image_cache(self.image_cache):
+            records = read_records(
+                path,
+                format_name,
+                data_root=self.image_root,
+                missing_image=self.missing_image,
+                report=report,
+                allow_outside_paths=self.allow_outside_paths,
+                **options,
+            )
         self.reports[split] = report
         report.log()
         return self._limited(split, records)
+
+    def _reader_options(self, split: str, path: Path, format_name: str) -> dict:
+        """``data.reader_options.<split>``: the split's reader's own options (PRM800K's ``neutral``,
+        Math-Shepherd's ``step_tag``, ...). Raises UserError for an option its format's reader does
+        not take, or one this class sets itself."""
+        options = dict((self.reader_options or {}).get(split) or {})
+        if not options:
+            return options
+        name = detect_format(path) if format_name == "auto" else format_name
+        own = [option for option in reader_options(name) if option not in _SET_HERE]
+        unknown = sorted(set(options) - set(own))
+        if unknown:
+            raise UserError(
+                f"data.reader_options.{split}: the {name} reader takes no option {', '.join(unknown)}; "
+                f"its options: {', '.join(own) or 'none'}"
+            )
+        return options
 
     def _limited(self, split: str, records: list) -> list:
         """At most ``limit`` records of ``split``: indices floor(i * n / limit), i < limit (logged)."""

@@ -386,13 +386,15 @@ class ModelRun:
         self.precision, self.prefix_sharing = precision, prefix_sharing
         self.data = instantiate(model.cfg.data)
 
-    def read(self, path: Path | None, fmt: str, spec: DictConfig) -> tuple[list, dict]:
+    def read(self, path: Path | None, fmt: str, spec: DictConfig) -> tuple[list, dict, Any]:
+        """The checked records of one file, the preflight counts, and the data sources used."""
         data = subset_data(self.data, path, fmt, spec)
         records, report = preflight(data, self.prm.backbone, ("test",))
-        return records["test"], {**report.as_dict(), "test_file": str(data.path("test"))}
+        return records["test"], {**report.as_dict(), "test_file": str(data.path("test"))}, data
 
-    def score(self, kind: str, records: list) -> tuple[list, Cost]:
-        data = self.data
+    def score(self, kind: str, records: list, data) -> tuple[list, Cost]:
+        """Step scores of ``records`` (best-of-N: per problem, per candidate) with ``data``'s batch
+        size, ``max_length`` and packing, and what it cost."""
 
         def run(chains: list, prefix_sharing: bool = False) -> list:
             return score_chains(
@@ -425,8 +427,8 @@ class ModelRun:
         scored = {}
         for subset, path in files.items():
             log.info("%s: %s %s (%s)", self.model.label, name, subset, path or "the model's test split")
-            records, report = self.read(path, fmt, spec)
-            scores, cost = self.score(spec.kind, records)
+            records, report, data = self.read(path, fmt, spec)
+            scores, cost = self.score(spec.kind, records, data)
             scored[subset] = (scores, kind.prepare(records), cost, report)
         thresholds, chosen_on, marks = self.thresholds(name, spec, kind, fmt, scored)
         results = {}
@@ -465,8 +467,8 @@ class ModelRun:
             raise ConfigError(
                 f"bench.{name}.threshold_split={split}: neither a subset of {subsets}, nor a file, nor 'test'"
             )
-        records, _ = self.read(path, fmt, OmegaConf.merge(spec, {"limit": None}))
-        scores, _ = self.score(spec.kind, records)
+        records, _, data = self.read(path, fmt, OmegaConf.merge(spec, {"limit": None}))
+        scores, _ = self.score(spec.kind, records, data)
         threshold = kind.choose(scores, kind.prepare(records))
         return dict.fromkeys(subsets, threshold), str(path), {}
 

@@ -1,7 +1,8 @@
 """Published PRM data formats: one module per publisher, each registering its reader(s).
 
 Every reader takes ``(path, data_root=None, missing_image="error", report=None)`` plus options of
-its own, accepts a JSON array or JSON Lines, and returns native records
+its own (``data.reader_options``), accepts a JSON array, JSON Lines, a Parquet file or a Hugging
+Face ``datasets`` folder (:mod:`prm.data.formats.inputs`), and returns native records
 (:mod:`prm.data.records`). Conventions shared by all of them (implemented once, in
 :mod:`prm.data.formats.source`):
 
@@ -10,9 +11,11 @@ its own, accepts a JSON array or JSON Lines, and returns native records
 - Nothing is dropped silently: a record left out (missing image under ``skip``, no steps) is counted
   in the :class:`SkipReport` by reason, and ``read`` / ``kept`` are added to (so one report can
   cover several files). Pass a report to log it yourself; without one, the reader logs its own.
-  Skip reasons: ``missing_image``, ``no_steps`` (DreamPRM meta / conversations), ``empty_prefix``
-  (DreamPRM train); records kept without their images count in ``changed`` under ``blank_image``
-  (see :mod:`prm.data.images`).
+  Skip reasons: ``missing_image``, ``no_steps`` (DreamPRM meta / conversations / PRM800K),
+  ``empty_prefix`` (DreamPRM train), ``unsplit_question`` (Math-Shepherd); records kept without their
+  images count in ``changed`` under ``blank_image`` (see :mod:`prm.data.images`).
+- Images given as bytes in Parquet / ``datasets`` rows become paths in the image cache
+  (:mod:`prm.data.image_cache`) when a reader reads the field with :meth:`Row.image_field`.
 - Ids are strings: the record's ``id`` when it has one, else its index. A repeated id gets a suffix
   (``x#2``, ``x#3``, ...) and keeps the original in ``meta["source_id"]``, because per-instance
   weights are keyed by id.

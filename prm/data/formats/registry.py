@@ -9,6 +9,7 @@ order in which modules were imported.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,19 @@ def format_names() -> tuple[str, ...]:
     return tuple(entry.name for entry in registered_formats())
 
 
+def reader_options(name: str) -> tuple[str, ...]:
+    """The keyword options the reader of format ``name`` takes (every parameter but the path), in
+    signature order: ``data_root``, ``missing_image``, ``report``, then its own. Raises ValueError
+    for an unknown format."""
+    if name not in _FORMATS:
+        raise ValueError(f"unknown format {name!r}; expected one of {format_names()}")
+    parameters = list(inspect.signature(_FORMATS[name].read).parameters.values())[1:]
+    return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def detect_format(path: str | Path) -> str:
-    """The format of a file: the first registered signature its first record matches.
+    """The format of a file (or ``datasets`` folder): the first registered signature its first
+    record matches.
 
     Raises :class:`RecordError` for an empty file, a first record that is not a JSON object, or one
     that no signature matches.

@@ -1,65 +1,42 @@
-"""One data file being read: JSON / JSON Lines loading, field checks, and the record loop.
+"""One data source being read: field checks and the record loop, over any input kind.
 
-A format module (:mod:`prm.data.formats`) reads a file through a :class:`Source` (the path, the
-missing-image policy, the skip report, the ids already used) and each record through a :class:`Row`
-(its index and JSON object), whose checks raise :class:`RecordError` naming the file, the record
-index (0-based, in file order) and the field. :meth:`Source.read` is the loop every record-per-record
-format shares: it counts the records read and kept and refuses a record dropped without a counted
-reason, so nothing is left out silently.
+A format module (:mod:`prm.data.formats`) reads a source through a :class:`Source` (the path, the
+missing-image policy, the skip report, the ids already used, the image cache) and each record
+through a :class:`Row` (its index and object), whose checks raise :class:`RecordError` naming the
+file, the record index (0-based, in file order) and the field. :meth:`Source.read` is the loop
+every record-per-record format shares: it counts the records read and kept and refuses a record
+dropped without a counted reason, so nothing is left out silently.
+
+The records come from :func:`prm.data.formats.inputs.iter_records`: a JSON array or JSON Lines
+file, a Parquet file, or a Hugging Face ``datasets`` folder (``save_to_disk`` or a Hub snapshot),
+one at a time (:meth:`Source.rows` is an iterator), so every format reads all of them. Images given
+as bytes in Parquet / ``datasets`` rows become paths in the image cache when a reader asks for the
+field (:meth:`Row.image_field`, :mod:`prm.data.image_cache`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from prm.data.errors import RecordError, SkipReport
+from prm.data.formats.inputs import first_record, iter_records, load_json_records
+from prm.data.image_cache import ImageCache, UndecodableImage, current_image_cache, holds_image_data
 from prm.data.images import check_policy, image_paths, resolve_images
 
 T = TypeVar("T")
 
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list"}
+__all__ = ["Row", "Source", "check_choice", "first_record", "is_kind", "iter_records", "load_json_records"]
 
-
-def load_json_records(path: str | Path) -> list[Any]:
-    """The records of a JSON array file or a JSON Lines file (told apart by the first character).
-
-    Blank lines of a JSON Lines file are ignored. Raises :class:`RecordError` for invalid JSON (with
-    the line number and the index of the record it would have been).
-    """
-    return _parse_json_records(path, Path(path).read_text(encoding="utf-8"))
-
-
-def _parse_json_records(path: str | Path, text: str) -> list[Any]:
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise RecordError(path, None, None, f"invalid JSON array: {error}") from None
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                message = f"invalid JSON on line {number}: {error}"
-                raise RecordError(path, len(records), None, message) from None
-    return records
-
-
-def first_record(path: str | Path) -> Any:
-    """The first record (None for an empty file), without parsing all of a JSON Lines file."""
-    with open(path, encoding="utf-8") as handle:
-        first_line = next((line for line in handle if line.strip()), None)
-    if first_line is None:
-        return None
-    if first_line.lstrip().startswith("["):
-        records = load_json_records(path)
-    else:
-        records = _parse_json_records(path, first_line)
-    return records[0] if records else None
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
 
 
 def is_kind(value: Any, kind: type) -> bool:
@@ -76,10 +53,13 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class Source:
-    """One file being read: its path, image policy, skip report, domain and the ids already used.
+    """One source being read: its path, image policy, skip report, domain, the ids already used and
+    the image cache.
 
-    ``report``: counts are added to it (one report can cover several files); None: the source keeps
-    its own and logs it when done. ``domain``: the records' domain, default the file's stem.
+    ``path``: any input of :func:`prm.data.formats.inputs.iter_records`. ``report``: counts are added
+    to it (one report can cover several files); None: the source keeps its own and logs it when
+    done. ``domain``: the records' domain, default the path's stem. ``image_cache``: the folder where
+    images given as bytes are written (None: :func:`prm.data.image_cache.current_image_cache`).
     Raises ValueError for an unknown ``missing_image`` policy.
     """
 
@@ -91,8 +71,10 @@ class Source:
         report: SkipReport | None = None,
         domain: str | None = None,
         allow_outside_paths: bool = False,
+        image_cache: str | Path | None = None,
     ):
         check_policy(missing_image)
+        self.image_cache = ImageCache(image_cache if image_cache is not None else current_image_cache())
         self.allow_outside_paths = allow_outside_paths
         self.path, self.data_root, self.missing_image = Path(path), data_root, missing_image
         self.own_report = report is None
@@ -103,14 +85,14 @@ class Source:
     def error(self, index: int | None, field_name: str | None, message: str) -> RecordError:
         return RecordError(self.path, index, field_name, message)
 
-    def rows(self) -> list[Row]:
-        """Every record of the file, each checked to be a JSON object; counted in ``report.read``."""
-        raw = load_json_records(self.path)
-        for index, obj in enumerate(raw):
+    def rows(self) -> Iterator[Row]:
+        """The records of the source, one at a time, each checked to be an object (a JSON object, a
+        Parquet / ``datasets`` row) and counted in ``report.read`` when it is handed out."""
+        for index, obj in enumerate(iter_records(self.path)):
             if not isinstance(obj, dict):
                 raise self.error(index, None, f"expected a JSON object, got {type(obj).__name__}")
-        self.report.read += len(raw)
-        return [Row(self, index, obj) for index, obj in enumerate(raw)]
+            self.report.read += 1
+            yield Row(self, index, obj)
 
     def read(self, build: Callable[[Row], T | None]) -> list[T]:
         """The record loop: ``build`` each row into a record, or None for a record left out.
@@ -146,6 +128,7 @@ class Source:
             name,
             self.report,
             self.allow_outside_paths,
+            self.image_cache.folder,
         )
         if weight > 1 and images is None:
             self.report.skipped["missing_image"] += weight - 1
@@ -187,14 +170,35 @@ class Row:
 
         ``float`` accepts any number, ``int`` integers; neither accepts a boolean.
         """
-        value = self.obj.get(name)
+        return self.check(self.obj.get(name), kind, name, required)
+
+    def check(self, value: Any, kind: type, field_name: str, required: bool = True) -> Any:
+        """``value`` (read from anywhere in the record) checked against ``kind`` as :meth:`get`
+        checks a top-level field; errors name ``field_name``, the value's path in the record such as
+        ``label.steps[3].chosen_completion``."""
         if value is None:
             if required:
-                raise self.error(name, "missing required field")
+                raise self.error(field_name, "missing required field")
             return None
         if not is_kind(value, kind):
-            raise self.error(name, f"expected {_TYPE_NAMES[kind]}, got {type(value).__name__}: {value!r}")
+            message = f"expected {_TYPE_NAMES[kind]}, got {type(value).__name__}: {value!r}"
+            raise self.error(field_name, message)
         return value
+
+    def get_path(self, dotted: str, kind: type, required: bool = True) -> Any:
+        """A nested field by its dotted path (``question.problem``), checked like :meth:`get`. Each
+        part before the last must be an object (else an error naming that part); an absent part
+        makes the field absent."""
+        value: Any = self.obj
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts):
+            if value is None:
+                break
+            if not isinstance(value, dict):
+                where = ".".join(parts[:depth])
+                raise self.error(where, f"expected an object, got {type(value).__name__}: {value!r}")
+            value = value.get(part)
+        return self.check(value, kind, dotted, required)
 
     def get_list(self, name: str, kind: type) -> list:
         """``obj[name]``, a required list whose items are all of ``kind``."""
@@ -220,11 +224,31 @@ class Row:
         return float(value)
 
     def image_field(self, name: str, required: bool = False) -> list[str]:
-        """The record's image paths as written, checked (resolved later, once the record is valid)."""
-        paths = image_paths(self.obj.get(name), self.source.path, self.index, name)
+        """The record's image paths as written, checked (resolved later, once the record is valid).
+
+        Images given by content (bytes, or a ``datasets`` Image struct ``{"bytes", "path"}``, alone
+        or in a list) are written to the image cache and stand as their cached file's path; a struct
+        without bytes stands as its ``path``. Bytes that are not an image raise a
+        :class:`RecordError` naming the field (``name[k]`` for the k-th image of a list).
+        """
+        value = self.obj.get(name)
+        if holds_image_data(value):
+            value = self._cached_images(value, name)
+        paths = image_paths(value, self.source.path, self.index, name)
         if required and not paths:
             raise self.error(name, "missing required field")
         return paths
+
+    def _cached_images(self, value: Any, name: str) -> Any:
+        """``value`` with each image given by content replaced by its cached path."""
+        items, single = (value, False) if isinstance(value, list) else ([value], True)
+        converted = []
+        for position, item in enumerate(items):
+            try:
+                converted.append(self.source.image_cache.image_path(item))
+            except UndecodableImage as error:
+                raise self.error(name if single else f"{name}[{position}]", str(error)) from None
+        return converted[0] if single else converted
 
     def resolve(self, paths: list[str], name: str, weight: int = 1) -> list[str] | None:
         """:meth:`Source.resolve` for this record: resolved paths, or None when it is skipped."""

@@ -1,6 +1,12 @@
 """TRL's stepwise supervision format (Hugging Face TRL ``PRMTrainer`` data sets), text-only.
 
 ``trl``: ``prompt, completions: [str], labels: [bool]`` -> step chains, one completion per step.
+The sets TRL published on the Hub (``trl-lib/math_shepherd``, ``trl-lib/prm800k``, Parquet under
+``data/``) have exactly these columns (prompt a string, completions a list of strings, labels a list
+of booleans); they are read from Parquet or a snapshot folder like any format
+(:mod:`prm.data.formats.inputs`). TRL's dataset-format guide (``docs/source/dataset_formats.md``)
+documents a standard form of this type only (its conversational cell is empty), so a list of
+messages as ``prompt`` is refused.
 """
 
 from __future__ import annotations
