@@ -36,7 +36,7 @@ def run(tmp_path_factory):
             "data.generator.meta_size=4",
             "data.generator.test_problems=3",
             "data.generator.n_candidates=3",
-            "data.limit=null",
+            "data.limit.test=2",  # the run's own test split: 2 of 3 problems; never a benchmark file's
         ]
         train(compose_config(*overrides), run_dir=folder / "run")
     return folder / "run"
@@ -63,7 +63,7 @@ def rescore(checkpoint: Path, path: Path, fmt: str) -> tuple[list, list]:
     resolved = resolve_checkpoint(checkpoint)
     prm = load_prm(resolved, "cpu")
     node = OmegaConf.load(resolved / "config.yaml").data
-    data = dataclasses.replace(instantiate(node), test=str(path), test_format=fmt, generator=None)
+    data = dataclasses.replace(instantiate(node), test=str(path), test_format=fmt, generator=None, limit=None)
     records = preflight(data, prm.backbone, ("test",))[0]["test"]
     scores = score_chains(prm, records, data.eval_batch_size, data.max_length, "cpu", "fp32")
     return records, scores
@@ -116,10 +116,10 @@ def test_best_of_n_on_the_models_own_test_split(run, tmp_path):
     summary = evaluate(overrides, tmp_path / "eval")
     (model,) = summary["models"].values()
     entry = model["benchmarks"]["best_of_n"]["test"]
-    assert entry["result"]["problems"] == 3
+    assert entry["result"]["problems"] == 2  # the run's data.limit.test applies to its own test split
     assert entry["rows"]["headline"] == entry["result"]["aggregations"]["mean"]["accuracy"]
     assert entry["rows"]["weighted vote (mean)"] == entry["result"]["weighted_vote"]["mean"]["accuracy"]
-    assert entry["cost"]["chains"] == 9  # 3 problems x 3 candidates, every candidate scored once
+    assert entry["cost"]["chains"] == 6  # 2 problems x 3 candidates, every candidate scored once
 
 
 @pytest.mark.parametrize(
@@ -189,6 +189,9 @@ def test_three_step_benchmarks_in_one_command(run, tmp_path):
     expected = prmbench(scores, [PRMBenchRecord.from_chain(r) for r in records], 0.5)
     entry = model["benchmarks"]["prmbench"]["prmbench"]
     assert entry["rows"]["headline"] == expected.prm_score and entry["threshold_chosen_on"] == "fixed"
+    assert (
+        entry["cost"]["chains"] == 7
+    )  # 5 records + 2 correct processes: the run's data.limit does not apply
     records, scores = rescore(run, formats / "visualprocessbench.jsonl", "visualprocessbench")
     expected = visualprocessbench(scores, [VisualProcessBenchRecord.from_chain(r) for r in records], 0.5)
     entry = model["benchmarks"]["visualprocessbench"]["visualprocessbench"]

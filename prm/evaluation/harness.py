@@ -367,10 +367,11 @@ class SubsetResult:
 
 def subset_data(data, path: Path | None, fmt: str, spec: DictConfig):
     """The model's data sources pointed at one benchmark file: test split ``path`` (None: the model's
-    own test split), format ``fmt``, ``spec.limit`` records at most, ``spec.data`` keys on top."""
+    own test split, with its own ``limit``), format ``fmt``, ``spec.limit`` records at most (the
+    model's ``data.limit`` is for its own data, not for a benchmark), ``spec.data`` keys on top."""
     changes: dict[str, Any] = {key: value for key, value in spec.data.items() if value is not None}
     if path is not None:
-        changes.update(test=str(path), test_format=fmt, generator=None)
+        changes.update(test=str(path), test_format=fmt, generator=None, limit=None)
         changes["image_root"] = changes.get("image_root")  # the benchmark file's folder unless given
     if spec.limit is not None:
         changes["limit"] = {"test": int(spec.limit)}
