@@ -365,7 +365,9 @@ class EvaluateSchema:
     processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
     # evaluate.py bench=[processbench,prmbench,...]: every benchmark in one run and one table
     bench: dict[str, BenchSchema] = field(default_factory=dict)
-    compare: list[str] = field(default_factory=list)  # more checkpoints scored in the same bench table
+    # more models in the same bench table: run / checkpoint / multirun-job paths, or models train.py
+    # never wrote as {backbone: <config>, path: <dir>, prompt: <format>, label_words: [...], name: <label>}
+    compare: list[Any] = field(default_factory=list)
 
 
 def register_schemas() -> None:

@@ -216,3 +216,35 @@ def test_a_prmbench_test_file_alone_goes_through_the_same_table(run, tmp_path):
     entry = next(iter(summary["models"].values()))["benchmarks"]["prmbench"]["prmbench"]
     assert entry["rows"]["headline"] == expected.prm_score
     assert (tmp_path / "eval" / "report.md").is_file()
+
+
+def test_a_model_train_py_never_wrote_is_one_more_column(run, tmp_path):
+    """compare=[{backbone, path, prompt, name}]: a foreign model beside the checkpoint, scored exactly as
+    evaluate.py backbone=<config> backbone.path=<dir> prompt=<format> scores it alone."""
+    from tests.test_prompts import save_tiny_llama
+
+    model_dir = tmp_path / "llama"
+    save_tiny_llama(model_dir)
+    bench = ["bench=processbench", f"bench.processbench.root={PROCESSBENCH}", "device=cpu", "logger=none"]
+    bench.append("bench.processbench.data.max_length=4096")  # its byte-level chains are long
+    entry = f"{{backbone:hf_causal_lm,path:'{model_dir}',prompt:conversation,name:llama}}"
+    both = evaluate([f"checkpoint={run}", f"compare=[{entry}]", *bench], tmp_path / "both")
+    alone = evaluate(
+        ["backbone=hf_causal_lm", f"backbone.path={model_dir}", "prompt=conversation", *bench],
+        tmp_path / "alone",
+    )
+    assert list(both["models"]) == [f"{run.parent.name}/{run.name}", "llama"]
+    (single,) = alone["models"].values()
+    for subset in ("gsm8k", "math"):
+        got = both["models"]["llama"]["benchmarks"]["processbench"][subset]
+        want = single["benchmarks"]["processbench"][subset]
+        assert (got["rows"], got["threshold"]) == (want["rows"], want["threshold"])
+    assert "| llama |" in (tmp_path / "both" / "report.md").read_text()
+
+
+def test_a_bad_compare_entry_names_itself(run, tmp_path):
+    from prm.config import ConfigError
+
+    bench = ["bench=processbench", f"bench.processbench.root={PROCESSBENCH}", "device=cpu", "logger=none"]
+    with pytest.raises(ConfigError, match=r"compare\[0\]: a model train.py never wrote"):
+        evaluate([f"checkpoint={run}", "compare=[{path:/x}]", *bench], tmp_path / "eval")

@@ -476,6 +476,45 @@ def _label(path: Path, taken: set[str]) -> str:
     return unique
 
 
+FOREIGN_KEYS = ("backbone", "path", "prompt", "label_words", "name")
+
+
+def foreign_model_config(cfg: DictConfig, entry: DictConfig, where: str) -> DictConfig:
+    """``cfg`` with the backbone and prompt of a ``compare`` entry that names a model train.py never
+    wrote: ``{backbone: <conf/backbone option>, path: <dir>, prompt: <conf/prompt option>,
+    label_words: [...], name: <column label>}``, composed by Hydra from ``conf/`` as
+    ``backbone=<option> backbone.path=<dir>`` would be. Raises ConfigError naming the entry for an
+    unknown key, a missing ``backbone`` / ``path``, or an option that does not compose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    unknown = sorted(set(entry) - set(FOREIGN_KEYS))
+    if unknown or not entry.get("backbone") or not entry.get("path"):
+        raise ConfigError(
+            f"{where}: a model train.py never wrote is {{backbone: <config>, path: <dir>, prompt: <format>, "
+            f"label_words: [..], name: <label>}} (backbone and path required); got {dict(entry)}"
+        )
+    overrides = [f"backbone={entry.backbone}", f"backbone.path={entry.path}"]
+    if entry.get("prompt"):
+        overrides.append(f"prompt={entry.prompt}")
+    if entry.get("label_words"):
+        overrides.append(f"backbone.label_words=[{','.join(map(str, entry.label_words))}]")
+    try:
+        if GlobalHydra.instance().is_initialized():
+            composed = compose("evaluate", overrides=overrides)
+        else:
+            with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+                composed = compose("evaluate", overrides=overrides)
+    except HydraException as error:
+        raise ConfigError(f"{where}: {' '.join(overrides)} does not compose: {error}") from error
+    model_cfg = copy.deepcopy(cfg)
+    OmegaConf.set_struct(model_cfg, False)
+    model_cfg.backbone, model_cfg.prompt = composed.backbone, composed.prompt
+    OmegaConf.set_struct(model_cfg, True)
+    return model_cfg
+
+
 def bench_models(
     cfg: DictConfig,
     target: Path,
@@ -484,23 +523,31 @@ def bench_models(
     overrides: Sequence[Override],
     verified: VerifiedFolders,
 ) -> list[Model]:
-    """The models of a ``bench=`` evaluation, one column each: the ``backbone=`` model, or the
-    checkpoint (every job of a multirun directory), then each checkpoint of ``compare``; each with
-    the data config :func:`data_config` gives it (policies and ``max_length`` for the benchmark files)."""
+    """The models of a ``bench=`` evaluation, one column each, in order: the ``backbone=`` model, or
+    the checkpoint (every job of a multirun directory), then each entry of ``compare`` (a checkpoint
+    path, or a model train.py never wrote, see :func:`foreign_model_config`). A checkpoint comes with
+    the data config :func:`data_config` gives it (policies and ``max_length`` for the benchmark
+    files); a model train.py never wrote with ``cfg.data``. Raises ConfigError for a multirun
+    directory in ``compare`` or a bad foreign entry."""
     taken: set[str] = set()
     models = []
+    as_composed = f"data={cfg.data.name}: as composed"
     if any_model:
-        models.append(Model(_label(target, taken), None, cfg, f"data={cfg.data.name}: as composed"))
-    paths = [(job, f"job {job.name}") for job in jobs] if jobs else ([] if any_model else [(target, None)])
-    paths += [(Path(path), None) for path in cfg.compare]
-    for path, name in paths:
-        if name is None and sweep_jobs(path, verified):
-            raise ConfigError(
-                f"{path} is a multirun directory: give it as checkpoint=, or its jobs in compare="
-            )
+        models.append(Model(_label(target, taken), None, cfg, as_composed))
+    entries: list = [(job, f"job {job.name}") for job in jobs] if jobs else []
+    entries += [] if any_model or jobs else [(target, "checkpoint")]
+    entries += [(entry, f"compare[{position}]") for position, entry in enumerate(cfg.compare)]
+    for entry, name in entries:
+        if isinstance(entry, DictConfig):
+            label = entry.get("name") or _label(Path(entry.get("path") or "model"), taken)
+            models.append(Model(label, None, foreign_model_config(cfg, entry, name), as_composed))
+            continue
+        path = Path(entry)
+        if not name.startswith("job ") and sweep_jobs(path, verified):
+            raise ConfigError(f"{name}={path} is a multirun directory: give it as checkpoint= instead")
         checkpoint = resolve_checkpoint(path, verified)
         job_cfg, source = data_config(cfg, checkpoint, overrides)
-        label = name if name is not None else _label(path, taken)
+        label = name if name.startswith("job ") else _label(path, taken)
         models.append(Model(label, checkpoint, job_cfg, source))
     return models
 
