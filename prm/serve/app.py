@@ -122,8 +122,7 @@ def create_app(prm, cfg, device="cpu", source: str = "") -> FastAPI:
         try:
             yield
         finally:
-            await scorer.stop()
-            images.close()
+            await scorer.stop()  # the decoded images left are removed with the folder at exit
 
     app = FastAPI(title="prm-suite PRM service", lifespan=lifespan)
     app.state.scorer = scorer

@@ -75,9 +75,10 @@ class BatchScorer:
         self._queue: asyncio.Queue | None = None
         self._carry: _Job | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prm-model")
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prm-model")
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="prm-batch-worker")
 
