@@ -415,10 +415,10 @@ def test_client_against_the_app(client, text_service):
 # --------------------------------------------------------------------------- images
 
 
-def sharpened_vl_prm(head: str) -> ProcessRewardModel:
+def sharpened_vl_prm(head: str, prompt: str = "marker") -> ProcessRewardModel:
     """A float64 tiny Qwen2-VL PRM whose weights are redrawn with std 0.1 (value head: 0.5), so that
     scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
-    backbone = build_backbone("qwen2_vl", dtype="float64")
+    backbone = build_backbone("qwen2_vl", dtype="float64", prompt=prompt)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in backbone.model.parameters():
@@ -437,11 +437,14 @@ def data_url(image: Image.Image) -> str:
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("head", ["token", "value"])
-def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head):
+@pytest.mark.parametrize(
+    "head, prompt", [("token", "marker"), ("value", "marker"), ("token", "conversation")]
+)
+def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, prompt):
     import numpy as np
 
-    prm = sharpened_vl_prm(head)
+    prm = sharpened_vl_prm(head, prompt)
+    assert prm.backbone.prompt.name == prompt
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
     (tmp_path / "root").mkdir()
@@ -483,7 +486,8 @@ def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head):
             got = [torch.tensor(c["step_scores"]) for c in response.json()["candidates"]]
             # float64 model: every batch composition agrees to FLOAT64_PATHS (tests/numerics.py)
             assert_close_at_scale(torch.cat(got), torch.cat(expected))
-        assert float(torch.cat(expected).std()) > 0.05
+        # the scores vary (std 0.015 to 0.2 here) far beyond the 5e-6 tolerance: equality is informative
+        assert float(torch.cat(expected).std()) > 0.01
         assert app.state.images.files == 0  # the decoded data-URL image is gone once answered
         refused = [
             ("../secret.png", "images[0]"),
