@@ -1,7 +1,8 @@
 """The typed schema of the configs and the checks a config must pass before any data or model loads.
 
 **Schema.** :func:`register_schemas` stores structured-config dataclasses in Hydra's ConfigStore:
-``train_schema`` (the top of ``conf/config.yaml``) and ``evaluate_schema`` (``conf/evaluate.yaml``).
+``train_schema`` (the top of ``conf/config.yaml``), ``evaluate_schema`` (``conf/evaluate.yaml``) and
+``serve_schema`` (``conf/serve.yaml``).
 Each config lists its schema first in its defaults, so every YAML file, preset and command-line
 override is merged into typed, closed nodes: a misspelt key (``train.stpes=3``) or a value of the
 wrong type (``train.steps=abc``) fails at composition with Hydra's own message, before ``main`` runs.
@@ -370,11 +371,86 @@ class EvaluateSchema:
     compare: list[Any] = field(default_factory=list)
 
 
+class StepSplit(StrEnum):
+    """``steps.split`` of ``python -m prm.serve``: how a candidate given as text becomes steps
+    (:mod:`prm.serve.requests`)."""
+
+    candidate = "candidate"  # prm.data.steps.split_candidate: numbered lines, else paragraphs; "Answer:" step
+    paragraphs = "paragraphs"  # blank-line separated paragraphs
+    lines = "lines"  # one step per non-empty line
+    separator = "separator"  # split at steps.separator
+
+
+@dataclass
+class StepSplitSchema:
+    split: StepSplit = StepSplit.candidate
+    separator: str = "\n\n"  # steps.split=separator only
+
+
+@dataclass
+class ServeLimitsSchema:
+    """What one request may hold; a request over a limit gets a 4xx naming the field."""
+
+    max_body_bytes: int = 8_000_000
+    max_candidates: int = 64  # candidates per native request, queries per OpenRLHF request
+    max_steps: int = 128  # steps per candidate
+    max_images: int = 8  # images per request
+    max_image_bytes: int = 4_000_000  # one base64 data-URL image, decoded
+    max_queued_chains: int = 4096  # chains waiting for the model; more: 503 (come back later)
+
+
+@dataclass
+class OpenRLHFSchema:
+    """``POST /v1/openrlhf``: how a query (prompt + response text) becomes a question and steps."""
+
+    aggregation: str = "min"  # the chain score that is the reward
+    dense: bool = False  # also return per-step rewards (a request's "dense" overrides it)
+    # the question is prompts[i] (OpenRLHF sends query = prompt + response); question_regex, when set,
+    # takes its group "question" from the prompt (e.g. the user turn out of a chat-templated prompt)
+    question_regex: Optional[str] = None  # noqa: UP045
+    # without prompts: the query is cut at the last occurrence of this string (null: prompts required)
+    response_separator: Optional[str] = None  # noqa: UP045
+    strip: list[str] = field(default_factory=list)  # strings removed from the response's end (EOS, ...)
+    skipped_reward: float = 0.0  # the reward of a response with no step, or skipped as too long
+
+
+@dataclass
+class ServeSchema:
+    """``conf/serve.yaml``: what ``python -m prm.serve`` composes: ``checkpoint`` (a model train.py
+    wrote) or ``backbone`` + ``prompt`` (any model at ``backbone.path``), and the server's settings."""
+
+    checkpoint: Optional[str] = None  # noqa: UP045
+    backbone: Any = None
+    prompt: Any = None
+    seed: int = 0  # only for backbone configs that read ${seed}
+    device: str = "auto"
+    precision: str = "fp32"  # PRECISIONS
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: Optional[str] = None  # noqa: UP045  (clients send "Authorization: Bearer <key>")
+    image_root: Optional[str] = None  # noqa: UP045  (null: image paths refused, data URLs only)
+    batch_window_ms: float = 5.0  # how long the worker waits for more requests to batch together
+    max_batch: int = 64  # chains per scoring call (one request with more runs alone)
+    batch_size: int = 16  # chains per forward pass (evaluate.py's data.eval_batch_size)
+    request_timeout_s: float = 60.0
+    graceful_shutdown_s: float = 30.0
+    # null: the checkpoint's data.<key> (backbone=: the data schema's default)
+    max_length: Optional[int] = None  # noqa: UP045
+    too_long: Optional[TooLong] = None  # noqa: UP045
+    special_tokens: Optional[SpecialTokens] = None  # noqa: UP045
+    aggregations: Optional[list[str]] = None  # noqa: UP045  (returned by default; null: all)
+    steps: StepSplitSchema = field(default_factory=StepSplitSchema)
+    limits: ServeLimitsSchema = field(default_factory=ServeLimitsSchema)
+    openrlhf: OpenRLHFSchema = field(default_factory=OpenRLHFSchema)
+
+
 def register_schemas() -> None:
-    """Store ``train_schema`` and ``evaluate_schema`` in Hydra's ConfigStore (idempotent)."""
+    """Store ``train_schema``, ``evaluate_schema`` and ``serve_schema`` in Hydra's ConfigStore
+    (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainRunSchema)
     store.store(name="evaluate_schema", node=EvaluateSchema)
+    store.store(name="serve_schema", node=ServeSchema)
 
 
 register_schemas()
@@ -643,6 +719,74 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     from prm.aggregation import aggregation_spec
 
     aggregation_spec(_get(cfg, "aggregation.name"))
+
+
+def validate_serve_config(cfg: DictConfig) -> None:
+    """Check a composed ``conf/serve.yaml`` before the model loads.
+
+    Rules (each failure raises :class:`ConfigError` naming the key): ``checkpoint`` or ``backbone``
+    with ``backbone.path``, not both, ``prompt`` only with ``backbone``; ``backbone.label_words`` two
+    different words; ``precision`` fp32 or bf16; ``device`` known (cuda only where torch sees it);
+    ``port`` in [0, 65535]; ``batch_window_ms``, ``request_timeout_s``, ``graceful_shutdown_s`` >= 0;
+    ``max_batch``, ``batch_size`` and every ``limits.*`` >= 1; ``max_length`` null or >= 1; every
+    name of ``aggregations`` and ``openrlhf.aggregation`` known; ``steps.separator`` non-empty with
+    ``steps.split=separator``; ``openrlhf.question_regex`` a regular expression with a group
+    ``question``.
+    """
+    checkpoint = bool(_get(cfg, "checkpoint"))
+    backbone = _get(cfg, "backbone") is not None
+    _require(
+        checkpoint or backbone,
+        "checkpoint is not set: give checkpoint=<run dir or checkpoint folder> (a model train.py wrote), "
+        "or backbone=<config> backbone.path=<dir> [prompt=<format>] (any model)",
+    )
+    _require(
+        not (checkpoint and backbone),
+        "checkpoint= and backbone= exclude each other: a checkpoint's config.yaml sets its backbone "
+        "and prompt",
+    )
+    _require(
+        backbone or _get(cfg, "prompt") is None,
+        "prompt= goes with backbone=<config> backbone.path=<dir>; a checkpoint's config.yaml sets its prompt",
+    )
+    _require(
+        not backbone or bool(_get(cfg, "backbone.path")),
+        "backbone.path is not set: python -m prm.serve backbone=<config> backbone.path=<checkpoint dir>",
+    )
+    if backbone:
+        _check_label_words(cfg)
+    _check_precision("precision", _get(cfg, "precision"))
+    _check_device("device", _get(cfg, "device"))
+    port = _number(cfg, "port")
+    _require(isinstance(port, int) and 0 <= port <= 65535, f"port={port}: expected an integer in [0, 65535]")
+    for key in ("batch_window_ms", "request_timeout_s", "graceful_shutdown_s"):
+        _at_least(cfg, key, 0)
+    for key in ("max_batch", "batch_size", *(f"limits.{name}" for name in _get(cfg, "limits", {}))):
+        _at_least(cfg, key, 1)
+    max_length = _get(cfg, "max_length")
+    _require(max_length is None or max_length >= 1, f"max_length={max_length}: must be >= 1 or null")
+    from prm.aggregation import REGISTRY
+
+    for name in _get(cfg, "aggregations") or []:
+        _require(name in REGISTRY, f"aggregations: {name!r} is not one of {', '.join(sorted(REGISTRY))}")
+    name = _get(cfg, "openrlhf.aggregation")
+    known = ", ".join(sorted(REGISTRY))
+    _require(name in REGISTRY, f"openrlhf.aggregation={name!r}: expected one of {known}")
+    _require(
+        _get(cfg, "steps.split") != "separator" or bool(_get(cfg, "steps.separator")),
+        "steps.split=separator needs a non-empty steps.separator",
+    )
+    pattern = _get(cfg, "openrlhf.question_regex")
+    if pattern is not None:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            message = f"openrlhf.question_regex={pattern!r}: not a regular expression ({error})"
+            raise ConfigError(message) from None
+        _require(
+            "question" in compiled.groupindex,
+            f"openrlhf.question_regex={pattern!r}: needs a named group (?P<question>...)",
+        )
 
 
 # ----------------------------------------------------------------------------------------------

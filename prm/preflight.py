@@ -154,10 +154,14 @@ class Neutralizer:
 # --------------------------------------------------------------------------- checker
 
 
-class _SplitChecker:
-    """Applies the policies to the records of one split."""
+class RecordChecker:
+    """Applies the policies to the records of one split (``split``, read from ``path``): ``data``
+    gives ``max_length``, ``too_long``, ``special_tokens`` and ``bad_image``; the cases are counted in
+    ``report``. :func:`preflight` runs one per split; the serving endpoints
+    (:mod:`prm.serve.requests`) one per request, with :meth:`length` and ``neutralize``."""
 
-    def __init__(self, data: Any, backbone: Any, split: str, path: str, report: SplitReport):
+    def __init__(self, data: Any, backbone: Any, split: str, path: str, report: SplitReport | None = None):
+        report = report if report is not None else SplitReport(split, path)
         self.data, self.backbone, self.split, self.path, self.report = data, backbone, split, path, report
         self.neutralize = Neutralizer(special_token_strings(backbone))
         self.collator = PRMCollator(backbone, max_length=None)
@@ -430,7 +434,7 @@ def preflight(
         reader_report = data.reports.get(split)
         if reader_report is not None:
             split_report.reader = reader_report.summary()
-        checker = _SplitChecker(data, backbone, split, path, split_report)
+        checker = RecordChecker(data, backbone, split, path, split_report)
         check_unique_ids(records, split, path)
         kept = []
         for index, record in enumerate(records):

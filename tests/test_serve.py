@@ -1,0 +1,589 @@
+"""The PRM service (prm/serve): scores equal score_chains', batching across requests, bad input refused
+with the field named while the server keeps serving, the OpenRLHF protocol, the client.
+
+The service runs in-process through Starlette's TestClient (no socket); one test starts uvicorn on a
+loopback port. The text model is a tiny Qwen2 PRM trained 2 steps (like tests/test_evaluation.py's
+``shifted_run``) and loaded by load_model, as ``python -m prm.serve checkpoint=`` loads it; the image
+model a float64 tiny Qwen2-VL PRM with sharpened weights (tests/test_prefix_sharing.py's recipe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from conftest import compose_config
+from fastapi.testclient import TestClient
+from numerics import assert_close_at_scale
+from PIL import Image
+
+from prm.aggregation import REGISTRY, Aggregation, pad_ragged
+from prm.data.records import LabelledChain
+from prm.evaluation.run import load_model
+from prm.evaluation.scoring import score_chains
+from prm.model.backbones import build_backbone
+from prm.model.prm import ProcessRewardModel
+from prm.serve.__main__ import resolve_policies
+from prm.serve.app import create_app
+from prm.serve.batching import BatchScorer
+from prm.serve.client import PRMClient, PRMServiceError
+from prm.serve.requests import split_steps, step_ends
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+CANDIDATES = [
+    ["Tom starts with 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "Answer: 7"],
+    ["Tom starts with 3 apples.", "3 * 4 = 12.", "Answer: 12"],
+    ["Answer: 7"],
+    ["He has 4.", "Then 4 - 3 = 1.", "So 1 apple.", "Answer: 1"],
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny text-only PRM trained 2 steps on the smoke data (about 10 s); its run directory."""
+    from prm.training import train
+
+    folder = tmp_path_factory.mktemp("serve_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRM_CACHE_DIR", str(folder / "cache"))
+        overrides = ["experiment=smoke", "backbone=tiny_qwen2", "train.steps=2", "logger=none"]
+        train(compose_config(*overrides), run_dir=folder / "run")
+    return folder / "run"
+
+
+def serve_config(*overrides: str):
+    cfg = compose_config(*overrides, name="serve")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def text_service(trained_run):
+    """(prm, cfg, app) of the trained checkpoint, loaded as ``python -m prm.serve checkpoint=`` does."""
+    from prm.checkpoint import resolve_checkpoint
+
+    cfg = serve_config(f"checkpoint={trained_run}", "device=cpu", "batch_window_ms=50")
+    checkpoint = resolve_checkpoint(trained_run, {})
+    prm = load_model(cfg, checkpoint, "cpu", {})
+    cfg, _ = resolve_policies(cfg, checkpoint)
+    return prm, cfg, create_app(prm, cfg, "cpu", str(checkpoint))
+
+
+@pytest.fixture
+def client(text_service):
+    with TestClient(text_service[2]) as test_client:
+        yield test_client
+
+
+def chains_of(question, steps_list, images=()):
+    return [
+        LabelledChain(id=str(i), question=question, steps=steps, label=1, images=list(images))
+        for i, steps in enumerate(steps_list)
+    ]
+
+
+def expected_chain_scores(steps: list[torch.Tensor], name: str) -> list[float]:
+    scores, mask = pad_ragged(steps, torch.float64)
+    return Aggregation(name)(scores, mask).tolist()
+
+
+# --------------------------------------------------------------------------- equality with scoring
+
+
+def test_scores_equal_score_chains_exactly(text_service, client):
+    prm, cfg, _ = text_service
+    # the trained run's own policies came from its config.yaml (experiment=smoke)
+    assert cfg.max_length is not None and str(cfg.too_long) == "truncate"
+    body = {"question": QUESTION, "candidates": [{"steps": s} for s in CANDIDATES]}
+    response = client.post("/v1/score", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    # one request = one scoring call on the same chains, same batch size: identical computation
+    expected = score_chains(
+        prm, chains_of(QUESTION, CANDIDATES), cfg.batch_size, cfg.max_length, "cpu", prefix_sharing=True
+    )
+    for candidate, want in zip(result["candidates"], expected, strict=True):
+        assert candidate["step_scores"] == want.tolist()
+        assert candidate["too_long"] is None
+    for name in result["aggregations"]:
+        got = [c["scores"][name] for c in result["candidates"]]
+        assert got == expected_chain_scores(expected, name), name
+    assert result["aggregations"] == list(REGISTRY)  # serve.yaml aggregations: null = all
+    assert float(torch.cat(expected).std()) > 0  # the candidates' scores differ: equality is informative
+
+
+def test_text_candidates_are_split_as_configured(text_service, client):
+    prm, cfg, _ = text_service
+    text = "1. Tom starts with 3 apples.\n2. He buys 4 more: 3 + 4 = 7.\nAnswer: 7"
+    # split_candidate: numbered lines lose their markers, the Answer line is the last step
+    steps = ["Tom starts with 3 apples.", "He buys 4 more: 3 + 4 = 7.", "Answer: 7"]
+    result = client.post(
+        "/v1/score", json={"question": QUESTION, "candidates": [{"text": text}], "aggregations": ["min"]}
+    ).json()
+    (candidate,) = result["candidates"]
+    assert candidate["steps"] == steps
+    (want,) = score_chains(prm, chains_of(QUESTION, [steps]), cfg.batch_size, cfg.max_length, "cpu")
+    assert candidate["step_scores"] == pytest.approx(want.tolist(), abs=1e-6)
+    assert list(candidate["scores"]) == ["min"]
+
+
+def test_split_steps_modes():
+    text = "First line.\nSecond line.\n\nThird, after a blank line."
+    assert split_steps(text, "paragraphs") == ["First line.\nSecond line.", "Third, after a blank line."]
+    assert split_steps(text, "lines") == ["First line.", "Second line.", "Third, after a blank line."]
+    assert split_steps("a ;; b ;;", "separator", ";;") == ["a", "b"]
+    # "a\n\nb": "a" ends at offset 1, "b" starts at 3 and ends at 4
+    assert step_ends("a\n\nb", ["a", "b"]) == [1, 4]
+    assert step_ends("a\n\nb", ["x", "b"]) == [None, None]
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_concurrent_requests_are_batched_and_score_like_alone(text_service):
+    prm, cfg, app = text_service
+    questions = [f"{QUESTION} (variant {k})" for k in range(3)]
+    bodies = [{"question": q, "candidates": [{"steps": s} for s in CANDIDATES[:3]]} for q in questions]
+    bodies += [
+        {"question": questions[0], "candidates": [{"steps": CANDIDATES[3]}]}
+    ]  # shares request 0's prefix
+    with TestClient(app) as test_client:
+        before = app.state.scorer.stats.batches
+        results = [None] * len(bodies)
+
+        def send(index):
+            results[index] = test_client.post("/v1/score", json=body_of(index)).json()
+
+        def body_of(index):
+            return {**bodies[index], "aggregations": ["mean"]}
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        batches = app.state.scorer.stats.batches - before
+    assert 1 <= batches < len(bodies)  # the 50 ms window gathered requests into fewer scoring calls
+    for body, result in zip(bodies, results):
+        chains = chains_of(body["question"], [c["steps"] for c in body["candidates"]])
+        alone = score_chains(prm, chains, cfg.batch_size, cfg.max_length, "cpu", prefix_sharing=True)
+        got = [torch.tensor(c["step_scores"]) for c in result["candidates"]]
+        # float32 model, other batch compositions: equal up to float32 rounding of the same function
+        # (tests/numerics.py: at most ~1e-4 of the scale in float32; a wrong chain moves it by > 1e-2)
+        assert_close_at_scale(torch.cat(got), torch.cat(alone), rel=1e-4)
+
+
+def test_worker_batches_within_the_window_and_drops_cancelled_requests():
+    calls = []
+
+    def score_fn(chains):
+        calls.append(list(chains))
+        return [torch.tensor([float(c)]) for c in chains]
+
+    async def scenario():
+        scorer = BatchScorer(score_fn, window_s=0.05, max_batch=5, max_queued=100)
+        await scorer.start()
+        first = scorer.submit([1, 2])
+        cancelled = scorer.submit([3])
+        cancelled.cancel()  # e.g. its client went away: never scored
+        second = scorer.submit([4, 5])
+        too_many = scorer.submit([6, 7])  # 2 + 2 + 2 > max_batch 5: waits for the next call
+        results = await asyncio.gather(first, second, too_many)
+        await scorer.stop()
+        return scorer, results
+
+    scorer, results = asyncio.run(scenario())
+    assert calls == [[1, 2, 4, 5], [6, 7]]
+    assert [[float(t) for t in r] for r in results] == [[1.0, 2.0], [4.0, 5.0], [6.0, 7.0]]
+    assert (scorer.stats.batches, scorer.stats.requests, scorer.stats.dropped) == (2, 3, 1)
+    assert scorer.queued_chains == 0
+
+
+def test_a_failing_request_fails_alone():
+    def score_fn(chains):
+        if "bad" in chains:
+            raise ValueError("this chain cannot be scored")
+        return [torch.tensor([1.0]) for _ in chains]
+
+    async def scenario():
+        scorer = BatchScorer(score_fn, window_s=0.05, max_batch=10, max_queued=100)
+        await scorer.start()
+        good, bad = scorer.submit(["ok"]), scorer.submit(["bad"])
+        outcome = await asyncio.gather(good, bad, return_exceptions=True)
+        await scorer.stop()
+        return outcome
+
+    good, bad = asyncio.run(scenario())
+    assert [float(t) for t in good] == [1.0]
+    assert isinstance(bad, ValueError)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400, None),
+    (b'["a list"]', 422, None),
+    (b'{"candidates": [{"steps": ["a"]}]}', 422, "question"),
+    (b'{"question": 3, "candidates": [{"steps": ["a"]}]}', 422, "question"),
+    (b'{"question": "q"}', 422, "candidates"),
+    (b'{"question": "q", "candidates": {"steps": ["a"]}}', 422, "candidates"),
+    (
+        b'{"question": "q", "candidates": [{"steps": ["a"]}, {"steps": ["b", 7]}]}',
+        422,
+        "candidates[1].steps[1]",
+    ),
+    (b'{"question": "q", "candidates": [{"steps": []}]}', 422, "candidates[0].steps"),
+    (b'{"question": "q", "candidates": [{"steps": ["a"], "text": "a"}]}', 422, "candidates[0]"),
+    (b'{"question": "q", "candidates": [{"stpes": ["a"]}]}', 422, "candidates[0].stpes"),
+    (
+        b'{"question": "q", "candidates": [{"steps": ["a"]}], "aggregations": ["min", "best"]}',
+        422,
+        "aggregations[1]",
+    ),
+    (b'{"question": "q", "candidates": [{"steps": ["a"]}], "images": ["x.png"]}', 422, "images[0]"),
+    (b'{"question": "q", "candidates": [{"steps": ["a"]}], "extra": 1}', 422, "extra"),
+]
+
+
+@pytest.mark.parametrize("body, status, field", BAD_REQUESTS)
+def test_bad_input_is_refused_naming_the_field_and_serving_goes_on(client, body, status, field):
+    response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert response.json()["error"]
+    good = client.post("/v1/score", json={"question": "q", "candidates": [{"steps": ["a"]}]})
+    assert good.status_code == 200 and len(good.json()["candidates"][0]["step_scores"]) == 1
+
+
+def test_limits_give_413(text_service):
+    prm, cfg, _ = text_service
+    small = cfg.copy()
+    small.limits.max_candidates = 2
+    small.limits.max_body_bytes = 400
+    small.limits.max_steps = 2
+    with TestClient(create_app(prm, small, "cpu")) as test_client:
+        cases = [
+            ({"question": "q", "candidates": [{"steps": ["a"]}] * 3}, "candidates"),
+            ({"question": "q", "candidates": [{"steps": ["a", "b", "c"]}]}, "candidates[0].steps"),
+            ({"question": "q" * 500, "candidates": [{"steps": ["a"]}]}, None),  # body over 400 bytes
+        ]
+        for body, field in cases:
+            response = test_client.post("/v1/score", json=body)
+            assert (response.status_code, response.json()["field"]) == (413, field)
+
+
+@pytest.mark.parametrize("policy", ["truncate", "skip", "error"])
+def test_too_long_policy_is_applied_and_reported(text_service, policy):
+    prm, cfg, _ = text_service
+    long_steps = [f"Step {k}: " + "so on and so forth " * 8 for k in range(12)]
+    settings = cfg.copy()
+    settings.too_long = policy
+    settings.max_length = 200
+    with TestClient(create_app(prm, settings, "cpu")) as test_client:
+        body = {"question": "q", "candidates": [{"steps": ["short"]}, {"steps": long_steps}]}
+        response = test_client.post("/v1/score", json=body)
+    if policy == "error":
+        assert (response.status_code, response.json()["field"]) == (422, "candidates[1]")
+        return
+    first, second = response.json()["candidates"]
+    assert first["too_long"] is None and len(first["step_scores"]) == 1
+    if policy == "skip":
+        assert second["too_long"] == {"action": "skipped", "reason": "skipped_too_long", "steps": 12}
+        assert second["step_scores"] is None and second["scores"] is None
+    else:
+        kept = second["too_long"]["kept_steps"]
+        assert second["too_long"] == {"action": "truncated", "kept_steps": kept, "steps": 12}
+        assert 1 <= kept < 12 and len(second["step_scores"]) == kept
+        (want,) = score_chains(prm, chains_of("q", [long_steps[:kept]]), 16, 200, "cpu")
+        assert second["step_scores"] == pytest.approx(want.tolist(), abs=1e-6)
+
+
+def test_api_key(text_service):
+    prm, cfg, _ = text_service
+    settings = cfg.copy()
+    settings.api_key = "s3cret"
+    with TestClient(create_app(prm, settings, "cpu")) as test_client:
+        body = {"question": "q", "candidates": [{"steps": ["a"]}]}
+        assert test_client.post("/v1/score", json=body).status_code == 401
+        wrong = test_client.post("/v1/score", json=body, headers={"Authorization": "Bearer nope"})
+        assert (wrong.status_code, wrong.json()["field"]) == (401, "Authorization")
+        right = test_client.post("/v1/score", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200
+        assert test_client.get("/health").status_code == 200  # health needs no key
+        assert test_client.get("/v1/metadata").status_code == 401
+
+
+def test_timed_out_request_frees_its_place(text_service):
+    prm, cfg, _ = text_service
+    settings = cfg.copy()
+    settings.request_timeout_s = 0.2
+    app = create_app(prm, settings, "cpu")
+    scorer = app.state.scorer
+    real = scorer.score_fn
+    scorer.score_fn = lambda chains: (time.sleep(0.5), real(chains))[1]  # a slow model
+    with TestClient(app) as test_client:
+        body = {"question": "q", "candidates": [{"steps": ["a"]}]}
+        response = test_client.post("/v1/score", json=body)
+        assert (response.status_code, response.json()["field"]) == (504, None)
+        scorer.score_fn = real
+        deadline = time.time() + 5
+        while scorer.queued_chains and time.time() < deadline:
+            time.sleep(0.05)
+        assert scorer.queued_chains == 0
+        assert test_client.post("/v1/score", json=body).status_code == 200
+
+
+def test_health_and_metadata(client, text_service):
+    prm, cfg, _ = text_service
+    metadata = client.get("/v1/metadata").json()
+    assert metadata["label_words"] == ["+", "-"] and metadata["prompt"] == "marker"
+    assert metadata["head"] == str(prm.head) and metadata["max_length"] == cfg.max_length
+    assert metadata["family"] == "qwen2" and metadata["multimodal"] is False
+    assert "min" in metadata["aggregations"] and metadata["openrlhf"]["aggregation"] == "min"
+    assert client.get("/health").json()["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- OpenRLHF
+
+
+def test_openrlhf_protocol(text_service, client):
+    prm, cfg, _ = text_service
+    prompt = "Question: 2 + 3 = ?\nAnswer step by step.\n"
+    responses = ["2 + 3 = 5.\n\nAnswer: 5", "2 + 3 = 6.\n\nAnswer: 6", "   "]
+    body = {"query": [prompt + r for r in responses], "prompts": [prompt] * 3, "labels": ["5"] * 3}
+    result = client.post("/v1/openrlhf", json={**body, "dense": True}).json()
+    # split_candidate on the responses: paragraphs, the Answer line last; the blank one has no step
+    steps = [["2 + 3 = 5.", "Answer: 5"], ["2 + 3 = 6.", "Answer: 6"]]
+    expected = score_chains(
+        prm, chains_of(prompt.strip(), steps), cfg.batch_size, cfg.max_length, "cpu", prefix_sharing=True
+    )
+    rewards = expected_chain_scores(expected, "min")  # openrlhf.aggregation: min
+    assert result["rewards"] == [*rewards, 0.0]  # the empty response gets openrlhf.skipped_reward
+    assert result["scores"] == result["rewards"]
+    assert result["step_rewards"] == [*(e.tolist() for e in expected), []]
+    # "2 + 3 = 5." ends at offset 10, "Answer: 5" starts at 12 and ends at 21
+    assert result["step_ends"] == [[10, 21], [10, 21], []]
+    assert result["extra_logs"] == {
+        "prm_steps": [2, 2, 0],
+        "prm_skipped": [0.0, 0.0, 1.0],
+        "prm_truncated": [0.0, 0.0, 0.0],
+    }
+    plain = client.post("/v1/openrlhf", json=body).json()
+    assert plain["rewards"] == result["rewards"] and "step_rewards" not in plain
+
+
+def test_openrlhf_bad_input(client):
+    cases = [
+        ({"prompts": ["p"]}, "query"),
+        ({"query": "one string"}, "query"),
+        ({"query": ["p r"], "prompts": ["p", "q"]}, "prompts"),
+        ({"query": ["x r"], "prompts": ["p"]}, "query[0]"),
+        ({"query": ["p r"]}, "prompts"),  # no prompts and no openrlhf.response_separator
+        ({"query": ["p r"], "prompts": ["p"], "dense": "yes"}, "dense"),
+    ]
+    for body, field in cases:
+        response = client.post("/v1/openrlhf", json=body)
+        assert (response.status_code, response.json()["field"]) == (422, field), body
+
+
+# --------------------------------------------------------------------------- client
+
+
+def test_client_against_the_app(client, text_service):
+    remote = PRMClient(http=client)
+    result = remote.score(QUESTION, [CANDIDATES[0], "Answer: 7"], aggregations=["last"])
+    assert [len(c["step_scores"]) for c in result["candidates"]] == [3, 1]
+    assert result["candidates"][1]["steps"] == ["Answer: 7"]
+    with pytest.raises(PRMServiceError) as refused:
+        remote.score(QUESTION, [[]])
+    assert (refused.value.status, refused.value.field) == (422, "candidates[0].steps")
+    assert remote.openrlhf(["p: x\n\ny"], prompts=["p:"])["rewards"][0] > 0
+    assert remote.metadata()["family"] == "qwen2"
+
+
+# --------------------------------------------------------------------------- images
+
+
+def sharpened_vl_prm(head: str, prompt: str = "marker") -> ProcessRewardModel:
+    """A float64 tiny Qwen2-VL PRM whose weights are redrawn with std 0.1 (value head: 0.5), so that
+    scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
+    backbone = build_backbone("qwen2_vl", dtype="float64", prompt=prompt)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in backbone.model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    prm = ProcessRewardModel(backbone, head)
+    if prm.value_head is not None:
+        torch.nn.init.normal_(prm.value_head.weight, std=0.5, generator=generator)
+    return prm
+
+
+def data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize(
+    "head, prompt", [("token", "marker"), ("value", "marker"), ("token", "conversation")]
+)
+def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, prompt):
+    import numpy as np
+
+    prm = sharpened_vl_prm(head, prompt)
+    assert prm.backbone.prompt.name == prompt
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    (tmp_path / "root").mkdir()
+    picture.save(tmp_path / "root" / "a.png")
+    (tmp_path / "secret.png").write_bytes((tmp_path / "root" / "a.png").read_bytes())
+    cfg, _ = resolve_policies(
+        serve_config("checkpoint=/unused", f"image_root={tmp_path / 'root'}", "batch_window_ms=100"), None
+    )
+    app = create_app(prm, cfg, "cpu")
+    steps = [["Two tiles.", "Answer: 2"], ["Five tiles."], ["One.", "Two.", "Answer: 3"]]
+    expected = score_chains(
+        prm,
+        chains_of("How many tiles?", steps, [str(tmp_path / "root" / "a.png")]),
+        16,
+        cfg.max_length,
+        "cpu",
+    )
+    with TestClient(app) as test_client:
+        bodies = [
+            {"question": "How many tiles?", "images": ["a.png"], "candidates": [{"steps": s} for s in steps]},
+            {
+                "question": "How many tiles?",
+                "images": [data_url(picture)],
+                "candidates": [{"steps": s} for s in steps],
+            },
+        ]
+        results = [None, None]
+
+        def send(index):
+            results[index] = test_client.post("/v1/score", json=bodies[index])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for response in results:
+            assert response.status_code == 200, response.text
+            got = [torch.tensor(c["step_scores"]) for c in response.json()["candidates"]]
+            # float64 model: every batch composition agrees to FLOAT64_PATHS (tests/numerics.py)
+            assert_close_at_scale(torch.cat(got), torch.cat(expected))
+        # the scores vary (std 0.015 to 0.2 here) far beyond the 5e-6 tolerance: equality is informative
+        assert float(torch.cat(expected).std()) > 0.01
+        assert app.state.images.files == 0  # the decoded data-URL image is gone once answered
+        refused = [
+            ("../secret.png", "images[0]"),
+            (str(tmp_path / "secret.png"), "images[0]"),
+            ("missing.png", "images[0]"),
+            ("data:image/png;base64,AAAA", "images[0]"),  # decodes, but is no image
+            ("data:image/png;base64,***", "images[0]"),
+        ]
+        for image, field in refused:
+            body = {"question": "q", "images": [image], "candidates": [{"steps": ["a"]}]}
+            response = test_client.post("/v1/score", json=body)
+            assert (response.status_code, response.json()["field"]) == (422, field), image
+        assert test_client.post("/v1/score", json=bodies[0]).status_code == 200
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_python_m_prm_serve_serves_and_shuts_down(trained_run, tmp_path):
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "prm.serve",
+        f"checkpoint={trained_run}",
+        f"port={port}",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'serve'}",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with PRMClient(url) as remote:
+            result = remote.score(QUESTION, CANDIDATES)
+            assert [len(c["step_scores"]) for c in result["candidates"]] == [3, 3, 1, 4]
+            with pytest.raises(PRMServiceError):
+                remote.score(QUESTION, [["a"]], aggregations=["nope"])
+            assert remote.health()["status"] == "ok"
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    # uvicorn finishes its shutdown, then re-raises the SIGTERM it caught (exit status -15)
+    assert process.returncode in (0, -15), output
+    assert "Application shutdown complete" in output
+
+
+def test_graceful_shutdown_finishes_the_request_in_flight(text_service):
+    import uvicorn
+
+    prm, cfg, _ = text_service
+    app = create_app(prm, cfg, "cpu")
+    scorer = app.state.scorer
+    real = scorer.score_fn
+    started = threading.Event()
+
+    def slow(chains):
+        started.set()
+        time.sleep(0.5)
+        return real(chains)
+
+    scorer.score_fn = slow
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        answer = {}
+
+        def send():
+            body = {"question": "q", "candidates": [{"steps": ["a", "b"]}]}
+            answer["response"] = httpx.post(f"http://127.0.0.1:{port}/v1/score", json=body, timeout=20)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        assert started.wait(10)
+        server.should_exit = True  # what SIGTERM does: stop accepting, finish what is in flight
+        sender.join(20)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+    assert answer["response"].status_code == 200
+    assert len(answer["response"].json()["candidates"][0]["step_scores"]) == 2
