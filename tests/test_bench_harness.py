@@ -104,7 +104,8 @@ def test_processbench_subsets_threshold_on_a_named_subset_and_two_models(run, tm
     assert "| processbench | gsm8k | F1 (%) |" in report  # one row per subset, in-sample mark on gsm8k
     first = next(iter(summary["models"].values()))["benchmarks"]["processbench"]
     assert f"{100 * first['gsm8k']['rows']['headline']:.2f}*" in report  # in-sample mark
-    assert "| | mean of subsets | F1 (%) |" in report
+    # the published means are over the same two subsets: Qwen2.5-Math-PRM-7B (82.4 + 77.6) / 2 = 80.0
+    assert "| | mean of 2 subsets | F1 (%) |" in report and "| 80.0 | 53.5 |" in report
     assert "Qwen2.5-Math-PRM-7B (published)" in report and "82.4" in report  # the preset's references
     assert "chains/s" in report and "peak memory" in report
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -200,6 +201,9 @@ def test_three_step_benchmarks_in_one_command(run, tmp_path):
     report = (tmp_path / "eval" / "report.md").read_text()
     for row in ("| prmbench | prmbench | PRMScore (%) |", "| visualprocessbench | visualprocessbench |"):
         assert row in report
+    # the cost table says what the reader added and that a text-only model did not read the images
+    assert "| 7/5 (2 added_correct_process) |" in report and "(5 images_ignored_text_only)" in report
+    assert f"{100 * entry['rows']['headline']:.2f}‡" in report and "‡ a text-only model" in report
     assert "VisualPRM-8B (published)" in report and "Published prmbench" in report
 
 
@@ -248,3 +252,45 @@ def test_a_bad_compare_entry_names_itself(run, tmp_path):
     bench = ["bench=processbench", f"bench.processbench.root={PROCESSBENCH}", "device=cpu", "logger=none"]
     with pytest.raises(ConfigError, match=r"compare\[0\]: a model train.py never wrote"):
         evaluate([f"checkpoint={run}", "compare=[{path:/x}]", *bench], tmp_path / "eval")
+
+
+def test_a_threshold_split_of_one_class_names_the_benchmark(run, tmp_path):
+    from prm.errors import UserError
+
+    one_class = tmp_path / "one_class.json"  # the correct chains of the gsm8k fixture only
+    one_class.write_text(
+        json.dumps([r for r in json.loads((PROCESSBENCH / "gsm8k.json").read_text()) if r["label"] == -1])
+    )
+    overrides = [
+        f"checkpoint={run}",
+        "bench=processbench",
+        f"bench.processbench.root={PROCESSBENCH}",
+        f"bench.processbench.threshold_split={one_class}",
+        "device=cpu",
+        "logger=none",
+    ]
+    with pytest.raises(UserError, match=r"bench.processbench.threshold_split=.*cannot choose a threshold on"):
+        evaluate(overrides, tmp_path / "eval")
+
+
+def test_best_of_n_takes_no_threshold(run, tmp_path):
+    from prm.config import ConfigError
+
+    overrides = [f"checkpoint={run}", "bench=best_of_n", "bench.best_of_n.threshold=0.3", "logger=none"]
+    with pytest.raises(ConfigError, match="no step threshold"):
+        evaluate(overrides, tmp_path / "eval")
+
+
+def test_multirun_job_labels_show_the_overrides_that_differ(tmp_path):
+    from prm.evaluation.run import job_labels
+
+    jobs = []
+    for number, aggregation in enumerate(("mean", "min")):
+        job = tmp_path / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- aggregation={aggregation}\n- experiment=smoke\n- hydra.job.chdir=false\n"
+        )
+        jobs.append(job)
+    assert job_labels(jobs) == ["job 0: aggregation=mean", "job 1: aggregation=min"]
+    assert job_labels(jobs[:1]) == ["job 0"]

@@ -457,7 +457,7 @@ def test_image_lists_raw_bytes_undecodable_bytes_and_the_config_key(tmp_path):
     assert (error.index, error.field) == (
         0,
         "image[1]",
-    ) and "12 bytes that are not a readable image" in error.message
+    ) and "12 bytes in no image format Pillow knows" in error.message
 
 
 def test_the_cache_counts_as_inside_the_image_root(tmp_path):
@@ -595,4 +595,15 @@ def test_reader_options_reach_the_split_reader_and_unknown_ones_are_refused():
         sources.load("train")
     sources.reader_options = {"train": {"missing_image": "skip"}}  # data.missing_image's job
     with pytest.raises(UserError, match=r"no option missing_image; its options: domain, neutral, no_steps$"):
+        sources.load("train")
+
+
+def test_a_bad_reader_option_value_names_the_key(tmp_path):
+    from prm.data.sources import DataSources
+    from prm.errors import UserError
+
+    sources = DataSources(
+        name="p", train=str(OWN / "prm800k.jsonl"), reader_options={"train": {"neutral": "banana"}}
+    )
+    with pytest.raises(UserError, match=r"data.reader_options.train.neutral: neutral must be one of"):
         sources.load("train")

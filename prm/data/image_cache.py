@@ -103,7 +103,9 @@ class ImageCache:
             with Image.open(io.BytesIO(data)) as image:
                 image_format = image.format or "bin"
                 image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        except UnidentifiedImageError:
+            raise UndecodableImage(f"{len(data)} bytes in no image format Pillow knows") from None
+        except (OSError, SyntaxError, ValueError) as error:
             raise UndecodableImage(f"{len(data)} bytes that are not a readable image ({error})") from None
         extension = EXTENSIONS.get(image_format, image_format.lower())
         target = self.folder / digest[:2] / f"{digest}.{extension}"

@@ -21,6 +21,7 @@ from prm.data.errors import SkipReport
 from prm.data.formats import detect_format, read_records
 from prm.data.formats.inputs import input_exists
 from prm.data.formats.registry import reader_options
+from prm.data.formats.source import ReaderOptionError
 from prm.data.image_cache import using_image_cache
 from prm.errors import UserError
 
@@ -72,15 +73,23 @@ class DataSources(DataOptions):
         format_name = getattr(self, f"{split}_format") or self.format
         options = self._reader_options(split, path, format_name)
         with using_image_cache(self.image_cache):
-            records = read_records(
-                path,
-                format_name,
-                data_root=self.image_root,
-                missing_image=self.missing_image,
-                report=report,
-                allow_outside_paths=self.allow_outside_paths,
-                **options,
-            )
+            try:
+                records = read_records(
+                    path,
+                    format_name,
+                    data_root=self.image_root,
+                    missing_image=self.missing_image,
+                    report=report,
+                    allow_outside_paths=self.allow_outside_paths,
+                    **options,
+                )
+            except ReaderOptionError as error:
+                where = (
+                    f"data.reader_options.{split}.{error.option}"
+                    if error.option in options
+                    else "a reader option"
+                )
+                raise UserError(f"{where}: {error}") from None
         self.reports[split] = report
         report.log()
         return self._limited(split, records)

@@ -22,8 +22,8 @@ protocol its authors used for scalar PRMs (Skywork); PRMBench and VisualProcessB
 
 Timing covers the model's forward passes only (reading, checks and tokenisation excluded); tokens
 are the chains' tokens as rendered (image placeholders before the processor expands them). Peak
-memory is CUDA's peak allocation during the subset's scoring on a GPU, and the process's peak
-resident set so far on the CPU (a high-water mark that never goes down).
+memory is CUDA's peak allocation during the subset's scoring on a GPU, and on the CPU the peak
+resident set sampled while the subset is scored (:class:`RSSPeak`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ import dataclasses
 import gc
 import logging
 import math
+import os
 import resource
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from prm.config import BenchKind, ConfigError
 from prm.data.dataset import chain_lengths, flatten_candidates
 from prm.data.records import PRMBenchRecord, VisualProcessBenchRecord
 from prm.device import pick_device
+from prm.errors import UserError
 from prm.evaluation.best_of_n import BestOfNResult, best_of_n
 from prm.evaluation.prmbench import (
     PRMBENCH_CLASS_NAMES,
@@ -85,6 +88,7 @@ DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 """Files a benchmark folder's subsets may be; a folder written by ``save_to_disk`` is one too."""
 
 IN_SAMPLE, ON_ITSELF = "*", "†"  # row marks: the threshold was chosen on this subset / on each subset
+TEXT_ONLY = "‡"  # row mark: a text-only model did not read the benchmark's images
 
 
 # --------------------------------------------------------------------------------------- kinds
@@ -239,6 +243,43 @@ class Cost:
         }
 
 
+class RSSPeak:
+    """The process's peak resident set size (MiB) while a block runs, sampled every ``interval``
+    seconds from ``/proc/self/statm`` by a thread (Linux); elsewhere the process's high-water mark
+    so far (``getrusage``), which never goes down. ``what`` says which was measured."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak = interval, 0.0
+        self.sampling = Path("/proc/self/statm").is_file()
+        self.what = "peak RSS while scoring" if self.sampling else "process peak RSS so far"
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> float:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RSSPeak:
+        if self.sampling:
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.sampling:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+        else:
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measured(
     score: Callable[[list], list], chains: list, backbone, device: torch.device
 ) -> tuple[list, Cost]:
@@ -249,15 +290,16 @@ def measured(
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    scores = score(chains)
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    with RSSPeak() as rss:
+        start = time.perf_counter()
+        scores = score(chains)
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
     if cuda:
         peak, memory = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA peak allocated"
     else:
-        peak, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+        peak, memory = rss.peak, rss.what
     steps = sum(len(chain.steps) for chain in chains)
     return scores, Cost(len(chains), steps, tokens, seconds, peak, memory)
 
@@ -312,8 +354,14 @@ def check_bench_config(cfg: DictConfig) -> None:
             raise ConfigError(f"bench.{name}.root is not set: give bench.{name}.root=<folder with its files>")
         if spec.threshold is not None and not 0.0 <= spec.threshold <= 1.0:
             raise ConfigError(f"bench.{name}.threshold={spec.threshold}: must be null or in [0, 1]")
-        if kind.choose is None and spec.threshold_split is not None:
-            raise ConfigError(f"bench.{name}.threshold_split: a {spec.kind} benchmark has no threshold")
+        if kind.choose is None and (spec.threshold_split is not None or spec.threshold is not None):
+            raise ConfigError(f"bench.{name}: a {spec.kind} benchmark has no step threshold to set")
+        if spec.threshold is not None and spec.threshold_split is not None:
+            raise ConfigError(
+                f"bench.{name}: threshold={spec.threshold} (fixed) and threshold_split="
+                f"{spec.threshold_split} (chosen) exclude each other: give bench.{name}.threshold=null "
+                "to choose it"
+            )
         if kind.choose is not None and spec.threshold is None and spec.threshold_split is None:
             raise ConfigError(
                 f"bench.{name}: set bench.{name}.threshold=<value> or bench.{name}.threshold_split=<subset, "
@@ -391,7 +439,16 @@ class ModelRun:
         """The checked records of one file, the preflight counts, and the data sources used."""
         data = subset_data(self.data, path, fmt, spec)
         records, report = preflight(data, self.prm.backbone, ("test",))
-        return records["test"], {**report.as_dict(), "test_file": str(data.path("test"))}, data
+        counts = {**report.as_dict(), "test_file": str(data.path("test"))}
+        reader = data.reports.get("test")
+        if reader is not None:  # what the reader did before the preflight: records in the file, skips
+            counts["reader"] = {
+                "read": reader.read,
+                "kept": reader.kept,
+                **{f"skipped {reason}": count for reason, count in reader.skipped.items()},
+                **dict(reader.changed),
+            }
+        return records["test"], counts, data
 
     def score(self, kind: str, records: list, data) -> tuple[list, Cost]:
         """Step scores of ``records`` (best-of-N: per problem, per candidate) with ``data``'s batch
@@ -454,11 +511,21 @@ class ModelRun:
         if spec.threshold is not None:
             return dict.fromkeys(subsets, float(spec.threshold)), "fixed", {}
         split = spec.threshold_split
+
+        def choose(scores: list, prepared: Any, where: str) -> float:
+            try:
+                return kind.choose(scores, prepared)
+            except ValueError as error:  # one class only: no threshold separates anything
+                raise UserError(
+                    f"bench.{name}.threshold_split={split}: cannot choose a threshold on {where}: {error}; "
+                    f"give bench.{name}.threshold=<value> or another threshold_split"
+                ) from error
+
         if split == "test":
-            chosen = {s: kind.choose(scored[s][0], scored[s][1]) for s in subsets}
+            chosen = {s: choose(scored[s][0], scored[s][1], f"subset {s}") for s in subsets}
             return chosen, "each subset itself (in-sample)", dict.fromkeys(subsets, ON_ITSELF)
         if split in scored:
-            threshold = kind.choose(scored[split][0], scored[split][1])
+            threshold = choose(scored[split][0], scored[split][1], f"subset {split}")
             return dict.fromkeys(subsets, threshold), f"subset {split}", {split: IN_SAMPLE}
         path = None
         if spec.root is not None:
@@ -470,7 +537,7 @@ class ModelRun:
             )
         records, _, data = self.read(path, fmt, OmegaConf.merge(spec, {"limit": None}))
         scores, _ = self.score(spec.kind, records, data)
-        threshold = kind.choose(scores, kind.prepare(records))
+        threshold = choose(scores, kind.prepare(records), str(path))
         return dict.fromkeys(subsets, threshold), str(path), {}
 
 
@@ -481,55 +548,91 @@ def _percent(value: float | None) -> str:
     return "" if value is None else ("n/a" if not math.isfinite(value) else f"{100 * value:.2f}")
 
 
-def results_markdown(cfg: DictConfig, results: dict[str, dict[str, dict[str, SubsetResult]]]) -> str:
+PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")  # the published four, for the mean
+
+
+def _published_mean(kind: BenchKindSpec, model: str, subsets: list[str]) -> float | None:
+    """A published model's ProcessBench mean over ``subsets``: the paper's own mean for the four
+    published subsets, else the mean of its figures for these subsets (None when one is missing)."""
+    figures = kind.references.get(model, {})
+    if sorted(subsets) == sorted(PROCESSBENCH_SUBSETS):
+        return figures.get("mean")
+    values = [figures.get(subset) for subset in subsets]
+    return None if None in values else sum(values) / len(values)
+
+
+def _marks(entry: SubsetResult) -> str:
+    """The row marks of one model's headline cell: threshold in-sample, images not read."""
+    text_only = entry.preflight.get("test", {}).get("images_ignored_text_only", 0)
+    return entry.in_sample + (TEXT_ONLY if text_only else "")
+
+
+def results_markdown(
+    cfg: DictConfig, results: dict[str, dict[str, dict[str, SubsetResult]]], headline: str = "mean"
+) -> str:
     """The results table: a row per (benchmark, subset, sub-row), a column per model (headline metric,
-    %, marked where the threshold was chosen in-sample), then the published figures (%)."""
+    %, marked where the threshold was chosen in-sample or a text-only model did not read the
+    images), then the published figures (%). ``headline``: the aggregation best-of-N rows use."""
     models = list(results)
     references = list(dict.fromkeys(model for spec in cfg.bench.values() for model in spec.references))
     header = "| benchmark | subset | metric | " + " | ".join(models)
     header += "".join(f" | {model} (published)" for model in references) + " |"
     lines = [header, "|---|---|---|" + "---:|" * (len(models) + len(references))]
     first = results[models[0]]
+    used_marks: set[str] = set()
+
+    def published_cells(values: list[float | None]) -> str:
+        return "".join(f" | {'' if value is None else f'{value:.1f}'}" for value in values)
+
     for name, spec in cfg.bench.items():
         kind = KINDS[spec.kind]
+        metric = f"{kind.metric}, {headline}" if spec.kind == BenchKind.best_of_n else kind.metric
         for subset in first[name]:
             labels = [label for label, _ in first[name][subset].rows]
             for position, label in enumerate(labels):
                 cells = []
                 for model in models:
                     entry = results[model][name][subset]
-                    value = dict(entry.rows).get(label)
-                    cells.append(_percent(value) + (entry.in_sample if position == 0 else ""))
+                    marks = _marks(entry) if position == 0 else ""
+                    used_marks.update(marks)
+                    cells.append(_percent(dict(entry.rows).get(label)) + marks)
                 published = [
                     kind.reference(model, subset, label) if model in spec.references else None
                     for model in references
                 ]
                 shown = " ↳ " + label if label else subset
                 lines.append(
-                    f"| {name if position == 0 else ''} | {shown} | {kind.metric if position == 0 else ''} | "
+                    f"| {name if position == 0 else ''} | {shown} | {metric if position == 0 else ''} | "
                     + " | ".join(cells)
-                    + "".join(f" | {'' if p is None else f'{p:.1f}'}" for p in published)
+                    + published_cells(published)
                     + " |"
                 )
-        if spec.kind == BenchKind.processbench and len(first[name]) > 1:
+        subsets = list(first[name])
+        if spec.kind == BenchKind.processbench and len(subsets) > 1:
             cells = []
             for model in models:
                 f1s = [entry.rows[0][1] for entry in results[model][name].values()]
                 cells.append(_percent(sum(f1s) / len(f1s)))
             published = [
-                kind.references.get(model, {}).get("mean") if model in spec.references else None
+                _published_mean(kind, model, subsets) if model in spec.references else None
                 for model in references
             ]
             lines.append(
-                f"| | mean of subsets | F1 (%) | {' | '.join(cells)}"
-                + "".join(f" | {'' if p is None else f'{p:.1f}'}" for p in published)
+                f"| | mean of {len(subsets)} subsets | F1 (%) | {' | '.join(cells)}"
+                + published_cells(published)
                 + " |"
             )
-    notes = [
-        "",
-        f"{IN_SAMPLE} the threshold was chosen on this subset (in-sample); {ON_ITSELF} on each subset "
-        "itself (threshold_split=test). A step scored below the threshold is flagged wrong.",
-    ]
+    notes = [""]
+    explained = {
+        IN_SAMPLE: "the threshold was chosen on this subset (in-sample)",
+        ON_ITSELF: "the threshold was chosen on each subset itself (threshold_split=test, in-sample)",
+        TEXT_ONLY: "a text-only model: the benchmark's images were not read",
+    }
+    notes += [f"{mark} {text}." for mark, text in explained.items() if mark in used_marks]
+    notes.append(
+        "A step scored below the threshold is flagged wrong (thresholds: the cost table). Published "
+        "means are over the same subsets as ours."
+    )
     for spec in {spec.kind: spec for spec in cfg.bench.values() if spec.references}.values():
         notes.append(f"Published {spec.kind}: {KINDS[spec.kind].reference_source}.")
     return "\n".join(lines + notes) + "\n"
@@ -543,10 +646,11 @@ def _preflight_note(counts: dict[str, Any]) -> str:
 
 def cost_markdown(results: dict[str, dict[str, dict[str, SubsetResult]]]) -> str:
     """The cost table: per model, benchmark and subset the threshold and where it was chosen, records
-    kept of read (and the preflight's counted cases), chains and steps scored, tokens, scoring
-    seconds, chains/s, tokens/s and peak memory (MiB)."""
+    scored of those in the file (with what the reader and the preflight counted: skipped, added,
+    truncated, images not read, ...), chains and steps scored, tokens, scoring seconds, chains/s,
+    tokens/s and peak memory (MiB)."""
     lines = [
-        "| model | benchmark | subset | threshold | chosen on | records (kept/read) | chains | steps | "
+        "| model | benchmark | subset | threshold | chosen on | records (scored/in file) | chains | steps | "
         "tokens | seconds | chains/s | tokens/s | peak memory (MiB) |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -556,8 +660,9 @@ def cost_markdown(results: dict[str, dict[str, dict[str, SubsetResult]]]) -> str
             for subset, entry in subsets.items():
                 c = entry.cost
                 counts = entry.preflight.get("test", {})
-                records = f"{counts.get('kept', '?')}/{counts.get('read', '?')}"
-                note = _preflight_note(counts)
+                reader = entry.preflight.get("reader", {})
+                records = f"{counts.get('kept', '?')}/{reader.get('read', counts.get('read', '?'))}"
+                note = ", ".join(filter(None, (_preflight_note(reader), _preflight_note(counts))))
                 records += f" ({note})" if note else ""
                 threshold = "-" if entry.threshold is None else f"{entry.threshold:.4g}"
                 memory.add(c.memory)
@@ -599,7 +704,7 @@ def run_benchmarks(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    table, cost = results_markdown(cfg, results), cost_markdown(results)
+    table, cost = results_markdown(cfg, results, headline), cost_markdown(results)
     sections = [("Results", table), ("Cost", cost)]
     for label, benchmarks in results.items():
         for name, spec in cfg.bench.items():

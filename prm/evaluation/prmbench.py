@@ -229,7 +229,8 @@ def prmbench_markdown(
     rule += "---:|" * len(references)
 
     def published(column: str) -> str:
-        return "".join(f" {PRMBENCH_REFERENCE[model].get(column, math.nan):.1f} |" for model in references)
+        values = [PRMBENCH_REFERENCE[model].get(column) for model in references]
+        return "".join(" |" if value is None else f" {value:.1f} |" for value in values)
 
     def pool_row(label: str, column: str, pool: PoolScore) -> str:
         c = pool.confusion
@@ -240,7 +241,10 @@ def prmbench_markdown(
 
     lines = [header, rule, pool_row("**overall**", "overall", result.overall)]
     for name, pool in result.classes.items():
-        abbreviation, title = PRMBENCH_CLASS_NAMES.get(name, (name, name))
+        if name == PRMBENCH_CORRECT:
+            lines.append(pool_row("correct (the unmodified processes; not in the overall pool)", name, pool))
+            continue
+        abbreviation, title = PRMBENCH_CLASS_NAMES[name]
         lines.append(pool_row(f"{abbreviation} ({title})", name, pool))
     for category, value in result.categories.items():
         lines.append(f"| {category} (mean) | {_percent(value)} | | | | | |" + published(category))

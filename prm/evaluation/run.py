@@ -515,6 +515,22 @@ def foreign_model_config(cfg: DictConfig, entry: DictConfig, where: str) -> Dict
     return model_cfg
 
 
+def job_labels(jobs: Sequence[Path]) -> list[str]:
+    """A column label per multirun job: ``job <n>: <the overrides that differ between the jobs>``
+    (``job <n>`` alone when none differ), from each job's ``.hydra/overrides.yaml``."""
+    overrides = []
+    for job in jobs:
+        items = [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
+        overrides.append(dict(item.split("=", 1) if "=" in item else (item, "") for item in items))
+    keys = sorted({key for job in overrides for key in job})
+    differing = [key for key in keys if len({job.get(key) for job in overrides}) > 1]
+    labels = []
+    for job, values in zip(jobs, overrides):
+        shown = ",".join(f"{key}={values[key]}" for key in differing if key in values)
+        labels.append(f"job {job.name}: {shown}" if shown else f"job {job.name}")
+    return labels
+
+
 def bench_models(
     cfg: DictConfig,
     target: Path,
@@ -534,7 +550,7 @@ def bench_models(
     as_composed = f"data={cfg.data.name}: as composed"
     if any_model:
         models.append(Model(_label(target, taken), None, cfg, as_composed))
-    entries: list = [(job, f"job {job.name}") for job in jobs] if jobs else []
+    entries: list = list(zip(jobs, job_labels(jobs)))
     entries += [] if any_model or jobs else [(target, "checkpoint")]
     entries += [(entry, f"compare[{position}]") for position, entry in enumerate(cfg.compare)]
     for entry, name in entries:

@@ -46,10 +46,19 @@ def is_kind(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+class ReaderOptionError(ValueError):
+    """A reader option given a value outside its choices; ``option`` names it."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        super().__init__(message)
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise ValueError unless ``value`` is one of ``choices`` (a reader option such as ``no_steps``)."""
+    """Raise :class:`ReaderOptionError` (a ValueError) unless ``value`` is one of ``choices`` (a
+    reader option such as ``no_steps``)."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ReaderOptionError(name, f"{name} must be one of {choices}, got {value!r}")
 
 
 class Source:
