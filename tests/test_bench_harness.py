@@ -294,3 +294,20 @@ def test_multirun_job_labels_show_the_overrides_that_differ(tmp_path):
         jobs.append(job)
     assert job_labels(jobs) == ["job 0: aggregation=mean", "job 1: aggregation=min"]
     assert job_labels(jobs[:1]) == ["job 0"]
+
+
+def test_a_bench_limit_is_said_in_the_cost_table(run, tmp_path):
+    overrides = [
+        f"checkpoint={run}",
+        "bench=processbench",
+        f"bench.processbench.root={PROCESSBENCH}",
+        "bench.processbench.threshold=0.5",
+        "bench.processbench.threshold_split=null",
+        "bench.processbench.limit=2",
+        "device=cpu",
+        "logger=none",
+    ]
+    summary = evaluate(overrides, tmp_path / "eval")
+    entry = next(iter(summary["models"].values()))["benchmarks"]["processbench"]["gsm8k"]
+    assert entry["cost"]["chains"] == 2 and entry["threshold_chosen_on"] == "fixed"
+    assert "| 2/4 (2 of 4 by limit) |" in (tmp_path / "eval" / "report.md").read_text()

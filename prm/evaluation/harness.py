@@ -662,7 +662,9 @@ def cost_markdown(results: dict[str, dict[str, dict[str, SubsetResult]]]) -> str
                 counts = entry.preflight.get("test", {})
                 reader = entry.preflight.get("reader", {})
                 records = f"{counts.get('kept', '?')}/{reader.get('read', counts.get('read', '?'))}"
-                note = ", ".join(filter(None, (_preflight_note(reader), _preflight_note(counts))))
+                limited = reader.get("kept", 0) - counts.get("read", 0)  # bench.<name>.limit's cut
+                cut = f"{counts.get('read')} of {reader.get('kept')} by limit" if limited > 0 else ""
+                note = ", ".join(filter(None, (cut, _preflight_note(reader), _preflight_note(counts))))
                 records += f" ({note})" if note else ""
                 threshold = "-" if entry.threshold is None else f"{entry.threshold:.4g}"
                 memory.add(c.memory)
