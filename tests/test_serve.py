@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -27,17 +28,21 @@ from fastapi.testclient import TestClient
 from numerics import assert_close_at_scale
 from PIL import Image
 
+import prm.evaluation.scoring as scoring
 from prm.aggregation import REGISTRY, Aggregation, pad_ragged
+from prm.data.dataset import PRMCollator
 from prm.data.records import LabelledChain
 from prm.evaluation.run import load_model
 from prm.evaluation.scoring import score_chains
 from prm.model.backbones import build_backbone
+from prm.model.families import family_names
 from prm.model.prm import ProcessRewardModel
+from prm.preflight import RecordChecker
 from prm.serve.__main__ import resolve_policies
 from prm.serve.app import create_app
 from prm.serve.batching import BatchScorer
 from prm.serve.client import PRMClient, PRMServiceError
-from prm.serve.requests import split_steps, step_ends
+from prm.serve.requests import measure_problem, split_steps, step_ends
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -135,6 +140,69 @@ def test_text_candidates_are_split_as_configured(text_service, client):
     (want,) = score_chains(prm, chains_of(QUESTION, [steps]), cfg.batch_size, cfg.max_length, "cpu")
     assert candidate["step_scores"] == pytest.approx(want.tolist(), abs=1e-6)
     assert list(candidate["scores"]) == ["min"]
+
+
+# --------------------------------------------------------------------------- measuring once per question
+
+
+@pytest.mark.parametrize("prompt", ["marker", "conversation"])
+@pytest.mark.parametrize("family", family_names(tiny=True))
+def test_lengths_measured_once_per_question_equal_the_whole_chains(tmp_path, family, prompt):
+    """measure_problem (one text-only collation of all candidates, one of the prefix with its
+    images) gives every candidate the token count and marker positions the collator gives the whole
+    chain: integers, so exactly equal, on every family and both prompt formats."""
+    import numpy as np
+
+    backbone = build_backbone(family, prompt=prompt)
+    rng = np.random.default_rng(0)
+    images = []
+    if backbone.is_multimodal:  # two images of different shapes (different token counts)
+        for name, shape in (("a.png", (60, 80, 3)), ("b.png", (112, 56, 3))):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / name)
+            images.append(str(tmp_path / name))
+    steps = [[f"Step {k}: {'x' * i} tiles." for k in range(i + 1)] + ["Answer: 3"] for i in range(4)]
+    chains = chains_of("How many tiles are there?", steps, images)
+    collator = PRMCollator(backbone)
+    planned, measured = measure_problem(collator, chains, backbone.is_multimodal)
+    policies = SimpleNamespace(
+        max_length=None, too_long="truncate", special_tokens="neutralize", bad_image="fix"
+    )
+    checker = RecordChecker(policies, backbone, "request", "request")
+    assert measured == [checker.measure(chain) for chain in chains]
+    assert [len(c.markers) for c in planned] == [len(s) for s in steps]
+
+
+def test_the_scorer_reuses_the_length_checks_tokens(text_service, monkeypatch):
+    prm, cfg, app = text_service
+    reader = app.state.reader
+    parsed = reader.native({"question": QUESTION, "candidates": [{"steps": s} for s in CANDIDATES]})
+    continuations = parsed.continuations
+    assert len(continuations) == len(CANDIDATES) and all(c is not None for c in continuations)
+    collations = []
+    real = scoring.continuations_of
+    monkeypatch.setattr(scoring, "continuations_of", lambda *a: collations.append(1) or real(*a))
+    chains = parsed.chains
+    given = score_chains(
+        prm, chains, 16, cfg.max_length, "cpu", prefix_sharing=True, continuations=continuations
+    )
+    assert collations == []  # the candidates were not tokenised again
+    again = score_chains(prm, chains, 16, cfg.max_length, "cpu", prefix_sharing=True)
+    assert collations == [1]
+    # the same token ids in the same batches: the same computation, bit for bit
+    assert [t.tolist() for t in given] == [t.tolist() for t in again]
+
+
+def test_a_truncated_candidate_is_tokenised_again(text_service):
+    prm, cfg, _ = text_service
+    settings = cfg.copy()
+    settings.max_length = 200
+    reader = create_app(prm, settings, "cpu").state.reader
+    long_steps = [f"Step {k}: " + "so on and so forth " * 8 for k in range(12)]
+    parsed = reader.native({"question": "q", "candidates": [{"steps": ["short"]}, {"steps": long_steps}]})
+    first, second = parsed.candidates
+    assert second.too_long["action"] == "truncated"
+    # the kept steps' tokens are not a cut of the whole chain's: the scorer tokenises the truncated chain
+    assert first.continuation is not None and second.continuation is None
 
 
 def test_split_steps_modes():
