@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import socket
 import subprocess
@@ -569,6 +570,155 @@ def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, pro
             response = test_client.post("/v1/score", json=body)
             assert (response.status_code, response.json()["field"]) == (422, field), image
         assert test_client.post("/v1/score", json=bodies[0]).status_code == 200
+
+
+# --------------------------------------------------------------------------- evaluate.py through the service
+
+
+@contextlib.contextmanager
+def served(app):
+    """``app`` under uvicorn on a free loopback port in a thread; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def run_evaluate(overrides: list[str], out_dir: Path) -> dict:
+    """evaluate() as evaluate.py calls it with these command-line overrides."""
+    from prm.evaluation.run import evaluate
+
+    return evaluate(compose_config(*overrides, name="evaluate"), out_dir=out_dir, overrides=overrides)
+
+
+def decided(grouped: list[list[torch.Tensor]], delta: float) -> dict[str, bool]:
+    """Per aggregation, whether every problem's pick survives moving each step score by ``delta``:
+    every aggregation is non-decreasing in each step score, so a candidate's value lies between its
+    aggregates at scores - delta and + delta; when the best one's lower end clears every other's
+    upper end, any scores within delta pick it too."""
+    from prm.evaluation.best_of_n import aggregate_all
+
+    result = {}
+    for group in grouped:
+        steps = [s.double() for s in group]
+        values = aggregate_all(steps)
+        low = aggregate_all([(s - delta).clamp(0, 1) for s in steps])
+        high = aggregate_all([(s + delta).clamp(0, 1) for s in steps])
+        for name in values:
+            best = int(values[name].argmax())
+            others = torch.cat([high[name][:best], high[name][best + 1 :]])
+            result[name] = result.get(name, True) and bool(low[name][best] > others.max())
+    return result
+
+
+def test_evaluate_through_the_service_gives_the_local_tables(
+    trained_run, text_service, tmp_path, monkeypatch
+):
+    from prm.evaluation import run as evaluation
+
+    _, _, app = text_service  # the trained checkpoint, loaded as python -m prm.serve loads it
+    grouped = {}
+    real = evaluation.best_of_n
+
+    def capture(records, step_scores):
+        grouped["service" if "service" in grouped or "local" in grouped else "local"] = step_scores
+        return real(records, step_scores)
+
+    monkeypatch.setattr(evaluation, "best_of_n", capture)
+    overrides = [f"checkpoint={trained_run}", "device=cpu", "logger=none"]
+    local = run_evaluate(overrides, tmp_path / "local")
+    with served(app) as url:
+        remote = run_evaluate([*overrides, f"server.url={url}"], tmp_path / "remote")
+        assert httpx.get(f"{url}/health").json()["requests"] >= 4  # the service did the scoring
+    ours, theirs = grouped["local"], grouped["service"]
+    assert [[len(c) for c in p] for p in theirs] == [[len(c) for c in p] for p in ours]
+    flat_local = torch.cat([c for p in ours for c in p])
+    # float32 model, other batch compositions: equal up to float32 rounding (tests/numerics.py: at
+    # most ~1e-4 of the scale; a wrong chain or step moves scores by > 1e-2 of it)
+    assert_close_at_scale(torch.cat([c for p in theirs for c in p]), flat_local, rel=1e-4)
+    assert float(flat_local.std()) > 0
+    # the same tables: scores that do not enter the accuracy exactly, accuracies where no pick is
+    # within the tolerance of a tie
+    assert set(remote["aggregations"]) == set(local["aggregations"])
+    assert remote["baselines"] == local["baselines"]  # random, first, majority vote, pass@N: no score
+    sure = [name for name, ok in decided(ours, 1e-4 * float(flat_local.abs().max())).items() if ok]
+    assert sure  # at least one aggregation is compared
+    for name in sure:
+        assert remote["aggregations"][name] == local["aggregations"][name], name
+    assert (tmp_path / "remote" / "best_of_n.md").read_text().splitlines()[0] == (
+        (tmp_path / "local" / "best_of_n.md").read_text().splitlines()[0]
+    )
+
+
+def test_bench_harness_scores_through_the_service(trained_run, text_service, tmp_path, monkeypatch):
+    from prm.evaluation import harness
+
+    _, _, app = text_service
+    scored = []
+    real = harness.ModelRun.score
+
+    def capture(self, kind, records, data):
+        grouped, cost = real(self, kind, records, data)
+        scored.append(grouped)
+        return grouped, cost
+
+    monkeypatch.setattr(harness.ModelRun, "score", capture)
+    overrides = [f"checkpoint={trained_run}", "device=cpu", "logger=none", "bench=[best_of_n]"]
+    local = run_evaluate(overrides, tmp_path / "local")
+    with served(app) as url:
+        before = httpx.get(f"{url}/health").json()["requests"]
+        remote = run_evaluate([*overrides, f"server.url={url}"], tmp_path / "remote")
+        assert httpx.get(f"{url}/health").json()["requests"] - before >= 4  # one request per problem
+    ours, theirs = scored
+    flat = torch.cat([c for p in ours for c in p])
+    # float32 paths of one function: ~1e-4 of the scale at most (tests/numerics.py)
+    assert_close_at_scale(torch.cat([c for p in theirs for c in p]), flat, rel=1e-4)
+    sure = [name for name, ok in decided(ours, 1e-4 * float(flat.abs().max())).items() if ok]
+    assert sure
+    (label,) = local["models"]
+    ours_result = local["models"][label]["benchmarks"]["best_of_n"]["test"]["result"]
+    theirs_result = remote["models"][label]["benchmarks"]["best_of_n"]["test"]["result"]
+    assert theirs_result["baselines"] == ours_result["baselines"]
+    for name in sure:
+        assert theirs_result["aggregations"][name] == ours_result["aggregations"][name], name
+
+
+def test_service_scorer_refuses_another_model(text_service):
+    from prm.errors import UserError
+    from prm.evaluation.scorer import ServiceScorer
+
+    prm, cfg, _ = text_service
+    other = create_app(sharpened_vl_prm("token"), cfg, "cpu")  # a Qwen2-VL model, not the Qwen2 one
+    with TestClient(other) as test_client:
+        scorer = ServiceScorer("http://testserver", http=test_client)
+        with pytest.raises(UserError, match="serves"):
+            scorer.check_model(prm)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["server.url=localhost:8000"], "expected http://host:port"),
+        (["server.url=http://127.0.0.1:8000", "server.concurrency=0"], "server.concurrency"),
+        (["server.url=http://127.0.0.1:8000", "compare=[a]"], "serves one model"),
+    ],
+)
+def test_server_settings_are_checked(overrides, message):
+    from prm.config import ConfigError, validate_evaluate_config
+
+    cfg = compose_config("checkpoint=run", *overrides, name="evaluate")
+    with pytest.raises(ConfigError, match=message):
+        validate_evaluate_config(cfg)
 
 
 # --------------------------------------------------------------------------- the command line
