@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import compose_config
 from fastapi.testclient import TestClient
-from numerics import assert_close_at_scale
+from numerics import FLOAT64_PATHS, assert_close_at_scale
 from PIL import Image
 
 import prm.evaluation.scoring as scoring
@@ -484,10 +484,10 @@ def test_client_against_the_app(client, text_service):
 # --------------------------------------------------------------------------- images
 
 
-def sharpened_vl_prm(head: str, prompt: str = "marker") -> ProcessRewardModel:
-    """A float64 tiny Qwen2-VL PRM whose weights are redrawn with std 0.1 (value head: 0.5), so that
-    scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
-    backbone = build_backbone("qwen2_vl", dtype="float64", prompt=prompt)
+def sharpened_vl_prm(head: str, prompt: str = "marker", family: str = "qwen2_vl") -> ProcessRewardModel:
+    """A float64 tiny PRM of ``family`` (default Qwen2-VL) whose weights are redrawn with std 0.1
+    (value head: 0.5), so that scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
+    backbone = build_backbone(family, dtype="float64", prompt=prompt)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in backbone.model.parameters():
@@ -719,6 +719,61 @@ def test_server_settings_are_checked(overrides, message):
     cfg = compose_config("checkpoint=run", *overrides, name="evaluate")
     with pytest.raises(ConfigError, match=message):
         validate_evaluate_config(cfg)
+
+
+# --------------------------------------------------------------------------- load with bad requests
+
+
+def load_test_module():
+    """experiments/benchmarks/serve_load.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_load", ROOT / "experiments" / "benchmarks" / "serve_load.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_with_bad_requests_mixed_in(text_service):
+    """serve_load's load run: 8 concurrent requests at a time, one bad in every 3; every good one
+    gets its chains' one-at-a-time scores, every bad one its 4xx naming the field; the server is
+    alive and holds nothing at the end."""
+    load = load_test_module()
+    _, cfg, _ = text_service
+    settings = cfg.copy()
+    settings.limits.max_body_bytes, settings.limits.max_candidates = 20_000, 6
+    prm = sharpened_vl_prm("token", family="qwen2")  # float64: scores comparable to FLOAT64_PATHS
+    app = create_app(prm, settings, "cpu")
+    goods = load.requests_for(12, 4, images=False)
+    bads = load.bad_requests(6, 20_000)
+    traffic = load.mixed(goods, bads, every=3)  # 12 good, 6 bad: bads[0..5]
+    assert sum(isinstance(item, tuple) for item in traffic) == 6
+    good_at = [i for i, item in enumerate(traffic) if isinstance(item, dict)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one chain per call: tiny ops, which 2 threads on a busy CPU slow 30x
+    try:
+        expected = {
+            index: [score_chains(prm, [c], 1, settings.max_length, "cpu")[0] for c in load.chains_of(body)]
+            for index, body in zip(good_at, goods)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert float(torch.cat([t for ts in expected.values() for t in ts]).std()) > 0.01
+    with served(app) as url:
+        outcome = asyncio.run(load.run_load(url, traffic, 8, expected, rel=FLOAT64_PATHS))
+        health = httpx.get(f"{url}/health").json()
+        # negative controls: a score off by 0.01 and a bad request expecting another field are caught
+        wrong = {good_at[0]: [t + 0.01 for t in expected[good_at[0]]]}
+        misnamed = [goods[0], (bads[1][0], 422, "candidates")]
+        caught = asyncio.run(load.run_load(url, misnamed, 2, {0: wrong[good_at[0]]}, rel=FLOAT64_PATHS))
+    assert outcome.problems == []
+    assert (outcome.good, outcome.bad) == (12, 6)
+    assert len(caught.problems) == 2, caught.problems
+    assert health["status"] == "ok" and health["queued_chains"] == 0 and health["temporary_images"] == 0
+    assert health["chains"] == 12 * 4  # every good chain scored once (before the controls), no bad one
 
 
 # --------------------------------------------------------------------------- the command line
