@@ -693,6 +693,38 @@ def test_bench_harness_scores_through_the_service(trained_run, text_service, tmp
         assert theirs_result["aggregations"][name] == ours_result["aggregations"][name], name
 
 
+def test_best_of_n_script_against_the_service(text_service, tmp_path, capsys):
+    import importlib.util
+
+    from prm.data.dataset import flatten_candidates
+    from prm.data.formats import read_records
+    from prm.evaluation.best_of_n import best_of_n
+
+    prm, cfg, app = text_service
+    path = ROOT / "experiments" / "serve_best_of_n.py"
+    spec = importlib.util.spec_from_file_location("serve_best_of_n", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "images" / "b1.png")  # the fixture's image
+    fixture = ROOT / "tests" / "fixtures" / "formats" / "bestofn_test.json"
+    with served(app) as url:
+        result = script.main([str(fixture), "--data-root", str(tmp_path), "--url", url, "--concurrency", "2"])
+    printed = capsys.readouterr().out
+    assert "2 problems, 6 candidates" in printed and "| method | kind | accuracy (%) | ties |" in printed
+    # the same file scored locally: one problem's candidates share a prefix, as in the service
+    problems = read_records(fixture, "auto", data_root=tmp_path)
+    flat = score_chains(prm, flatten_candidates(problems), 16, cfg.max_length, "cpu", prefix_sharing=True)
+    grouped = [flat[:4], flat[4:]]
+    expected = best_of_n(problems, grouped).to_dict()
+    assert result["baselines"] == expected["baselines"]
+    # float32, other batch compositions: scores within 1e-4 of their scale (tests/numerics.py)
+    sure = [n for n, ok in decided(grouped, 1e-4 * float(torch.cat(flat).abs().max())).items() if ok]
+    assert sure
+    for name in sure:
+        assert result["aggregations"][name] == expected["aggregations"][name], name
+
+
 def test_service_scorer_refuses_another_model(text_service):
     from prm.errors import UserError
     from prm.evaluation.scorer import ServiceScorer
