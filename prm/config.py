@@ -309,6 +309,17 @@ class ProcessBenchSchema:
 
 
 @dataclass
+class EvaluateServerSchema:
+    """``server``: evaluate.py takes its step scores from a running ``python -m prm.serve`` at ``url``
+    (null: the local model scores; :mod:`prm.evaluation.scorer`)."""
+
+    url: Optional[str] = None  # noqa: UP045
+    api_key: Optional[str] = None  # noqa: UP045
+    timeout_s: float = 600.0  # seconds per request
+    concurrency: int = 8  # requests in flight
+
+
+@dataclass
 class BenchDataSchema:
     """``bench.<name>.data``: ``data.*`` keys for a benchmark's files; null keeps the model's value."""
 
@@ -364,6 +375,7 @@ class EvaluateSchema:
     mode: EvaluateMode = MISSING
     prefix_sharing: bool = MISSING  # best-of-N: one encoding of each problem's question + images
     processbench: ProcessBenchSchema = field(default_factory=ProcessBenchSchema)
+    server: EvaluateServerSchema = field(default_factory=EvaluateServerSchema)
     # evaluate.py bench=[processbench,prmbench,...]: every benchmark in one run and one table
     bench: dict[str, BenchSchema] = field(default_factory=dict)
     # more models in the same bench table: run / checkpoint / multirun-job paths, or models train.py
@@ -684,7 +696,9 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     ``backbone`` with ``backbone.path`` set, not both, and ``prompt`` only with ``backbone``;
     ``backbone.label_words`` two different non-empty words;
     ``precision`` fp32 or bf16; ``device`` cuda only where torch sees CUDA;
-    ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation.
+    ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation;
+    ``server.url`` null or ``http(s)://...``, with ``server.concurrency >= 1``, ``server.timeout_s > 0``
+    and no ``compare`` (the server serves one model).
     """
     checkpoint = bool(_get(cfg, "checkpoint"))
     backbone = _get(cfg, "backbone") is not None
@@ -719,6 +733,18 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     from prm.aggregation import aggregation_spec
 
     aggregation_spec(_get(cfg, "aggregation.name"))
+    url = _get(cfg, "server.url")
+    if url is not None:
+        _require(
+            str(url).startswith(("http://", "https://")),
+            f"server.url={url!r}: expected http://host:port of a running python -m prm.serve",
+        )
+        _require(_number(cfg, "server.concurrency") >= 1, "server.concurrency must be >= 1")
+        _require(_number(cfg, "server.timeout_s") > 0, "server.timeout_s must be > 0")
+        _require(
+            not _get(cfg, "compare"),
+            "server.url serves one model: compare=[...] scores several; drop one of them",
+        )
 
 
 def validate_serve_config(cfg: DictConfig) -> None:

@@ -158,13 +158,23 @@ class RecordChecker:
     """Applies the policies to the records of one split (``split``, read from ``path``): ``data``
     gives ``max_length``, ``too_long``, ``special_tokens`` and ``bad_image``; the cases are counted in
     ``report``. :func:`preflight` runs one per split; the serving endpoints
-    (:mod:`prm.serve.requests`) one per request, with :meth:`length` and ``neutralize``."""
+    (:mod:`prm.serve.requests`) one per request, with :meth:`length` and ``neutralize``, passing
+    the ``neutralize`` and ``collator`` they built once (both are stateless)."""
 
-    def __init__(self, data: Any, backbone: Any, split: str, path: str, report: SplitReport | None = None):
+    def __init__(
+        self,
+        data: Any,
+        backbone: Any,
+        split: str,
+        path: str,
+        report: SplitReport | None = None,
+        neutralize: Neutralizer | None = None,
+        collator: PRMCollator | None = None,
+    ):
         report = report if report is not None else SplitReport(split, path)
         self.data, self.backbone, self.split, self.path, self.report = data, backbone, split, path, report
-        self.neutralize = Neutralizer(special_token_strings(backbone))
-        self.collator = PRMCollator(backbone, max_length=None)
+        self.neutralize = neutralize or Neutralizer(special_token_strings(backbone))
+        self.collator = collator or PRMCollator(backbone, max_length=None)
         self.max_length = data.max_length
         self.too_long: list[str] = []  # under too_long=error: every chain over the limit
 
@@ -252,9 +262,18 @@ class RecordChecker:
         positions = batch["marker_positions"][0][: len(chain.steps)].tolist()
         return length, positions
 
-    def length(self, index: int, chain: StepChain | LabelledChain, name: str) -> Any:
-        """``chain`` as kept under ``data.too_long``: itself, a truncated copy, or None (skipped)."""
-        length, positions = self.measure(chain)  # tokenised even without a limit: errors surface here
+    def length(
+        self,
+        index: int,
+        chain: StepChain | LabelledChain,
+        name: str,
+        measured: tuple[int, list[int]] | None = None,
+    ) -> Any:
+        """``chain`` as kept under ``data.too_long``: itself, a truncated copy, or None (skipped).
+        ``measured``: ``(length, positions)`` as :meth:`measure` returns them, when the caller has
+        them already (the service measures a request's candidates together)."""
+        # tokenised even without a limit: errors surface here
+        length, positions = measured if measured is not None else self.measure(chain)
         if self.max_length is None or length <= self.max_length:
             return chain
         where = f"record {index} (id {chain.id!r}){name}: {length} tokens"

@@ -230,3 +230,21 @@ def test_header_mismatch_falls_back(chains, monkeypatch):
         "header tokens differ from the chain's own": 12,
         "no other chain with the same prefix": 1,
     }
+
+
+def test_continuation_batches_are_length_sorted_within_windows_of_problems():
+    # problem 0 has continuations of 1 and 5 tokens, problem 1 of 3 and 4, problem 2 of 2
+    rows = [
+        scoring._Row(index=i, problem=p, ids=torch.zeros(n, dtype=torch.long), markers=torch.zeros(0))
+        for i, (p, n) in enumerate([(0, 1), (0, 5), (1, 3), (1, 4), (2, 2)])
+    ]
+
+    def lengths(batches):
+        return [[len(row.ids) for row in batch] for batch in batches]
+
+    # window 1 x batch 2: a window closes at the first problem boundary after 2 rows: one per problem
+    assert lengths(scoring.sorted_batches(rows, 2, window=1)) == [[5, 1], [4, 3], [2]]
+    # window 2 x 2 = 4 rows: problems 0 and 1 (4 rows) sorted together, problem 2 alone
+    assert lengths(scoring.sorted_batches(rows, 2, window=2)) == [[5, 4], [3, 1], [2]]
+    # one window for all: longest first across problems
+    assert lengths(scoring.sorted_batches(rows, 2, window=8)) == [[5, 4], [3, 2], [1]]

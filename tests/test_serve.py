@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import socket
 import subprocess
@@ -18,26 +19,31 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
 from conftest import compose_config
 from fastapi.testclient import TestClient
-from numerics import assert_close_at_scale
+from numerics import FLOAT64_PATHS, assert_close_at_scale
 from PIL import Image
 
+import prm.evaluation.scoring as scoring
 from prm.aggregation import REGISTRY, Aggregation, pad_ragged
+from prm.data.dataset import PRMCollator
 from prm.data.records import LabelledChain
 from prm.evaluation.run import load_model
 from prm.evaluation.scoring import score_chains
 from prm.model.backbones import build_backbone
+from prm.model.families import family_names
 from prm.model.prm import ProcessRewardModel
+from prm.preflight import RecordChecker
 from prm.serve.__main__ import resolve_policies
 from prm.serve.app import create_app
 from prm.serve.batching import BatchScorer
 from prm.serve.client import PRMClient, PRMServiceError
-from prm.serve.requests import split_steps, step_ends
+from prm.serve.requests import measure_problem, split_steps, step_ends
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -135,6 +141,69 @@ def test_text_candidates_are_split_as_configured(text_service, client):
     (want,) = score_chains(prm, chains_of(QUESTION, [steps]), cfg.batch_size, cfg.max_length, "cpu")
     assert candidate["step_scores"] == pytest.approx(want.tolist(), abs=1e-6)
     assert list(candidate["scores"]) == ["min"]
+
+
+# --------------------------------------------------------------------------- measuring once per question
+
+
+@pytest.mark.parametrize("prompt", ["marker", "conversation"])
+@pytest.mark.parametrize("family", family_names(tiny=True))
+def test_lengths_measured_once_per_question_equal_the_whole_chains(tmp_path, family, prompt):
+    """measure_problem (one text-only collation of all candidates, one of the prefix with its
+    images) gives every candidate the token count and marker positions the collator gives the whole
+    chain: integers, so exactly equal, on every family and both prompt formats."""
+    import numpy as np
+
+    backbone = build_backbone(family, prompt=prompt)
+    rng = np.random.default_rng(0)
+    images = []
+    if backbone.is_multimodal:  # two images of different shapes (different token counts)
+        for name, shape in (("a.png", (60, 80, 3)), ("b.png", (112, 56, 3))):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / name)
+            images.append(str(tmp_path / name))
+    steps = [[f"Step {k}: {'x' * i} tiles." for k in range(i + 1)] + ["Answer: 3"] for i in range(4)]
+    chains = chains_of("How many tiles are there?", steps, images)
+    collator = PRMCollator(backbone)
+    planned, measured = measure_problem(collator, chains, backbone.is_multimodal)
+    policies = SimpleNamespace(
+        max_length=None, too_long="truncate", special_tokens="neutralize", bad_image="fix"
+    )
+    checker = RecordChecker(policies, backbone, "request", "request")
+    assert measured == [checker.measure(chain) for chain in chains]
+    assert [len(c.markers) for c in planned] == [len(s) for s in steps]
+
+
+def test_the_scorer_reuses_the_length_checks_tokens(text_service, monkeypatch):
+    prm, cfg, app = text_service
+    reader = app.state.reader
+    parsed = reader.native({"question": QUESTION, "candidates": [{"steps": s} for s in CANDIDATES]})
+    continuations = parsed.continuations
+    assert len(continuations) == len(CANDIDATES) and all(c is not None for c in continuations)
+    collations = []
+    real = scoring.continuations_of
+    monkeypatch.setattr(scoring, "continuations_of", lambda *a: collations.append(1) or real(*a))
+    chains = parsed.chains
+    given = score_chains(
+        prm, chains, 16, cfg.max_length, "cpu", prefix_sharing=True, continuations=continuations
+    )
+    assert collations == []  # the candidates were not tokenised again
+    again = score_chains(prm, chains, 16, cfg.max_length, "cpu", prefix_sharing=True)
+    assert collations == [1]
+    # the same token ids in the same batches: the same computation, bit for bit
+    assert [t.tolist() for t in given] == [t.tolist() for t in again]
+
+
+def test_a_truncated_candidate_is_tokenised_again(text_service):
+    prm, cfg, _ = text_service
+    settings = cfg.copy()
+    settings.max_length = 200
+    reader = create_app(prm, settings, "cpu").state.reader
+    long_steps = [f"Step {k}: " + "so on and so forth " * 8 for k in range(12)]
+    parsed = reader.native({"question": "q", "candidates": [{"steps": ["short"]}, {"steps": long_steps}]})
+    first, second = parsed.candidates
+    assert second.too_long["action"] == "truncated"
+    # the kept steps' tokens are not a cut of the whole chain's: the scorer tokenises the truncated chain
+    assert first.continuation is not None and second.continuation is None
 
 
 def test_split_steps_modes():
@@ -415,10 +484,10 @@ def test_client_against_the_app(client, text_service):
 # --------------------------------------------------------------------------- images
 
 
-def sharpened_vl_prm(head: str, prompt: str = "marker") -> ProcessRewardModel:
-    """A float64 tiny Qwen2-VL PRM whose weights are redrawn with std 0.1 (value head: 0.5), so that
-    scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
-    backbone = build_backbone("qwen2_vl", dtype="float64", prompt=prompt)
+def sharpened_vl_prm(head: str, prompt: str = "marker", family: str = "qwen2_vl") -> ProcessRewardModel:
+    """A float64 tiny PRM of ``family`` (default Qwen2-VL) whose weights are redrawn with std 0.1
+    (value head: 0.5), so that scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
+    backbone = build_backbone(family, dtype="float64", prompt=prompt)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in backbone.model.parameters():
@@ -501,6 +570,242 @@ def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, pro
             response = test_client.post("/v1/score", json=body)
             assert (response.status_code, response.json()["field"]) == (422, field), image
         assert test_client.post("/v1/score", json=bodies[0]).status_code == 200
+
+
+# --------------------------------------------------------------------------- evaluate.py through the service
+
+
+@contextlib.contextmanager
+def served(app):
+    """``app`` under uvicorn on a free loopback port in a thread; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def run_evaluate(overrides: list[str], out_dir: Path) -> dict:
+    """evaluate() as evaluate.py calls it with these command-line overrides."""
+    from prm.evaluation.run import evaluate
+
+    return evaluate(compose_config(*overrides, name="evaluate"), out_dir=out_dir, overrides=overrides)
+
+
+def decided(grouped: list[list[torch.Tensor]], delta: float) -> dict[str, bool]:
+    """Per aggregation, whether every problem's pick survives moving each step score by ``delta``:
+    every aggregation is non-decreasing in each step score, so a candidate's value lies between its
+    aggregates at scores - delta and + delta; when the best one's lower end clears every other's
+    upper end, any scores within delta pick it too."""
+    from prm.evaluation.best_of_n import aggregate_all
+
+    result = {}
+    for group in grouped:
+        steps = [s.double() for s in group]
+        values = aggregate_all(steps)
+        low = aggregate_all([(s - delta).clamp(0, 1) for s in steps])
+        high = aggregate_all([(s + delta).clamp(0, 1) for s in steps])
+        for name in values:
+            best = int(values[name].argmax())
+            others = torch.cat([high[name][:best], high[name][best + 1 :]])
+            result[name] = result.get(name, True) and bool(low[name][best] > others.max())
+    return result
+
+
+def test_evaluate_through_the_service_gives_the_local_tables(
+    trained_run, text_service, tmp_path, monkeypatch
+):
+    from prm.evaluation import run as evaluation
+
+    _, _, app = text_service  # the trained checkpoint, loaded as python -m prm.serve loads it
+    grouped = {}
+    real = evaluation.best_of_n
+
+    def capture(records, step_scores):
+        grouped["service" if "service" in grouped or "local" in grouped else "local"] = step_scores
+        return real(records, step_scores)
+
+    monkeypatch.setattr(evaluation, "best_of_n", capture)
+    overrides = [f"checkpoint={trained_run}", "device=cpu", "logger=none"]
+    local = run_evaluate(overrides, tmp_path / "local")
+    with served(app) as url:
+        remote = run_evaluate([*overrides, f"server.url={url}"], tmp_path / "remote")
+        assert httpx.get(f"{url}/health").json()["requests"] >= 4  # the service did the scoring
+    ours, theirs = grouped["local"], grouped["service"]
+    assert [[len(c) for c in p] for p in theirs] == [[len(c) for c in p] for p in ours]
+    flat_local = torch.cat([c for p in ours for c in p])
+    # float32 model, other batch compositions: equal up to float32 rounding (tests/numerics.py: at
+    # most ~1e-4 of the scale; a wrong chain or step moves scores by > 1e-2 of it)
+    assert_close_at_scale(torch.cat([c for p in theirs for c in p]), flat_local, rel=1e-4)
+    assert float(flat_local.std()) > 0
+    # the same tables: scores that do not enter the accuracy exactly, accuracies where no pick is
+    # within the tolerance of a tie
+    assert set(remote["aggregations"]) == set(local["aggregations"])
+    assert remote["baselines"] == local["baselines"]  # random, first, majority vote, pass@N: no score
+    sure = [name for name, ok in decided(ours, 1e-4 * float(flat_local.abs().max())).items() if ok]
+    assert sure  # at least one aggregation is compared
+    for name in sure:
+        assert remote["aggregations"][name] == local["aggregations"][name], name
+    assert (tmp_path / "remote" / "best_of_n.md").read_text().splitlines()[0] == (
+        (tmp_path / "local" / "best_of_n.md").read_text().splitlines()[0]
+    )
+
+
+def test_bench_harness_scores_through_the_service(trained_run, text_service, tmp_path, monkeypatch):
+    from prm.evaluation import harness
+
+    _, _, app = text_service
+    scored = []
+    real = harness.ModelRun.score
+
+    def capture(self, kind, records, data):
+        grouped, cost = real(self, kind, records, data)
+        scored.append(grouped)
+        return grouped, cost
+
+    monkeypatch.setattr(harness.ModelRun, "score", capture)
+    overrides = [f"checkpoint={trained_run}", "device=cpu", "logger=none", "bench=[best_of_n]"]
+    local = run_evaluate(overrides, tmp_path / "local")
+    with served(app) as url:
+        before = httpx.get(f"{url}/health").json()["requests"]
+        remote = run_evaluate([*overrides, f"server.url={url}"], tmp_path / "remote")
+        assert httpx.get(f"{url}/health").json()["requests"] - before >= 4  # one request per problem
+    ours, theirs = scored
+    flat = torch.cat([c for p in ours for c in p])
+    # float32 paths of one function: ~1e-4 of the scale at most (tests/numerics.py)
+    assert_close_at_scale(torch.cat([c for p in theirs for c in p]), flat, rel=1e-4)
+    sure = [name for name, ok in decided(ours, 1e-4 * float(flat.abs().max())).items() if ok]
+    assert sure
+    (label,) = local["models"]
+    ours_result = local["models"][label]["benchmarks"]["best_of_n"]["test"]["result"]
+    theirs_result = remote["models"][label]["benchmarks"]["best_of_n"]["test"]["result"]
+    assert theirs_result["baselines"] == ours_result["baselines"]
+    for name in sure:
+        assert theirs_result["aggregations"][name] == ours_result["aggregations"][name], name
+
+
+def test_best_of_n_script_against_the_service(text_service, tmp_path, capsys):
+    import importlib.util
+
+    from prm.data.dataset import flatten_candidates
+    from prm.data.formats import read_records
+    from prm.evaluation.best_of_n import best_of_n
+
+    prm, cfg, app = text_service
+    path = ROOT / "experiments" / "serve_best_of_n.py"
+    spec = importlib.util.spec_from_file_location("serve_best_of_n", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (56, 56), "red").save(tmp_path / "images" / "b1.png")  # the fixture's image
+    fixture = ROOT / "tests" / "fixtures" / "formats" / "bestofn_test.json"
+    with served(app) as url:
+        result = script.main([str(fixture), "--data-root", str(tmp_path), "--url", url, "--concurrency", "2"])
+    printed = capsys.readouterr().out
+    assert "2 problems, 6 candidates" in printed and "| method | kind | accuracy (%) | ties |" in printed
+    # the same file scored locally: one problem's candidates share a prefix, as in the service
+    problems = read_records(fixture, "auto", data_root=tmp_path)
+    flat = score_chains(prm, flatten_candidates(problems), 16, cfg.max_length, "cpu", prefix_sharing=True)
+    grouped = [flat[:4], flat[4:]]
+    expected = best_of_n(problems, grouped).to_dict()
+    assert result["baselines"] == expected["baselines"]
+    # float32, other batch compositions: scores within 1e-4 of their scale (tests/numerics.py)
+    sure = [n for n, ok in decided(grouped, 1e-4 * float(torch.cat(flat).abs().max())).items() if ok]
+    assert sure
+    for name in sure:
+        assert result["aggregations"][name] == expected["aggregations"][name], name
+
+
+def test_service_scorer_refuses_another_model(text_service):
+    from prm.errors import UserError
+    from prm.evaluation.scorer import ServiceScorer
+
+    prm, cfg, _ = text_service
+    other = create_app(sharpened_vl_prm("token"), cfg, "cpu")  # a Qwen2-VL model, not the Qwen2 one
+    with TestClient(other) as test_client:
+        scorer = ServiceScorer("http://testserver", http=test_client)
+        with pytest.raises(UserError, match="serves"):
+            scorer.check_model(prm)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["server.url=localhost:8000"], "expected http://host:port"),
+        (["server.url=http://127.0.0.1:8000", "server.concurrency=0"], "server.concurrency"),
+        (["server.url=http://127.0.0.1:8000", "compare=[a]"], "serves one model"),
+    ],
+)
+def test_server_settings_are_checked(overrides, message):
+    from prm.config import ConfigError, validate_evaluate_config
+
+    cfg = compose_config("checkpoint=run", *overrides, name="evaluate")
+    with pytest.raises(ConfigError, match=message):
+        validate_evaluate_config(cfg)
+
+
+# --------------------------------------------------------------------------- load with bad requests
+
+
+def load_test_module():
+    """experiments/benchmarks/serve_load.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_load", ROOT / "experiments" / "benchmarks" / "serve_load.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_with_bad_requests_mixed_in(text_service):
+    """serve_load's load run: 8 concurrent requests at a time, one bad in every 3; every good one
+    gets its chains' one-at-a-time scores, every bad one its 4xx naming the field; the server is
+    alive and holds nothing at the end."""
+    load = load_test_module()
+    _, cfg, _ = text_service
+    settings = cfg.copy()
+    settings.limits.max_body_bytes, settings.limits.max_candidates = 20_000, 6
+    prm = sharpened_vl_prm("token", family="qwen2")  # float64: scores comparable to FLOAT64_PATHS
+    app = create_app(prm, settings, "cpu")
+    goods = load.requests_for(12, 4, images=False)
+    bads = load.bad_requests(6, 20_000)
+    traffic = load.mixed(goods, bads, every=3)  # 12 good, 6 bad: bads[0..5]
+    assert sum(isinstance(item, tuple) for item in traffic) == 6
+    good_at = [i for i, item in enumerate(traffic) if isinstance(item, dict)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one chain per call: tiny ops, which 2 threads on a busy CPU slow 30x
+    try:
+        expected = {
+            index: [score_chains(prm, [c], 1, settings.max_length, "cpu")[0] for c in load.chains_of(body)]
+            for index, body in zip(good_at, goods)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert float(torch.cat([t for ts in expected.values() for t in ts]).std()) > 0.01
+    with served(app) as url:
+        outcome = asyncio.run(load.run_load(url, traffic, 8, expected, rel=FLOAT64_PATHS))
+        health = httpx.get(f"{url}/health").json()
+        # negative controls: a score off by 0.01 and a bad request expecting another field are caught
+        wrong = {good_at[0]: [t + 0.01 for t in expected[good_at[0]]]}
+        misnamed = [goods[0], (bads[1][0], 422, "candidates")]
+        caught = asyncio.run(load.run_load(url, misnamed, 2, {0: wrong[good_at[0]]}, rel=FLOAT64_PATHS))
+    assert outcome.problems == []
+    assert (outcome.good, outcome.bad) == (12, 6)
+    assert len(caught.problems) == 2, caught.problems
+    assert health["status"] == "ok" and health["queued_chains"] == 0 and health["temporary_images"] == 0
+    assert health["chains"] == 12 * 4  # every good chain scored once (before the controls), no bad one
 
 
 # --------------------------------------------------------------------------- the command line

@@ -69,7 +69,7 @@ from prm.evaluation.processbench import (
     processbench,
 )
 from prm.evaluation.report import best_of_n_markdown, processbench_markdown, write_json
-from prm.evaluation.scoring import score_chains
+from prm.evaluation.scorer import make_scorer
 from prm.evaluation.visualprocessbench import (
     VISUALPROCESSBENCH_REFERENCE,
     VISUALPROCESSBENCH_REFERENCE_SOURCE,
@@ -430,9 +430,18 @@ class ModelRun:
     """One loaded model scoring benchmarks: reads and checks each file with the model's backbone
     (same preflight as every evaluation), scores it, times it."""
 
-    def __init__(self, model: Model, prm, device: torch.device, precision: str, prefix_sharing: bool):
+    def __init__(
+        self,
+        model: Model,
+        prm,
+        device: torch.device,
+        precision: str,
+        prefix_sharing: bool,
+        server: DictConfig | None = None,
+    ):
         self.model, self.prm, self.device = model, prm, device
         self.precision, self.prefix_sharing = precision, prefix_sharing
+        self.server = server  # evaluate.yaml's server node: with a url, a running service scores
         self.data = instantiate(model.cfg.data)
 
     def read(self, path: Path | None, fmt: str, spec: DictConfig) -> tuple[list, dict, Any]:
@@ -452,20 +461,8 @@ class ModelRun:
 
     def score(self, kind: str, records: list, data) -> tuple[list, Cost]:
         """Step scores of ``records`` (best-of-N: per problem, per candidate) with ``data``'s batch
-        size, ``max_length`` and packing, and what it cost."""
-
-        def run(chains: list, prefix_sharing: bool = False) -> list:
-            return score_chains(
-                self.prm,
-                chains,
-                data.eval_batch_size,
-                data.max_length,
-                self.device,
-                self.precision,
-                progress=True,
-                packing=data.packing,
-                prefix_sharing=prefix_sharing,
-            )
+        size, ``max_length`` and packing (or from the service at ``server.url``), and what it cost."""
+        run = make_scorer(self.server, self.prm, data, self.device, self.precision)
 
         if kind != BenchKind.best_of_n:
             return measured(run, records, self.prm.backbone, self.device)
@@ -700,7 +697,7 @@ def run_benchmarks(
     results: dict[str, dict[str, dict[str, SubsetResult]]] = {}
     for model in models:
         prm = load(model, device)
-        run = ModelRun(model, prm, device, cfg.precision, cfg.prefix_sharing)
+        run = ModelRun(model, prm, device, cfg.precision, cfg.prefix_sharing, cfg.get("server"))
         results[model.label] = {name: run.benchmark(name, spec, headline) for name, spec in cfg.bench.items()}
         del prm, run
         gc.collect()

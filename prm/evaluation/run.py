@@ -45,7 +45,7 @@ from prm.evaluation.best_of_n import accuracy_vs_n, best_of_n
 from prm.evaluation.harness import Model, run_benchmarks
 from prm.evaluation.processbench import choose_threshold, processbench
 from prm.evaluation.report import write_best_of_n, write_processbench
-from prm.evaluation.scoring import score_chains
+from prm.evaluation.scorer import make_scorer
 from prm.model.build import build_prm, load_prm
 from prm.model.prm import ProcessRewardModel
 from prm.preflight import preflight
@@ -256,19 +256,8 @@ def evaluate_checkpoint(
         encoding="utf-8",
     )
 
-    def score(chains, prefix_sharing: bool = False):
-        return score_chains(
-            prm,
-            chains,
-            data.eval_batch_size,
-            data.max_length,
-            device,
-            cfg.precision,
-            progress=True,
-            packing=data.packing,
-            prefix_sharing=prefix_sharing,
-        )
-
+    # the local model, or a running service with server.url (prm/evaluation/scorer.py)
+    score = make_scorer(cfg.get("server"), prm, data, device, cfg.precision)
     title = f"Evaluation of {source}"
     if mode == "best_of_n":
         table, summary = evaluate_best_of_n(cfg, records, score, data.name, out_dir, tracker, title)
@@ -620,6 +609,11 @@ def evaluate(
                 "compare=[...] goes with bench=[...]: the checkpoints are compared on benchmarks"
             )
         if jobs:
+            if cfg.get("server") is not None and cfg.server.get("url"):
+                raise ConfigError(
+                    f"server.url serves one model and {target} is a multirun directory of {len(jobs)}: "
+                    "give one job's checkpoint, or drop server.url"
+                )
             log.info("%s is a multirun directory: evaluating its %d jobs", target, len(jobs))
             return compare_sweep(cfg, jobs, out_dir, tracker, given, verified)
         return evaluate_checkpoint(

@@ -27,6 +27,18 @@ ones the whole-chain path sees:
   separate from the assistant turn, so the continuation's tokens are the same with or without the
   images; the check on the header catches any tokenisation that merges across the boundary.
 
+Continuation batches are length-sorted too: the problems' rows are taken in windows of at least
+:data:`SORT_WINDOW` batches (whole problems), and each window's rows are sorted by length, longest
+first, before they are cut into batches, so a batch holds continuations of similar length from
+several problems (each on its own cached prefix) instead of one problem's short and long candidates
+padded to the longest (best-of-N candidates differ in length: on the service benchmark's GRPO groups
+43% of the padded tokens were padding, 0.2% after sorting). A window bounds the prefix caches held
+at once to its problems'.
+
+A caller that has already tokenised the chains this way (the service does, for its length check:
+:mod:`prm.serve.requests`) passes each chain's :class:`Continuation` (``score_chains(continuations=
+...)``) and the text-only collation is not repeated.
+
 Chains fall back to whole-chain scoring when no other chain has the same question and images, when
 the header check fails, or when the backbone's cache is not a plain full-attention cache
 (sliding-window layers). The counts are logged and returned in :class:`SharingReport`.
@@ -34,8 +46,8 @@ the header check fails, or when the backbone's cache is not a plain full-attenti
 Packing (``data.packing``) and prefix sharing combine as far as they can: the chains scored whole
 (the fallback above) are packed; the continuations are not, because each row attends to its own
 problem's cached prefix, and a packed row (several chains end to end, no attention mask) has one
-sequence of keys and values for all of them (their padding stays small: a problem's rows are sorted
-by length before batching). The log line of every call says so when ``packing`` is on.
+sequence of keys and values for all of them (their padding stays small: rows are sorted by length
+before batching, see above). The log line of every call says so when ``packing`` is on.
 """
 
 from __future__ import annotations
@@ -56,6 +68,9 @@ from prm.model.prefix_cache import CachedPrefix, continuation_inputs, encode_pre
 log = logging.getLogger(__name__)
 
 
+SORT_WINDOW = 8  # continuation batches per length-sorted window of problems (module doc)
+
+
 def length_order(lengths: Sequence[int]) -> list[int]:
     """Indices that sort ``lengths`` longest first (ties keep the input order)."""
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -72,6 +87,7 @@ def score_chains(
     progress: bool = False,
     packing: bool = False,
     prefix_sharing: bool = False,
+    continuations: Sequence[Continuation | None] | None = None,
 ) -> list[torch.Tensor]:
     """Step probabilities of every chain, in the order given: ``len(chains)`` tensors of shape
     ``[steps of that chain]``. ``packing``: batches without padding (same scores up to float noise).
@@ -80,11 +96,21 @@ def score_chains(
     ``prefix_sharing``: encode the question and images that chains share (the candidates of one
     best-of-N problem) once, see :func:`score_chains_shared`; same scores up to float rounding.
     With both, the chains scored whole are packed and the continuations of a shared prefix are not
-    (one logged line says how many ran each way; the module doc says why).
+    (one logged line says how many ran each way; the module doc says why). ``continuations``: with
+    ``prefix_sharing``, each chain's :class:`Continuation` where the caller has it (None where it has
+    not), so that its text is not tokenised again; the scores are the same.
     """
     if prefix_sharing:
         return score_chains_shared(
-            prm, chains, batch_size, max_length, device, precision, progress, packing=packing
+            prm,
+            chains,
+            batch_size,
+            max_length,
+            device,
+            precision,
+            progress,
+            packing=packing,
+            continuations=continuations,
         )
     return score_whole_chains(prm, chains, batch_size, max_length, device, precision, progress, packing)
 
@@ -189,6 +215,7 @@ def score_chains_shared(
     progress: bool = False,
     report: SharingReport | None = None,
     packing: bool = False,
+    continuations: Sequence[Continuation | None] | None = None,
 ) -> list[torch.Tensor]:
     """Step probabilities of every chain, in the order given, sharing each problem's prefix.
 
@@ -200,6 +227,9 @@ def score_chains_shared(
     ``report``, when given, is filled with the counts of shared and unshared chains. ``packing``: the
     chains scored whole are packed (:class:`prm.data.dataset.PRMCollator`); continuations on a shared
     prefix never are (see the module doc), and the log line says which chains ran which way.
+    ``continuations``: ``len(chains)`` entries, each chain's :class:`Continuation` (from
+    :func:`continuations_of`) or None; a problem whose chains all have one, with the same header, is
+    not collated again.
 
     Raises ``ValueError`` when a chain is longer than ``max_length`` tokens (prefix included), as
     the unshared path does.
@@ -209,8 +239,20 @@ def score_chains_shared(
     was_training = prm.training
     prm.eval()
     try:
+        if continuations is not None and len(continuations) != len(chains):
+            raise ValueError(f"{len(continuations)} continuations for {len(chains)} chains")
         result = _score_shared(
-            prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing
+            prm,
+            chains,
+            collator,
+            batch_size,
+            max_length,
+            device,
+            precision,
+            progress,
+            report,
+            packing,
+            continuations,
         )
     finally:
         prm.train(was_training)
@@ -233,7 +275,7 @@ def score_chains_shared(
 
 
 def _score_shared(
-    prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing
+    prm, chains, collator, batch_size, max_length, device, precision, progress, report, packing, given
 ):
     backbone = prm.backbone
 
@@ -253,7 +295,8 @@ def _score_shared(
             unshared.extend(members)
             report.fallback("no other chain with the same prefix", len(members))
             continue
-        planned = _plan_problem(collator, [chains[i] for i in members], members, len(problems))
+        known = [given[i] for i in members] if given is not None else None
+        planned = _plan_problem(collator, [chains[i] for i in members], members, len(problems), known)
         if planned is None:
             unshared.extend(members)
             report.fallback("header tokens differ from the chain's own", len(members))
@@ -265,7 +308,7 @@ def _score_shared(
         report.shared_problems += 1
 
     result: list[torch.Tensor] = [torch.empty(0)] * len(chains)
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    batches = sorted_batches(rows, batch_size)
     for batch in tqdm(batches, desc="score (shared prefix)", disable=not progress, dynamic_ncols=True):
         with autocast(device, precision):
             pending = {
@@ -303,30 +346,83 @@ def _score_shared(
     return result
 
 
-def _plan_problem(collator: PRMCollator, chains: list, indices: list[int], problem_index: int):
-    """The problem's header length and its candidates' continuations, or None if the header check fails."""
-    # One collation: row 0 is the header (the first chain without steps), rows 1.. the candidates.
+@dataclass
+class Continuation:
+    """One chain's text-only token ids cut at its problem's header (:func:`continuations_of`).
+
+    ``header``: ``[H]`` the ids of the chain with no steps and no images (user turn and assistant
+    header); ``ids``: ``[L]`` the ids after it (steps and step markers); ``markers``: ``[steps]`` the
+    step-marker positions within ``ids``. With the problem's prefix encoded with its images (``P``
+    tokens), the whole chain is ``P + L`` tokens long and its markers sit at ``P + markers``.
+    """
+
+    header: torch.Tensor
+    ids: torch.Tensor
+    markers: torch.Tensor
+
+
+def continuations_of(collator: PRMCollator, chains: Sequence) -> list[Continuation] | None:
+    """The :class:`Continuation` of each of ``chains`` (one problem: the same question; images are
+    not read) from one text-only collation whose row 0 is the header (the first chain without
+    steps). None when a chain's token ids do not start with the header's (a tokenisation merging
+    across the boundary): such chains are scored, and measured, whole."""
     items = [_item(chains[0], images=False, steps=False)] + [_item(chain, images=False) for chain in chains]
     text = collator(items)
     ids, mask = text["inputs"]["input_ids"], text["inputs"]["attention_mask"]
     header = ids[0][mask[0].bool()]
     size = len(header)
-    rows = []
-    for row, (index, chain) in enumerate(zip(indices, chains), start=1):
+    out = []
+    for row, chain in enumerate(chains, start=1):
         real = mask[row].nonzero().flatten()  # one block: right padding, or left (InternVL's processor)
         first, end = int(real[0]), int(real[-1]) + 1
         if end - first < size or not torch.equal(ids[row, first : first + size], header):
             return None
-        rows.append(
-            _Row(
-                index=index,
-                problem=problem_index,
-                ids=ids[row, first + size : end].clone(),
-                markers=text["marker_positions"][row, : len(chain.steps)] - first - size,
-            )
-        )
+        markers = text["marker_positions"][row, : len(chain.steps)] - first - size
+        out.append(Continuation(header=header, ids=ids[row, first + size : end].clone(), markers=markers))
+    return out
+
+
+def _plan_problem(
+    collator: PRMCollator,
+    chains: list,
+    indices: list[int],
+    problem_index: int,
+    known: list[Continuation | None] | None = None,
+):
+    """The problem's header length and its candidates' continuations, or None if the header check
+    fails. ``known``: the chains' continuations where the caller has them, used when every chain has
+    one and their headers agree; otherwise the chains are collated here."""
+    reuse = (
+        known is not None
+        and all(c is not None for c in known)
+        and all(torch.equal(c.header, known[0].header) for c in known[1:])
+    )
+    planned = known if reuse else continuations_of(collator, chains)
+    if planned is None:
+        return None
+    rows = [
+        _Row(index=index, problem=problem_index, ids=c.ids, markers=c.markers)
+        for index, c in zip(indices, planned, strict=True)
+    ]
     rows.sort(key=lambda r: len(r.ids))
-    return _Problem(chain=chains[0], header_length=size, rows_left=len(rows)), rows
+    return _Problem(chain=chains[0], header_length=len(planned[0].header), rows_left=len(rows)), rows
+
+
+def sorted_batches(rows: list, batch_size: int, window: int = SORT_WINDOW) -> list[list]:
+    """``rows`` (each with ``problem`` and ``ids``, one problem's rows together) cut into batches of
+    ``batch_size``: in windows of whole problems holding at least ``window * batch_size`` rows, each
+    window's rows sorted by continuation length, longest first (ties keep their order)."""
+    windows: list[list] = []
+    for row in rows:
+        starts_problem = not windows or windows[-1][-1].problem != row.problem
+        if not windows or (starts_problem and len(windows[-1]) >= window * batch_size):
+            windows.append([])
+        windows[-1].append(row)
+    batches = []
+    for rows_of_window in windows:
+        ordered = sorted(rows_of_window, key=lambda r: -len(r.ids))
+        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return batches
 
 
 def _encode_prefixes(prm, collator: PRMCollator, pending: list[_Problem], device) -> None:

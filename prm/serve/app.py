@@ -108,9 +108,19 @@ def create_app(prm, cfg, device="cpu", source: str = "") -> FastAPI:
     images = ImageStore(cfg.limits.max_image_bytes)
     reader = RequestReader(backbone, cfg, images)
 
-    def score_fn(chains: list) -> list[torch.Tensor]:
+    def score_fn(items: list) -> list[torch.Tensor]:
+        """Step scores of ``(chain, continuation)`` pairs: the continuations the length check
+        computed spare the scorer a second tokenisation (:func:`score_chains`' ``continuations``)."""
+        chains = [chain for chain, _ in items]
         return score_chains(
-            prm, chains, cfg.batch_size, cfg.max_length, device, str(cfg.precision), prefix_sharing=True
+            prm,
+            chains,
+            cfg.batch_size,
+            cfg.max_length,
+            device,
+            str(cfg.precision),
+            prefix_sharing=True,
+            continuations=[continuation for _, continuation in items],
         )
 
     scorer = BatchScorer(score_fn, cfg.batch_window_ms / 1000.0, cfg.max_batch, cfg.limits.max_queued_chains)
@@ -186,7 +196,7 @@ def create_app(prm, cfg, device="cpu", source: str = "") -> FastAPI:
             scores: list[torch.Tensor] = []
             if chains:
                 try:
-                    future = scorer.submit(chains)
+                    future = scorer.submit(list(zip(chains, parsed.continuations)))
                 except QueueFull as error:
                     raise RequestError(None, f"busy: {error}; retry later", 503) from None
                 scores = await wait_for_scores(request, future, cfg.request_timeout_s)

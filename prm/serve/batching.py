@@ -4,10 +4,10 @@ Requests put their chains on an asyncio queue (:meth:`BatchScorer.submit`). One 
 the first waiting request, then keeps taking requests for up to ``window_s`` seconds or until
 ``max_batch`` chains are gathered (a request that would go over waits for the next call; one
 request larger than ``max_batch`` runs alone), and scores all their chains in **one** call of
-``score_fn`` (the app's: :func:`prm.evaluation.scoring.score_chains` with ``prefix_sharing=True``),
-run in a single model thread so the event loop keeps serving. Chains with the same question and
-images, from one request or several, therefore share one prefix pass. Each request's future gets
-its own slice of the scores.
+``score_fn`` (the app's: :func:`prm.evaluation.scoring.score_chains` with ``prefix_sharing=True``,
+on (chain, token ids) pairs), run in a single model thread so the event loop keeps serving. Chains
+with the same question and images, from one request or several, therefore share one prefix pass.
+Each request's future gets its own slice of the scores.
 
 A request whose future is already done when the worker reaches it (timed out or cancelled: the
 client went away) is dropped without being scored, and its chains no longer count against

@@ -19,6 +19,14 @@ special-token text neutralised (or refused under ``special_tokens=error``) and t
 scored; ``error``: the request is refused naming the candidate). What the policy did is returned per
 candidate (:attr:`Candidate.too_long`).
 
+Lengths are measured once per question (and its images), not once per candidate
+(:func:`measure_problem`): the candidates of one question are tokenised together without images,
+cut at their shared header (:func:`prm.evaluation.scoring.continuations_of`), and the prefix with its
+images is processed once; a candidate is ``P + L`` tokens long (prefix ``P``, own tokens ``L``), the
+count the collator gives the whole chain (tests/test_serve.py compares them on every family). The
+candidates' token ids go on to the scorer (:attr:`Parsed.continuations`), which then does not
+tokenise them again.
+
 Images: a path under ``image_root`` (:func:`prm.data.images.check_path`: absolute, ``~`` and
 root-leaving paths are refused, symbolic links included), or a base64 ``data:image/...`` URL, decoded
 (at most ``limits.max_image_bytes``), checked to be an image and written once, under its SHA-256, in
@@ -43,11 +51,13 @@ from typing import Any
 from PIL import Image
 
 from prm.aggregation import REGISTRY
+from prm.data.dataset import PRMCollator
 from prm.data.errors import RecordError
 from prm.data.images import check_path
 from prm.data.records import LabelledChain
 from prm.data.steps import normalize_whitespace, split_candidate
-from prm.preflight import RecordChecker, special_token_strings
+from prm.evaluation.scoring import Continuation, continuations_of
+from prm.preflight import Neutralizer, RecordChecker, special_token_strings
 
 
 class RequestError(ValueError):
@@ -221,11 +231,13 @@ def verify_image(path: Path, where: str) -> None:
 @dataclass
 class Candidate:
     """One candidate of a request as scored: the chain (None when ``too_long=skip`` left it out), the
-    steps as given or split, and what the length policy did (None: nothing)."""
+    steps as given or split, what the length policy did (None: nothing), and the chain's token ids
+    cut at its question's header when the length check computed them (None for a truncated chain)."""
 
     chain: LabelledChain | None
     steps: list[str]
     too_long: dict[str, Any] | None = None
+    continuation: Continuation | None = None
 
 
 @dataclass
@@ -242,6 +254,31 @@ class Parsed:
     def chains(self) -> list[LabelledChain]:
         return [c.chain for c in self.candidates if c.chain is not None]
 
+    @property
+    def continuations(self) -> list[Continuation | None]:
+        """The :attr:`Candidate.continuation` of each of :attr:`chains`, in the same order."""
+        return [c.continuation for c in self.candidates if c.chain is not None]
+
+
+def measure_problem(collator: PRMCollator, chains: list[LabelledChain], multimodal: bool):
+    """``(continuations, measured)`` of ``chains`` that share one question and one list of images:
+    each chain's :class:`prm.evaluation.scoring.Continuation` and its ``(length, marker positions)``
+    as :meth:`prm.preflight.RecordChecker.measure` gives them for the whole chain, from one
+    text-only collation of all the chains and one collation of the prefix with its images (none
+    when ``multimodal`` is False or there are no images: the prefix is then the header itself).
+    ``(None, None)`` when the header check fails (the caller measures each chain whole)."""
+    planned = continuations_of(collator, chains)
+    if planned is None:
+        return None, None
+    first = chains[0]
+    prefix = len(planned[0].header)
+    if multimodal and first.images:
+        stepless = LabelledChain(id=first.id, question=first.question, steps=[], label=1, images=first.images)
+        item = {"chain": stepless, "instance": 0, "domain": 0, "images": list(first.images)}
+        prefix = int(collator([item])["inputs"]["attention_mask"][0].sum())
+    measured = [(prefix + len(c.ids), (prefix + c.markers).tolist()) for c in planned]
+    return planned, measured
+
 
 class RequestReader:
     """Turns request bodies into checked chains for one model (``backbone``) under the server's
@@ -256,6 +293,9 @@ class RequestReader:
         self.image_root = Path(cfg.image_root).resolve() if cfg.image_root else None
         self.default_aggregations = list(cfg.aggregations or REGISTRY)
         self.special_strings = special_token_strings(backbone)
+        # built once, shared by every request's checker (both are stateless)
+        self.neutralize = Neutralizer(self.special_strings)
+        self.collator = PRMCollator(backbone, max_length=None)
         self.policies = SimpleNamespace(
             max_length=cfg.max_length,
             too_long=str(cfg.too_long),
@@ -362,23 +402,50 @@ class RequestReader:
         questions: list[str] | None = None,
     ) -> list[Candidate]:
         """Special tokens and the length policy, per candidate (``where``: the candidate's field
-        pattern, e.g. ``candidates[{}]``); ``questions``: one question per candidate (OpenRLHF)."""
-        checker = RecordChecker(self.policies, self.backbone, "request", "request")
+        pattern, e.g. ``candidates[{}]``); ``questions``: one question per candidate (OpenRLHF).
+        The candidates of one question are measured together (:func:`measure_problem`)."""
+        checker = RecordChecker(
+            self.policies,
+            self.backbone,
+            "request",
+            "request",
+            neutralize=self.neutralize,
+            collator=self.collator,
+        )
         request = self._next_id()
-        out = []
+        chains = []
         for index, steps in enumerate(steps_of):
-            name = where.format(index)
             own_question = questions[index] if questions is not None else question
-            self._special_tokens(checker, own_question, steps, name, questions is not None)
-            chain = LabelledChain(
-                id=f"request{request}/{index}",
-                question=checker.neutralize(own_question),
-                steps=[checker.neutralize(step) for step in steps],
-                label=1,
-                images=images,
+            self._special_tokens(checker, own_question, steps, where.format(index), questions is not None)
+            chains.append(
+                LabelledChain(
+                    id=f"request{request}/{index}",
+                    question=checker.neutralize(own_question),
+                    steps=[checker.neutralize(step) for step in steps],
+                    label=1,
+                    images=images,
+                )
             )
+        problems: dict[str, list[int]] = {}  # one request has one list of images: the question decides
+        for index, chain in enumerate(chains):
+            problems.setdefault(chain.question, []).append(index)
+        continuations: list[Continuation | None] = [None] * len(chains)
+        measured: list[tuple[int, list[int]] | None] = [None] * len(chains)
+        for members in problems.values():
+            try:
+                planned, sizes = measure_problem(
+                    checker.collator, [chains[i] for i in members], self.backbone.is_multimodal
+                )
+            except ValueError:  # a chain the collator refuses: measured alone below, which names it
+                planned = None
+            if planned is not None:
+                for position, index in enumerate(members):
+                    continuations[index], measured[index] = planned[position], sizes[position]
+        out = []
+        for index, (steps, chain) in enumerate(zip(steps_of, chains)):
+            name = where.format(index)
             before = dict(checker.report.counts)
-            kept = checker.length(index, chain, "")
+            kept = checker.length(index, chain, "", measured[index])
             if checker.too_long:
                 raise RequestError(name, f"{checker.too_long[0]} (too_long=error)", status=422)
             counted = [k for k, v in checker.report.counts.items() if v != before.get(k, 0)]
@@ -389,7 +456,8 @@ class RequestReader:
             elif len(kept.steps) < len(steps):
                 policy = {"action": "truncated", "kept_steps": len(kept.steps), "steps": len(steps)}
             shown = steps if texts is None or texts[index] else []
-            out.append(Candidate(kept, shown, policy))
+            continuation = continuations[index] if kept is chain else None
+            out.append(Candidate(kept, shown, policy, continuation))
         return out
 
     def _special_tokens(self, checker, question: str, steps: list[str], where: str, own_question: bool):
