@@ -139,11 +139,19 @@ def _vpb_rows(result: VisualProcessBenchResult, headline: str) -> list[tuple[str
     return [("", result.macro_f1)] + [(name, pool.score) for name, pool in result.sources.items()]
 
 
+BASELINE_LABELS = {
+    "random": "random pick (expected)",
+    "first": "first candidate",
+    "majority_vote": "majority vote",
+    "pass_at_n": "pass@N",
+}
+
+
 def _best_of_n_rows(result: BestOfNResult, headline: str) -> list[tuple[str, float]]:
     rows = [("", result.aggregations[headline].accuracy)]
     if headline in result.weighted_vote:
         rows.append((f"weighted vote ({headline})", result.weighted_vote[headline].accuracy))
-    rows += [(name.replace("_", " "), method.accuracy) for name, method in result.baselines.items()]
+    rows += [(BASELINE_LABELS.get(name, name), method.accuracy) for name, method in result.baselines.items()]
     return rows
 
 
@@ -626,10 +634,10 @@ def results_markdown(
         TEXT_ONLY: "a text-only model: the benchmark's images were not read",
     }
     notes += [f"{mark} {text}." for mark, text in explained.items() if mark in used_marks]
-    notes.append(
-        "A step scored below the threshold is flagged wrong (thresholds: the cost table). Published "
-        "means are over the same subsets as ours."
-    )
+    if any(KINDS[spec.kind].choose is not None for spec in cfg.bench.values()):
+        notes.append("A step scored below the threshold is flagged wrong (thresholds: the cost table).")
+    if any(spec.kind == BenchKind.processbench and spec.references for spec in cfg.bench.values()):
+        notes.append("Published ProcessBench means are over the same subsets as ours.")
     for spec in {spec.kind: spec for spec in cfg.bench.values() if spec.references}.values():
         notes.append(f"Published {spec.kind}: {KINDS[spec.kind].reference_source}.")
     return "\n".join(lines + notes) + "\n"
