@@ -154,15 +154,16 @@ def pad_ragged(chains, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor
     return scores, mask
 
 
-def aggregation_spec(name: str) -> AggregationSpec:
-    """The ``REGISTRY`` entry of ``aggregation.name``: the one check of an aggregation name, used by
-    :class:`Aggregation` and by the config checks (:mod:`prm.config`).
+def aggregation_spec(name: str, key: str = "aggregation.name") -> AggregationSpec:
+    """The ``REGISTRY`` entry of an aggregation name: the one check of an aggregation name, used by
+    :class:`Aggregation` and by the config checks (:mod:`prm.config`); ``key`` is the config key
+    that gave it, for the message.
 
     Raises:
         ConfigError (a ValueError): ``name`` is not in ``REGISTRY``; the message lists the names.
     """
     if name not in REGISTRY:
-        raise ConfigError(f"aggregation.name={name!r}: expected one of {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(f"{key}={name!r}: expected one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

@@ -689,22 +689,15 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
 
 
-def validate_evaluate_config(cfg: DictConfig) -> None:
-    """Check a composed ``conf/evaluate.yaml`` before any checkpoint or data loads.
-
-    Rules (each failure raises :class:`ConfigError` naming the key): either ``checkpoint`` or
-    ``backbone`` with ``backbone.path`` set, not both, and ``prompt`` only with ``backbone``;
-    ``backbone.label_words`` two different non-empty words;
-    ``precision`` fp32 or bf16; ``device`` cuda only where torch sees CUDA;
-    ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation;
-    ``server.url`` null or ``http(s)://...``, with ``server.concurrency >= 1``, ``server.timeout_s > 0``
-    and no ``compare`` (the server serves one model).
-    """
+def _check_model_choice(cfg: DictConfig, command: str, checkpoints: str) -> None:
+    """The model of ``evaluate.py`` / ``python -m prm.serve``: ``checkpoint`` (``checkpoints`` says what
+    it may name) or ``backbone`` with ``backbone.path``, not both, ``prompt`` only with ``backbone``,
+    the backbone's label words, ``precision`` and ``device``; ConfigError naming the key."""
     checkpoint = bool(_get(cfg, "checkpoint"))
     backbone = _get(cfg, "backbone") is not None
     _require(
         checkpoint or backbone,
-        "checkpoint is not set: give checkpoint=<run dir, checkpoint folder or multirun dir> (a model "
+        f"checkpoint is not set: give checkpoint=<{checkpoints}> (a model "
         "train.py wrote), or backbone=<config> backbone.path=<dir> [prompt=<format>] (any model)",
     )
     _require(
@@ -718,12 +711,26 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     )
     _require(
         not backbone or bool(_get(cfg, "backbone.path")),
-        "backbone.path is not set: evaluate.py backbone=<config> backbone.path=<checkpoint dir>",
+        f"backbone.path is not set: {command} backbone=<config> backbone.path=<checkpoint dir>",
     )
     if backbone:
         _check_label_words(cfg)
     _check_precision("precision", _get(cfg, "precision"))
     _check_device("device", _get(cfg, "device"))
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """Check a composed ``conf/evaluate.yaml`` before any checkpoint or data loads.
+
+    Rules (each failure raises :class:`ConfigError` naming the key): either ``checkpoint`` or
+    ``backbone`` with ``backbone.path`` set, not both, and ``prompt`` only with ``backbone``;
+    ``backbone.label_words`` two different non-empty words;
+    ``precision`` fp32 or bf16; ``device`` cuda only where torch sees CUDA;
+    ``data.eval_batch_size >= 1``; ``processbench.threshold`` null or in [0, 1]; a known aggregation;
+    ``server.url`` null or ``http(s)://...``, with ``server.concurrency >= 1``, ``server.timeout_s > 0``
+    and no ``compare`` (the server serves one model).
+    """
+    _check_model_choice(cfg, "evaluate.py", "run dir, checkpoint folder or multirun dir")
     _check_data(cfg, evaluate=True)
     threshold = _number(cfg, "processbench.threshold")
     _require(
@@ -759,30 +766,7 @@ def validate_serve_config(cfg: DictConfig) -> None:
     ``steps.split=separator``; ``openrlhf.question_regex`` a regular expression with a group
     ``question``.
     """
-    checkpoint = bool(_get(cfg, "checkpoint"))
-    backbone = _get(cfg, "backbone") is not None
-    _require(
-        checkpoint or backbone,
-        "checkpoint is not set: give checkpoint=<run dir or checkpoint folder> (a model train.py wrote), "
-        "or backbone=<config> backbone.path=<dir> [prompt=<format>] (any model)",
-    )
-    _require(
-        not (checkpoint and backbone),
-        "checkpoint= and backbone= exclude each other: a checkpoint's config.yaml sets its backbone "
-        "and prompt",
-    )
-    _require(
-        backbone or _get(cfg, "prompt") is None,
-        "prompt= goes with backbone=<config> backbone.path=<dir>; a checkpoint's config.yaml sets its prompt",
-    )
-    _require(
-        not backbone or bool(_get(cfg, "backbone.path")),
-        "backbone.path is not set: python -m prm.serve backbone=<config> backbone.path=<checkpoint dir>",
-    )
-    if backbone:
-        _check_label_words(cfg)
-    _check_precision("precision", _get(cfg, "precision"))
-    _check_device("device", _get(cfg, "device"))
+    _check_model_choice(cfg, "python -m prm.serve", "run dir or checkpoint folder")
     port = _number(cfg, "port")
     _require(isinstance(port, int) and 0 <= port <= 65535, f"port={port}: expected an integer in [0, 65535]")
     for key in ("batch_window_ms", "request_timeout_s", "graceful_shutdown_s"):
@@ -791,13 +775,11 @@ def validate_serve_config(cfg: DictConfig) -> None:
         _at_least(cfg, key, 1)
     max_length = _get(cfg, "max_length")
     _require(max_length is None or max_length >= 1, f"max_length={max_length}: must be >= 1 or null")
-    from prm.aggregation import REGISTRY
+    from prm.aggregation import aggregation_spec
 
-    for name in _get(cfg, "aggregations") or []:
-        _require(name in REGISTRY, f"aggregations: {name!r} is not one of {', '.join(sorted(REGISTRY))}")
-    name = _get(cfg, "openrlhf.aggregation")
-    known = ", ".join(sorted(REGISTRY))
-    _require(name in REGISTRY, f"openrlhf.aggregation={name!r}: expected one of {known}")
+    for position, name in enumerate(_get(cfg, "aggregations") or []):
+        aggregation_spec(name, f"aggregations[{position}]")
+    aggregation_spec(_get(cfg, "openrlhf.aggregation"), "openrlhf.aggregation")
     _require(
         _get(cfg, "steps.split") != "separator" or bool(_get(cfg, "steps.separator")),
         "steps.split=separator needs a non-empty steps.separator",

@@ -892,3 +892,22 @@ def test_graceful_shutdown_finishes_the_request_in_flight(text_service):
         thread.join(20)
     assert answer["response"].status_code == 200
     assert len(answer["response"].json()["candidates"][0]["step_scores"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "checkpoint is not set: give checkpoint=<run dir or checkpoint folder>"),
+        (["backbone=hf_causal_lm"], "backbone.path is not set: python -m prm.serve backbone="),
+        (["checkpoint=run", "aggregations=[min,best]"], "aggregations[1]='best': expected one of"),
+        (["checkpoint=run", "openrlhf.aggregation=best"], "openrlhf.aggregation='best': expected one of"),
+        (["checkpoint=run", "port=70000"], "port=70000: expected an integer in [0, 65535]"),
+    ],
+)
+def test_serve_config_checks_name_the_key(overrides, message):
+    from prm.config import ConfigError, validate_serve_config
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError) as error:
+        validate_serve_config(compose_config(*overrides, name="serve"))
+    assert message in str(error.value)
