@@ -32,11 +32,13 @@ tests/numerics.py). After the load the server must answer ``/health``.
 
 Soak (``--soak-minutes M``, not in the tests): traffic at ``--soak-concurrency`` (bad requests mixed
 in when ``--bad-every`` is given) for M minutes, printing every ``--rss-every`` seconds the
-requests answered and this process's resident memory (``VmRSS``: server and client share the
-process), to show that memory stays flat.
+requests answered and this process's resident memory (``VmRSS``: the server's, and the client's
+too with ``--client-in-process``), to show that memory stays flat.
 
-Caveat: client and server share this process (its GIL) and the machine's cores, so the service's
-figures are a lower bound of what it does with the client elsewhere.
+Client: the load comes from a process of its own (spawned once; ``--client-in-process`` sends it
+from the server's process instead, where it takes the GIL the server needs, the lower bound of the
+first measurements). Client and server still share the machine's cores: on a small machine the
+client's work slows the server.
 """
 
 from __future__ import annotations
@@ -250,6 +252,42 @@ async def run_load(
     return outcome
 
 
+def load_sync(
+    url: str, traffic: list, concurrency: int, expected=None, rel: float = FLOAT32_PATHS
+) -> Outcome:
+    """:func:`run_load` run to completion (the client process's entry point)."""
+    return asyncio.run(run_load(url, traffic, concurrency, expected, rel))
+
+
+class Client:
+    """Where the load comes from: a process of its own (the default; an RL trainer or search script
+    calls the service from elsewhere, and a client in the server's process takes the GIL the server's
+    request handling and batch worker need), or this process (``in_process``: the lower bound of
+    earlier measurements). A context manager; :meth:`load` has :func:`run_load`'s arguments."""
+
+    def __init__(self, url: str, in_process: bool = False):
+        self.url, self.in_process = url, in_process
+        self.pool = None
+
+    def __enter__(self) -> Client:
+        if not self.in_process:
+            import concurrent.futures
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA and threads
+            self.pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def load(self, traffic: list, concurrency: int, expected=None) -> Outcome:
+        if self.pool is None:
+            return load_sync(self.url, traffic, concurrency, expected)
+        return self.pool.submit(load_sync, self.url, traffic, concurrency, expected).result()
+
+
 def mixed(goods: list[dict], bads: list, every: int | None) -> list:
     """``goods`` with, when ``every`` is given, one of ``bads`` (in turn) after every ``every - 1``."""
     if not every:
@@ -264,11 +302,16 @@ def mixed(goods: list[dict], bads: list, every: int | None) -> list:
     return traffic
 
 
-def one_at_a_time(model, chains: list, max_length: int | None) -> float:
-    """Chains/s of scoring ``chains`` one per call (no batching, no shared prefix)."""
+def one_at_a_time(
+    model, chains: list, max_length: int | None, device="cpu", precision: str = "fp32"
+) -> float:
+    """Chains/s of scoring ``chains`` one per call (no batching, no shared prefix), waiting for the
+    device after the last one (CUDA kernels run asynchronously)."""
     start = time.perf_counter()
     for chain in chains:
-        score_chains(model, [chain], 1, max_length, "cpu")
+        score_chains(model, [chain], 1, max_length, device, precision)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
     return len(chains) / (time.perf_counter() - start)
 
 
@@ -302,13 +345,14 @@ def build(args) -> tuple:
         f"max_batch={args.max_batch}",
         f"batch_size={args.batch_size}",
         "limits.max_queued_chains=100000",
+        f"precision={args.precision}",
     ]
     if args.path:
         from prm.evaluation.run import load_model
 
         model_settings = [f"backbone={args.backbone}", f"backbone.path={args.path}", f"prompt={args.prompt}"]
         cfg = serve_config([*model_settings, *settings])
-        model = load_model(cfg, None, "cpu")
+        model = load_model(cfg, None, args.device)
         return model, cfg, f"{args.path} ({model.backbone.family})"
     from prm.model.backbones import build_backbone
     from prm.model.prm import ProcessRewardModel
@@ -319,7 +363,7 @@ def build(args) -> tuple:
     pixels = args.image_side * args.image_side
     kwargs = {"min_pixels": pixels, "max_pixels": pixels} if args.images and args.image_side > 112 else {}
     torch.manual_seed(0)
-    model = ProcessRewardModel(build_backbone(family, prompt=args.prompt, **kwargs), "token")
+    model = ProcessRewardModel(build_backbone(family, prompt=args.prompt, **kwargs), "token").to(args.device)
     return model, serve_config(["checkpoint=unused", *settings]), f"tiny {family}"
 
 
@@ -343,6 +387,15 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8, help="completions per prompt")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda[:k]")
+    parser.add_argument(
+        "--precision", default="fp32", help="fp32 | bf16 (backbone under bf16 autocast, fp32 head and scores)"
+    )
+    parser.add_argument(
+        "--client-in-process",
+        action="store_true",
+        help="send the load from this process (default: a client process of its own)",
+    )
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="chains per forward pass")
@@ -355,9 +408,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.bad_every is not None and args.bad_every < 2:
         parser.error("--bad-every must be at least 2")
+    if args.check and args.precision != "fp32":
+        parser.error("--check compares float32 paths (1e-4 of the scale): use it with --precision fp32")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from prm.device import pick_device
+
+    args.device = pick_device(args.device)
     model, cfg, name = build(args)
+    device, precision = args.device, str(cfg.precision)
     levels = [int(v) for v in args.levels.split(",")]
     images = tempfile.TemporaryDirectory(prefix="serve_load_")
     goods = requests_for(args.requests, args.group, args.images, args.image_side)
@@ -376,33 +435,39 @@ def main() -> None:
     expected = None
     if args.check:
         expected = {
-            index: [score_chains(model, [c], 1, cfg.max_length, "cpu")[0] for c in chains_of(body, paths[r])]
+            index: [
+                score_chains(model, [c], 1, cfg.max_length, device, precision)[0]
+                for c in chains_of(body, paths[r])
+            ]
             for r, (index, body) in enumerate(zip(good_index, goods))
         }
-    app = create_app(model, cfg, "cpu", name)
+    app = create_app(model, cfg, device, name)
     print(
         f"# {name}, prompt={args.prompt}"
         f"{f', one {args.image_side}px image per prompt' if args.images else ''}, groups of "
         f"{args.group}, {args.requests} requests per measurement"
         f"{f' (+1 bad in every {args.bad_every})' if args.bad_every else ''}, torch threads "
         f"{torch.get_num_threads()}, batch window {args.window_ms} ms, max_batch {args.max_batch}, "
-        f"batch_size {args.batch_size}, {args.rounds} interleaved rounds"
+        f"batch_size {args.batch_size}, {args.rounds} interleaved rounds, client "
+        f"{'in the server process' if args.client_in_process else 'in a process of its own'}, "
+        f"device {device} "
+        f"({torch.cuda.get_device_name(device) if str(device).startswith('cuda') else 'CPU'}), {precision}"
     )
-    with Server(app) as server:
-        one_at_a_time(model, reference[:4], cfg.max_length)  # warm-up of both paths
-        asyncio.run(run_load(server.url, goods[:4], 4))
+    with Server(app) as server, Client(server.url, args.client_in_process) as client:
+        one_at_a_time(model, reference[:4], cfg.max_length, device, precision)  # warm-up of both paths
+        client.load(goods[:4], 4)
         rates: dict[int, list[float]] = {level: [] for level in levels}
         ratios: dict[int, list[float]] = {level: [] for level in levels}
         latencies: dict[int, list[float]] = {level: [] for level in levels}
         calls: dict[int, list[int]] = {level: [] for level in levels}
         baselines, problems, bad_seen = [], [], 0
         for round_ in range(args.rounds):
-            before = one_at_a_time(model, reference, cfg.max_length)
+            before = one_at_a_time(model, reference, cfg.max_length, device, precision)
             baselines.append(before)
             for level in levels:
                 batches = app.state.scorer.stats.batches
-                outcome = asyncio.run(run_load(server.url, traffic, level, expected))
-                after = one_at_a_time(model, reference, cfg.max_length)
+                outcome = client.load(traffic, level, expected)
+                after = one_at_a_time(model, reference, cfg.max_length, device, precision)
                 baselines.append(after)
                 rate = len(goods) * args.group / outcome.seconds
                 rates[level].append(rate)
@@ -448,13 +513,13 @@ def main() -> None:
         health = httpx.get(f"{server.url}/health", timeout=30)
         print(f"health after the load: HTTP {health.status_code} {health.json()}")
         if args.soak_minutes:
-            soak(server.url, goods, bads if args.bad_every else [], args)
+            soak(server.url, client, goods, bads if args.bad_every else [], args)
         if problems:
             raise SystemExit(1)
     images.cleanup()
 
 
-def soak(url: str, goods: list[dict], bads: list, args) -> None:
+def soak(url: str, client: Client, goods: list[dict], bads: list, args) -> None:
     """Traffic for ``args.soak_minutes`` minutes, printing requests answered and resident memory."""
     print(
         f"\n# soak: {args.soak_minutes} min at concurrency {args.soak_concurrency}"
@@ -466,7 +531,7 @@ def soak(url: str, goods: list[dict], bads: list, args) -> None:
     start = time.perf_counter()
     last, sent, problems = -args.rss_every, 0, 0
     while time.perf_counter() - start < 60 * args.soak_minutes:
-        outcome = asyncio.run(run_load(url, traffic, args.soak_concurrency))
+        outcome = client.load(traffic, args.soak_concurrency)
         sent += outcome.good + outcome.bad
         problems += len(outcome.problems)
         elapsed = time.perf_counter() - start

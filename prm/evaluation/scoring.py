@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +70,21 @@ log = logging.getLogger(__name__)
 
 
 SORT_WINDOW = 8  # continuation batches per length-sorted window of problems (module doc)
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode for the block, each submodule's own mode restored after it. Only the
+    modules in training mode are switched (none, usually: a recursive ``eval()`` / ``train()`` pair
+    costs a few milliseconds on a large model, as much as a short chain's forward pass on a GPU)."""
+    training = [m for m in module.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
@@ -127,8 +143,13 @@ def score_whole_chains(
     packing: bool = False,
 ) -> list[torch.Tensor]:
     """:func:`score_chains` without prefix sharing: every chain runs whole, in length-sorted batches."""
-    was_training = prm.training
-    prm.eval()
+    with eval_mode(prm):
+        return _score_whole(prm, chains, batch_size, max_length, device, precision, progress, packing)
+
+
+def _score_whole(
+    prm, chains, batch_size, max_length, device, precision, progress, packing
+) -> list[torch.Tensor]:
     order = length_order(chain_lengths(chains, prm.backbone)) if len(chains) > batch_size else None
     dataset = ChainDataset([chains[i] for i in order] if order is not None else chains)
     loader = DataLoader(
@@ -145,7 +166,6 @@ def score_whole_chains(
         probs = scores.probs.float().cpu()
         lengths = scores.mask.sum(-1).cpu()
         sorted_scores.extend(probs[row, : int(lengths[row])] for row in range(len(lengths)))
-    prm.train(was_training)
     if order is None:
         return sorted_scores
     result: list[torch.Tensor] = [torch.empty(0)] * len(chains)
@@ -236,9 +256,7 @@ def score_chains_shared(
     """
     report = report if report is not None else SharingReport()
     collator = PRMCollator(prm.backbone)
-    was_training = prm.training
-    prm.eval()
-    try:
+    with eval_mode(prm):
         if continuations is not None and len(continuations) != len(chains):
             raise ValueError(f"{len(continuations)} continuations for {len(chains)} chains")
         result = _score_shared(
@@ -254,8 +272,6 @@ def score_chains_shared(
             packing,
             continuations,
         )
-    finally:
-        prm.train(was_training)
     packed = (
         f"; data.packing: the {report.unshared_chains} chains scored whole are packed, the "
         f"{report.shared_chains} continuations of a shared prefix run padded (each attends to its own "

@@ -40,11 +40,12 @@ from prm.model.positions import next_position, position_ids
 
 @dataclass
 class CachedPrefix:
-    """One encoded prefix: per-layer keys and values ``[1, kv_heads, P, head_dim]`` of its ``P`` real
-    tokens, and the position of the first token that continues it."""
+    """One encoded prefix: the keys and values of its ``P`` real tokens, every layer's in one tensor
+    ``[layers, 1, kv_heads, P, head_dim]`` (``keys[layer]`` is that layer's ``[1, kv_heads, P,
+    head_dim]``), and the position of the first token that continues it."""
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    keys: torch.Tensor
+    values: torch.Tensor
     length: int  # P: prefix tokens (image tokens included)
     start: int  # position of the first continuation token
 
@@ -80,14 +81,20 @@ def encode_prefixes(
         cache = last_layer_at_scores.prefix_cache(base, {**inputs, "position_ids": positions})
     else:
         cache = base(**inputs, position_ids=positions, use_cache=True).past_key_values
+    # every layer's keys (values) in one tensor [layers, rows, kv_heads, T, head_dim]: a prefix is then
+    # one slice of it, and a continuation batch is stacked with one copy per row (not one per layer)
+    keys = torch.stack([layer.keys for layer in cache.layers])
+    values = torch.stack([layer.values for layer in cache.layers])
+    real = mask.bool()
+    firsts = real.int().argmax(1).tolist()  # one block of real tokens per row: right or left padding
+    ends = (mask.shape[1] - real.flip(1).int().argmax(1)).tolist()
+    starts = starts.tolist()
     prefixes = []
-    for row in range(mask.shape[0]):
-        real = mask[row].nonzero().flatten()  # one block: right or left padding
-        first, end = int(real[0]), int(real[-1]) + 1
+    for row, (first, end) in enumerate(zip(firsts, ends)):
         prefixes.append(
             CachedPrefix(
-                keys=[layer.keys[row : row + 1, :, first:end] for layer in cache.layers],
-                values=[layer.values[row : row + 1, :, first:end] for layer in cache.layers],
+                keys=keys[:, row : row + 1, :, first:end],
+                values=values[:, row : row + 1, :, first:end],
                 length=end - first,
                 start=int(starts[row]),
             )
@@ -115,16 +122,14 @@ def continuation_inputs(
         input_ids[b, : len(row)] = row
         attention[b, prefix_max - prefix.length : prefix_max + len(row)] = 1
         positions[b] = prefix.start + torch.arange(cont_max)
-    layers = []
-    for layer in range(len(prefixes[0].keys)):
-        pair = []
-        for part in ("keys", "values"):
-            first = getattr(prefixes[0], part)[layer]
-            stacked = first.new_zeros(rows, first.shape[1], prefix_max, first.shape[3])
-            for b, prefix in enumerate(prefixes):
-                stacked[b, :, prefix_max - prefix.length :] = getattr(prefix, part)[layer][0]
-            pair.append(stacked)
-        layers.append(tuple(pair))
+    stacked = []
+    for part in ("keys", "values"):
+        first = getattr(prefixes[0], part)  # [layers, 1, kv_heads, P, head_dim]
+        both = first.new_zeros(first.shape[0], rows, first.shape[2], prefix_max, first.shape[4])
+        for b, prefix in enumerate(prefixes):  # one copy per row, all layers at once
+            both[:, b : b + 1, :, prefix_max - prefix.length :] = getattr(prefix, part)
+        stacked.append(both)
+    layers = [(stacked[0][layer], stacked[1][layer]) for layer in range(stacked[0].shape[0])]
     return dict(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
