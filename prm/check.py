@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             splits = tuple(s for s in arg.split("=", 1)[1].split(",") if s)
             argv.remove(arg)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # the preflight and the readers log their counts as they go (train.py's log keeps them); here the
+    # whole report, readers' counts included, is printed once at the end instead
+    logging.getLogger("prm.preflight").setLevel(logging.ERROR)
+    logging.getLogger("prm.data.errors").setLevel(logging.WARNING)
     try:
         refuse_unknown_choices(argv, TrainRunSchema)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

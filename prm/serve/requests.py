@@ -5,9 +5,11 @@ Two request shapes (the endpoints: :mod:`prm.serve.app`):
 - native (``POST /v1/score``): ``{"question": str, "images": [str]?, "candidates": [{"steps": [str]}
   | {"text": str}], "aggregations": [str]?}``;
 - OpenRLHF's remote reward-model protocol (``POST /v1/openrlhf``): ``{"query": [str], "prompts":
-  [str]?, "labels": [...]?, "dense": bool?}``, the request body OpenRLHF's ``remote_rm_fn`` posts
-  (OpenRLHF, ``openrlhf/utils/remote_rm_utils.py``: ``{"query": queries, "prompts": prompts,
-  "labels": labels}``; each query is the prompt followed by the response).
+  [str]?, "labels": [...]?, "dense": bool?}``, the request body OpenRLHF's remote reward model posts
+  (``{"query": queries, "prompts": prompts, "labels": labels}``: ``remote_rm_fn`` in
+  ``openrlhf/utils/remote_rm_utils.py`` before 0.11, ``SingleTurnAgentExecutor._fetch_rewards_via_http``
+  in ``openrlhf/utils/agent.py`` from 0.11, one query per request; each query is the prompt followed
+  by the response, decoded with its special tokens).
 
 Every problem is a :class:`RequestError` naming the field in the request's own terms
 (``candidates[2].steps[0]``, ``images[1]``, ``query[3]``); the app turns it into a 4xx response
