@@ -302,6 +302,7 @@ def test_a_failing_request_fails_alone():
 
 BAD_REQUESTS = [
     (b"{not json", 400, None),
+    (b"[" * 100_000 + b"]" * 100_000, 400, None),  # nested past the JSON parser's recursion limit
     (b'["a list"]', 422, None),
     (b'{"candidates": [{"steps": ["a"]}]}', 422, "question"),
     (b'{"question": 3, "candidates": [{"steps": ["a"]}]}', 422, "question"),
@@ -350,6 +351,18 @@ def test_limits_give_413(text_service):
         for body, field in cases:
             response = test_client.post("/v1/score", json=body)
             assert (response.status_code, response.json()["field"]) == (413, field)
+        response = test_client.post("/v1/score", json=cases[1][0])
+        assert response.json()["error"] == "3 steps, over limits.max_steps=2"
+
+
+def test_unknown_paths_and_methods_get_the_error_shape(client):
+    missing = client.get("/v1/nothing")
+    assert (missing.status_code, missing.json()) == (
+        404,
+        {"error": "Not Found: GET /v1/nothing", "field": None},
+    )
+    wrong = client.get("/v1/score")
+    assert wrong.status_code == 405 and wrong.json()["error"].startswith("Method Not Allowed")
 
 
 @pytest.mark.parametrize("policy", ["truncate", "skip", "error"])
@@ -569,7 +582,13 @@ def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, pro
             body = {"question": "q", "images": [image], "candidates": [{"steps": ["a"]}]}
             response = test_client.post("/v1/score", json=body)
             assert (response.status_code, response.json()["field"]) == (422, field), image
+            assert str(app.state.images.root) not in response.json()["error"]  # no server path shown
         assert test_client.post("/v1/score", json=bodies[0]).status_code == 200
+    # shutdown removes the private image folder; the app started again makes it anew
+    assert not app.state.images.root.exists()
+    with TestClient(app) as test_client:
+        assert test_client.post("/v1/score", json=bodies[0]).status_code == 200
+    assert not app.state.images.root.exists()
 
 
 # --------------------------------------------------------------------------- evaluate.py through the service

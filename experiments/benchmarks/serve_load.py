@@ -370,10 +370,12 @@ def build(args) -> tuple:
 # --------------------------------------------------------------------------- main
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module doc as written, and each option's default in its help line."""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument(
         "--family", default=None, help="tiny backbone family (default qwen2, --images: qwen2_vl)"
     )
@@ -382,14 +384,17 @@ def main() -> None:
     parser.add_argument("--prompt", default="marker", help="prompt format: marker | conversation")
     parser.add_argument("--images", action="store_true")
     parser.add_argument("--image-side", type=int, default=64, help="pixels per image side")
-    parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--levels", default="1,8,32", help="concurrency levels, comma-separated")
     parser.add_argument("--requests", type=int, default=32, help="requests per measurement")
     parser.add_argument("--group", type=int, default=8, help="completions per prompt")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one) | cpu | cuda[:k]")
     parser.add_argument(
-        "--precision", default="fp32", help="fp32 | bf16 (backbone under bf16 autocast, fp32 head and scores)"
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: the backbone under bf16 autocast, the head and scores fp32",
     )
     parser.add_argument(
         "--client-in-process",
@@ -417,7 +422,12 @@ def main() -> None:
     args.device = pick_device(args.device)
     model, cfg, name = build(args)
     device, precision = args.device, str(cfg.precision)
-    levels = [int(v) for v in args.levels.split(",")]
+    try:
+        levels = [int(v) for v in args.levels.split(",")]
+    except ValueError:
+        parser.error(f"--levels takes comma-separated whole numbers, got {args.levels!r}")
+    if not levels or min(levels) < 1:
+        parser.error(f"--levels: every level must be at least 1, got {args.levels!r}")
     images = tempfile.TemporaryDirectory(prefix="serve_load_")
     goods = requests_for(args.requests, args.group, args.images, args.image_side)
     paths = []
@@ -502,12 +512,14 @@ def main() -> None:
             )
         if args.bad_every or args.check:
             checked = (
-                f", each good answer's scores equal one-at-a-time to {FLOAT32_PATHS:g} of the scale"
+                f"; each good answer's scores expected equal to one-at-a-time to {FLOAT32_PATHS:g} "
+                "of the scale"
                 if args.check
                 else ""
             )
             print(
-                f"\nbad requests: {bad_seen} sent{checked}; problems: {len(problems)}"
+                f"\nbad requests: {bad_seen} sent, each expected to get its 4xx naming its field{checked}; "
+                f"problems (answers not as expected): {len(problems)}"
                 + "".join(f"\n  {line}" for line in problems[:20])
             )
         health = httpx.get(f"{server.url}/health", timeout=30)

@@ -69,11 +69,7 @@ def serve(cfg: DictConfig) -> None:
     prm = load_model(cfg, checkpoint, device, {})
     cfg, sources = resolve_policies(cfg, checkpoint)
     log.info("policies: %s", sources)
-    source = (
-        str(checkpoint)
-        if checkpoint is not None
-        else f"{cfg.backbone.path} (prompt={prm.backbone.prompt.name})"
-    )
+    source = str(checkpoint) if checkpoint is not None else str(cfg.backbone.path)  # the prompt: metadata
     app = create_app(prm, cfg, device, source)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         log.warning("listening on %s without an api_key: anyone reaching the port can use it", cfg.host)

@@ -33,6 +33,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prm.aggregation import REGISTRY, Aggregation, pad_ragged
 from prm.evaluation.scoring import score_chains
@@ -132,9 +133,16 @@ def create_app(prm, cfg, device="cpu", source: str = "") -> FastAPI:
         try:
             yield
         finally:
-            await scorer.stop()  # the decoded images left are removed with the folder at exit
+            await scorer.stop()
+            images.close()  # the private image folder, here: uvicorn ends a SIGTERM'd process by the signal
 
     app = FastAPI(title="prm-suite PRM service", lifespan=lifespan)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """An unknown path or method gets the service's error shape, not FastAPI's ``{"detail"}``."""
+        return error_response(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
+
     app.state.scorer = scorer
     app.state.images = images
     app.state.reader = reader
@@ -191,6 +199,8 @@ def create_app(prm, cfg, device="cpu", source: str = "") -> FastAPI:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise RequestError(None, f"malformed JSON: {error}", 400) from None
+            except RecursionError:
+                raise RequestError(None, "malformed JSON: nested too deeply", 400) from None
             parsed = await run_in_threadpool(parse, payload)
             chains = parsed.chains
             scores: list[torch.Tensor] = []

@@ -83,10 +83,14 @@ def _expect(value: Any, kind: type | tuple, where: str, what: str) -> Any:
     return value
 
 
-def _string_list(value: Any, where: str, limit: int | None = None, what: str = "strings") -> list[str]:
+def _string_list(
+    value: Any, where: str, limit: int | None = None, what: str = "strings", key: str = ""
+) -> list[str]:
+    """``value`` checked as a list of strings; ``limit``: its most items, named ``key`` (the
+    ``limits.*`` setting) in the 413 refusal."""
     _expect(value, list, where, f"a list of {what}")
     if limit is not None and len(value) > limit:
-        raise RequestError(where, f"{len(value)} {what}, over the limit of {limit}", status=413)
+        raise RequestError(where, f"{len(value)} {what}, over {key or 'the limit'}={limit}", status=413)
     for position, item in enumerate(value):
         _expect(item, str, f"{where}[{position}]", "a string")
     return value
@@ -184,6 +188,7 @@ class ImageStore:
         path = self.root / f"{digest}.img"
         with self._lock:
             if digest not in self._references:
+                self.root.mkdir(mode=0o700, exist_ok=True)  # again after close(): an app started twice
                 temporary = self.root / f"{digest}.{threading.get_ident()}.part"
                 temporary.write_bytes(data)
                 try:
@@ -215,16 +220,20 @@ class ImageStore:
             return len(self._references)
 
     def close(self) -> None:
+        """Remove the folder and what is left in it (the app's shutdown; a later :meth:`add` makes
+        it again)."""
         self._folder.cleanup()
 
 
 def verify_image(path: Path, where: str) -> None:
-    """Open and decode ``path`` fully; :class:`RequestError` at ``where`` when Pillow cannot."""
+    """Open and decode ``path`` fully; :class:`RequestError` at ``where`` when Pillow cannot (the
+    message leaves out the server's file path: a data URL's image sits in a private folder)."""
     try:
         with Image.open(path) as image:
             image.load()
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for a broken file
-        raise RequestError(where, f"cannot decode the image ({type(error).__name__}: {error})") from None
+        reason = str(error).replace(repr(str(path)), "the image").replace(str(path), "the image")
+        raise RequestError(where, f"cannot decode the image ({type(error).__name__}: {reason})") from None
 
 
 # --------------------------------------------------------------------------- chains
@@ -351,7 +360,9 @@ class RequestReader:
         if ("steps" in item) == ("text" in item):
             raise RequestError(where, 'give exactly one of "steps" (a list of strings) or "text" (a string)')
         if "steps" in item:
-            steps = _string_list(item["steps"], f"{where}.steps", self.limits.max_steps, "steps")
+            steps = _string_list(
+                item["steps"], f"{where}.steps", self.limits.max_steps, "steps", "limits.max_steps"
+            )
         else:
             text = _expect(item["text"], str, f"{where}.text", "a string")
             steps = split_steps(text, str(self.cfg.steps.split), self.cfg.steps.separator)
@@ -369,7 +380,7 @@ class RequestReader:
     def _images(self, value: Any, parsed: Parsed) -> list[str]:
         if value is None:
             return []
-        images = _string_list(value, "images", self.limits.max_images, "images")
+        images = _string_list(value, "images", self.limits.max_images, "images", "limits.max_images")
         paths = []
         for position, raw in enumerate(images):
             where = f"images[{position}]"
@@ -484,7 +495,9 @@ class RequestReader:
         _refuse_unknown(body, ("query", "prompts", "labels", "dense", "metas"))
         if "query" not in body:
             raise RequestError("query", "missing")
-        queries = _string_list(body["query"], "query", self.limits.max_candidates, "queries")
+        queries = _string_list(
+            body["query"], "query", self.limits.max_candidates, "queries", "limits.max_candidates"
+        )
         if not queries:
             raise RequestError("query", "empty: give at least one query")
         prompts = body.get("prompts")
