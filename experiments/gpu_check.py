@@ -19,7 +19,11 @@ column, the rest continue, and the exit status is 1 when any row failed or was s
   ``reweight=<row>`` (``plain`` is ``reweight=none``) through the training recipe's named steps
   (``prm.training``: setup_model, setup_data, setup_problems, setup_engine, Betty's engine, finish),
   as ``train.py`` runs them but without checkpoints (a real-size model and its optimiser state would
-  take longer to write than to train);
+  take longer to write than to train). The bi-level rows (these three and the ZeRO rows) run at
+  each strategy's own ``reweight.hypergradient.unroll_steps`` (domain_table 1; instance_table and
+  instance_net 10, so a check of fewer timed steps times no upper step of theirs and their ``vs
+  plain`` is the weighted lower step alone), or at ``--unroll-steps`` (1: an upper step after every
+  lower step, the whole bi-level cost per step);
 - ``zero2``, ``zero3``: ``distributed=zero2|zero3 reweight=instance_table`` in a subprocess (DeepSpeed
   keeps a process group and its accelerator choice for the life of a process). Without a launcher
   the suite starts a process group of world size 1 from environment variables (prm/distributed.py):
@@ -138,6 +142,7 @@ TRAINING_ROWS = ("plain", "domain_table", "instance_table", "instance_net")
 DEEPSPEED_ROWS = ("zero2", "zero3")
 SCORING_ROWS = ("bon_shared", "bon_unshared")
 ALL_ROWS = TRAINING_ROWS + DEEPSPEED_ROWS + SCORING_ROWS
+BILEVEL_ROWS = ("domain_table", "instance_table", "instance_net", "zero2", "zero3")  # get --unroll-steps
 ROW_OVERRIDES = {
     "plain": ["reweight=none"],
     "domain_table": ["reweight=domain_table"],
@@ -429,6 +434,11 @@ def train_overrides(args, backbone: str, path: Path, row: str) -> list[str]:
         f"backbone={backbone}",
         f"backbone.path={path}",
         *ROW_OVERRIDES[row],
+        *(
+            [f"reweight.hypergradient.unroll_steps={args.unroll_steps}"]
+            if row in BILEVEL_ROWS and args.unroll_steps is not None
+            else []
+        ),
         f"train.steps={args.steps}",
         "train.validate_every=0",
         "train.save_every=0",
@@ -646,7 +656,8 @@ def write_outputs(out: Path, header: dict, rows: list[Row], total_s: float) -> s
     text = (
         f"# GPU check ({header['size']} models, {header['device_name']})\n\n"
         f"{header['steps']} training steps per row ({header['warmup']} warm-up and the last, validating, "
-        f"step untimed), batch {header['batch_size']}, {header['precision']}; peak "
+        f"step untimed), batch {header['batch_size']}, {header['precision']}, bi-level rows at "
+        f"unroll_steps={header.get('unroll_steps') or 'each strategy default'}; peak "
         f"{number(header['peak_tflops'])} TFLOP/s; total {total_s:.0f} s.\n\n{markdown}\n"
         "MFU = k * N * T / t / peak (k = 6 training, 2 scoring; N = parameters outside the token "
         "embedding and LM head; T tokens in t seconds). See experiments/gpu_check.py for every column.\n"
@@ -682,6 +693,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="data.batch_size (default 8 real, 4 tiny)"
+    )
+    parser.add_argument(
+        "--unroll-steps",
+        type=int,
+        default=None,
+        help="lower steps per upper step of the bi-level rows (default: each strategy's own, as train.py "
+        "runs it: domain_table 1, instance_table / instance_net 10, so 8 steps time no upper step of "
+        "theirs; 1 times an upper step after every lower step: the bi-level cost in full)",
     )
     parser.add_argument(
         "--test-problems", type=int, default=None, help="best-of-N problems scored (default 16 real, 4 tiny)"
@@ -756,8 +775,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.steps < args.warmup + 2:
         parser.error(f"--steps {args.steps} with --warmup {args.warmup}: need at least warmup + 2 steps "
                      "(the warm-up and the last, validating, step are not timed)")  # fmt: skip
-    for key in ("batch_size", "test_problems"):
-        if getattr(args, key) < 1:
+    for key in ("batch_size", "test_problems", "unroll_steps"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
@@ -823,6 +842,7 @@ def check(args: argparse.Namespace) -> int:
     header = dict(
         size=args.size, device_name=device_name, torch=torch.__version__, cuda=torch.version.cuda,
         peak_tflops=peak, steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
+        unroll_steps=args.unroll_steps,
         precision=args.precision, models={}, rows_run=args.rows,
         formula="MFU = k * N * T / t / (peak TFLOP/s * 1e12); k = 6 training, 2 scoring; N = parameters "
         "outside the token embedding and LM head",

@@ -171,11 +171,28 @@ def test_bad_arguments_exit_with_status_2(capsys):
         (["--rows", "plain,zero4"], "--rows: unknown"),
         (["--steps", "2", "--warmup", "1"], "need at least warmup + 2 steps"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--unroll-steps", "0"], "--unroll-steps must be >= 1"),
     ] + ([(["--size", "real"], "--size real needs a CUDA GPU")] if not torch.cuda.is_available() else []):
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.parse_args(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_bilevel_rows_run_at_the_unroll_asked_for(tmp_path):
+    """--unroll-steps reaches every bi-level row (and only those): at the instance strategies' own 10
+    lower steps per upper step, a check of 8 steps times no upper step."""
+    args = gpu_check.parse_args(["--size", "tiny", "--unroll-steps", "3"])
+    for row in gpu_check.TRAINING_ROWS + gpu_check.DEEPSPEED_ROWS:
+        overrides = gpu_check.train_overrides(args, "tiny_qwen2_vl", tmp_path, row)
+        unroll = [o for o in overrides if "unroll_steps" in o]
+        assert unroll == ([] if row == "plain" else ["reweight.hypergradient.unroll_steps=3"]), row
+        cfg = gpu_check.compose_config("config", overrides)
+        assert row == "plain" or cfg.reweight.hypergradient.unroll_steps == 3
+    # by default each strategy's own setting, as train.py runs it
+    default = gpu_check.parse_args(["--size", "tiny"])
+    overrides = gpu_check.train_overrides(default, "tiny_qwen2_vl", tmp_path, "instance_table")
+    assert gpu_check.compose_config("config", overrides).reweight.hypergradient.unroll_steps == 10
 
 
 # ------------------------------------------------------------------------------ end to end, tiny, CPU
