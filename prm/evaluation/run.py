@@ -347,6 +347,12 @@ def sweep_jobs(path: Path, verified: VerifiedFolders | None = None) -> list[Path
     )
 
 
+def job_overrides(job: Path) -> list[str]:
+    """The command-line overrides of multirun job ``job`` (its ``.hydra/overrides.yaml``), Hydra's own
+    (``hydra.*``) left out."""
+    return [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
+
+
 def compare_sweep(
     cfg: DictConfig,
     jobs: list[Path],
@@ -361,15 +367,13 @@ def compare_sweep(
     record of checkpoint folders already hashed."""
     results = {}  # each job's test set is checked with its own backbone's chain format
     for job in jobs:
-        job_overrides = [
-            o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")
-        ]
+        chosen = job_overrides(job)
         checkpoint = resolve_checkpoint(job, verified)
         job_cfg, source = data_config(cfg, checkpoint, overrides)
         summary = evaluate_checkpoint(
             job_cfg, checkpoint, out_dir / job.name, tracker, data_source=source, verified=verified
         )
-        results[job.name] = {"overrides": " ".join(job_overrides) or "(defaults)", **summary}
+        results[job.name] = {"overrides": " ".join(chosen) or "(defaults)", **summary}
     tests = sorted({str(r["preflight"]["data"]["test"]) for r in results.values()})
     if len(tests) > 1:
         log.warning(
@@ -507,10 +511,9 @@ def foreign_model_config(cfg: DictConfig, entry: DictConfig, where: str) -> Dict
 def job_labels(jobs: Sequence[Path]) -> list[str]:
     """A column label per multirun job: ``job <n>: <the overrides that differ between the jobs>``
     (``job <n>`` alone when none differ), from each job's ``.hydra/overrides.yaml``."""
-    overrides = []
-    for job in jobs:
-        items = [o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if not o.startswith("hydra.")]
-        overrides.append(dict(item.split("=", 1) if "=" in item else (item, "") for item in items))
+    overrides = [
+        dict(item.split("=", 1) if "=" in item else (item, "") for item in job_overrides(job)) for job in jobs
+    ]
     keys = sorted({key for job in overrides for key in job})
     differing = [key for key in keys if len({job.get(key) for job in overrides}) > 1]
     labels = []
