@@ -69,3 +69,43 @@ def assert_close_at_scale(
         atol=rel * scale,
         msg=None if msg is None else lambda default: f"{msg}: {default} (scale {scale:.3g}, rel {rel:g})",
     )
+
+
+def sharpened_prm(family: str, head: str, prompt: str = "marker"):
+    """A float64 tiny PRM of ``family`` whose weights are redrawn with std 0.1 (value head: 0.5,
+    seeded), so that its step scores spread over [0, 1] and two float64 paths of it compare at
+    :data:`FLOAT64_PATHS`."""
+    from prm.model.backbones import build_backbone
+    from prm.model.prm import ProcessRewardModel
+
+    backbone = build_backbone(family, dtype="float64", prompt=prompt)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in backbone.model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    prm = ProcessRewardModel(backbone, head)
+    assert {p.dtype for p in backbone.model.parameters()} == {torch.float64}
+    if prm.value_head is not None:
+        torch.nn.init.normal_(prm.value_head.weight, std=0.5, generator=generator)
+    return prm
+
+
+def decided(grouped: list[list[torch.Tensor]], delta: float) -> dict[str, bool]:
+    """Per aggregation, whether every problem's best-of-N pick survives moving each step score by
+    ``delta``: every aggregation is non-decreasing in each step score, so a candidate's value lies
+    between its aggregates at scores - delta and + delta; when the best one's lower end clears every
+    other's upper end, any scores within delta pick it too."""
+    from prm.evaluation.best_of_n import aggregate_all
+
+    result = {}
+    for group in grouped:
+        steps = [s.double() for s in group]
+        values = aggregate_all(steps)
+        low = aggregate_all([(s - delta).clamp(0, 1) for s in steps])
+        high = aggregate_all([(s + delta).clamp(0, 1) for s in steps])
+        for name in values:
+            best = int(values[name].argmax())
+            others = torch.cat([high[name][:best], high[name][best + 1 :]])
+            result[name] = result.get(name, True) and bool(low[name][best] > others.max())
+    return result

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from numerics import assert_close_at_scale
+from numerics import assert_close_at_scale, sharpened_prm
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -20,9 +20,7 @@ from prm.data.dataset import flatten_candidates
 from prm.data.records import BestOfNProblem, Candidate, LabelledChain
 from prm.evaluation.scoring import SharingReport, score_chains, score_chains_shared
 from prm.model import prefix_cache
-from prm.model.backbones import build_backbone
 from prm.model.families import family_names
-from prm.model.prm import ProcessRewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FAMILIES = family_names(tiny=True)  # every family with a tiny model, from the registry
@@ -60,21 +58,6 @@ def chains(tmp_path_factory):
         id="lone", question="A question of its own.", steps=["One.", "Two."], label=1, images=[paths[1]]
     )
     return [*flatten_candidates(problems), lone]
-
-
-def sharpened_prm(family: str, head: str) -> ProcessRewardModel:
-    """A float64 PRM of ``family`` whose weights are redrawn with std 0.1 (value head: 0.5)."""
-    backbone = build_backbone(family, dtype="float64")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in backbone.model.parameters():
-            if parameter.dim() >= 2:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-    prm = ProcessRewardModel(backbone, head)
-    assert {p.dtype for p in backbone.model.parameters()} == {torch.float64}
-    if prm.value_head is not None:
-        torch.nn.init.normal_(prm.value_head.weight, std=0.5, generator=generator)
-    return prm
 
 
 def max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import compose_config
 from fastapi.testclient import TestClient
-from numerics import FLOAT64_PATHS, assert_close_at_scale
+from numerics import FLOAT64_PATHS, assert_close_at_scale, decided, sharpened_prm
 from PIL import Image
 
 import prm.evaluation.scoring as scoring
@@ -37,7 +37,6 @@ from prm.evaluation.run import load_model
 from prm.evaluation.scoring import score_chains
 from prm.model.backbones import build_backbone
 from prm.model.families import family_names
-from prm.model.prm import ProcessRewardModel
 from prm.preflight import RecordChecker
 from prm.serve.__main__ import resolve_policies
 from prm.serve.app import create_app
@@ -497,21 +496,6 @@ def test_client_against_the_app(client, text_service):
 # --------------------------------------------------------------------------- images
 
 
-def sharpened_vl_prm(head: str, prompt: str = "marker", family: str = "qwen2_vl") -> ProcessRewardModel:
-    """A float64 tiny PRM of ``family`` (default Qwen2-VL) whose weights are redrawn with std 0.1
-    (value head: 0.5), so that scores spread over [0, 1] (tests/test_prefix_sharing.py)."""
-    backbone = build_backbone(family, dtype="float64", prompt=prompt)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in backbone.model.parameters():
-            if parameter.dim() >= 2:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-    prm = ProcessRewardModel(backbone, head)
-    if prm.value_head is not None:
-        torch.nn.init.normal_(prm.value_head.weight, std=0.5, generator=generator)
-    return prm
-
-
 def data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -525,7 +509,7 @@ def data_url(image: Image.Image) -> str:
 def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, prompt):
     import numpy as np
 
-    prm = sharpened_vl_prm(head, prompt)
+    prm = sharpened_prm("qwen2_vl", head, prompt)
     assert prm.backbone.prompt.name == prompt
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
@@ -618,26 +602,6 @@ def run_evaluate(overrides: list[str], out_dir: Path) -> dict:
     from prm.evaluation.run import evaluate
 
     return evaluate(compose_config(*overrides, name="evaluate"), out_dir=out_dir, overrides=overrides)
-
-
-def decided(grouped: list[list[torch.Tensor]], delta: float) -> dict[str, bool]:
-    """Per aggregation, whether every problem's pick survives moving each step score by ``delta``:
-    every aggregation is non-decreasing in each step score, so a candidate's value lies between its
-    aggregates at scores - delta and + delta; when the best one's lower end clears every other's
-    upper end, any scores within delta pick it too."""
-    from prm.evaluation.best_of_n import aggregate_all
-
-    result = {}
-    for group in grouped:
-        steps = [s.double() for s in group]
-        values = aggregate_all(steps)
-        low = aggregate_all([(s - delta).clamp(0, 1) for s in steps])
-        high = aggregate_all([(s + delta).clamp(0, 1) for s in steps])
-        for name in values:
-            best = int(values[name].argmax())
-            others = torch.cat([high[name][:best], high[name][best + 1 :]])
-            result[name] = result.get(name, True) and bool(low[name][best] > others.max())
-    return result
 
 
 def test_evaluate_through_the_service_gives_the_local_tables(
@@ -749,7 +713,7 @@ def test_service_scorer_refuses_another_model(text_service):
     from prm.evaluation.scorer import ServiceScorer
 
     prm, cfg, _ = text_service
-    other = create_app(sharpened_vl_prm("token"), cfg, "cpu")  # a Qwen2-VL model, not the Qwen2 one
+    other = create_app(sharpened_prm("qwen2_vl", "token"), cfg, "cpu")  # a Qwen2-VL model, not the Qwen2 one
     with TestClient(other) as test_client:
         scorer = ServiceScorer("http://testserver", http=test_client)
         with pytest.raises(UserError, match="serves"):
@@ -796,7 +760,7 @@ def test_load_with_bad_requests_mixed_in(text_service):
     _, cfg, _ = text_service
     settings = cfg.copy()
     settings.limits.max_body_bytes, settings.limits.max_candidates = 20_000, 6
-    prm = sharpened_vl_prm("token", family="qwen2")  # float64: scores comparable to FLOAT64_PATHS
+    prm = sharpened_prm("qwen2", "token")  # float64: scores comparable to FLOAT64_PATHS
     app = create_app(prm, settings, "cpu")
     goods = load.requests_for(12, 4, images=False)
     bads = load.bad_requests(6, 20_000)
