@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from prm.data.dataset import ChainDataset
 from prm.device import to_device
 from prm.evaluation.best_of_n import auroc
+from prm.evaluation.scoring import eval_mode
 
 
 @torch.no_grad()
@@ -32,16 +33,14 @@ def instance_weights(
         return reweighter.instance_weights().detach().float().cpu()
     if prm is None or chains is None or collator is None:
         raise ValueError("an instance net needs the PRM, the chains and a collator to weigh instances")
-    was_training = prm.training
-    prm.eval()
     dataset = ChainDataset(chains, reweighter.training_set.domains)
     weights = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator):
-        batch = to_device(batch, device)
-        scores = prm(batch)
-        losses, _ = prm.losses(scores, batch["step_labels"])
-        weights.append(reweighter.raw_weights(batch, scores, losses).float().cpu())
-    prm.train(was_training)
+    with eval_mode(prm):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator):
+            batch = to_device(batch, device)
+            scores = prm(batch)
+            losses, _ = prm.losses(scores, batch["step_labels"])
+            weights.append(reweighter.raw_weights(batch, scores, losses).float().cpu())
     return torch.cat(weights)
 
 
