@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import io
-import socket
 import subprocess
 import sys
 import threading
@@ -580,21 +580,10 @@ def test_images_by_path_and_data_url_score_like_score_chains(tmp_path, head, pro
 
 @contextlib.contextmanager
 def served(app):
-    """``app`` under uvicorn on a free loopback port in a thread; yields its URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    """``app`` under uvicorn on a free loopback port in a thread (serve_load.py's :class:`Server`);
+    yields its URL."""
+    with load_test_module().Server(app) as server:
+        yield server.url
 
 
 def run_evaluate(overrides: list[str], out_dir: Path) -> dict:
@@ -739,8 +728,9 @@ def test_server_settings_are_checked(overrides, message):
 # --------------------------------------------------------------------------- load with bad requests
 
 
+@functools.cache
 def load_test_module():
-    """experiments/benchmarks/serve_load.py as a module."""
+    """experiments/benchmarks/serve_load.py as a module (loaded once)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -795,9 +785,7 @@ def test_load_with_bad_requests_mixed_in(text_service):
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return load_test_module().free_port()
 
 
 @pytest.mark.slow
